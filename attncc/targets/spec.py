@@ -1,0 +1,71 @@
+"""What a target is given to build: the fused attention op with concrete shapes.
+
+The lowering from the IR's ``attn.flash`` op to this spec lives in
+``attncc/targets/lowering.py``; targets only see this dataclass, never the
+Python that wrote the variant.
+
+Layouts (row-major, contiguous):
+    q   [batch, q_heads,  q_len,  head_dim]
+    k   [batch, kv_heads, kv_len, head_dim]
+    v   [batch, kv_heads, kv_len, head_dim_v]
+    out [batch, q_heads,  q_len,  head_dim_v]   (dtype = spec.dtype)
+    lse [batch, q_heads,  q_len]                (float32, natural log; -inf on fully-masked rows)
+
+Query head ``h`` reads kv head ``h // (q_heads // kv_heads)`` (GQA/MQA by head mapping).
+
+Semantics, per (b, h, i):
+    s_j   = score_mod(scale * dot(q[b,h,i], k[b,h',j]), b, h, i, j)    (score_mod None: identity)
+    keep_j = mask_mod(b, h, i, j)                                      (mask_mod None: all true)
+    p_j   = exp(s_j - max_{keep} s) over kept j, 0 elsewhere
+    out   = sum_j p_j v[b,h',j] / sum_j p_j ;  lse = max + log(sum p)
+    a row with no kept key: out = 0, lse = -inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+# score_mod(score: PrimExpr[float32], b, h, q_idx, kv_idx: PrimExpr[int32]) -> PrimExpr[float32]
+ScoreFn = Callable[..., object]
+# mask_mod(b, h, q_idx, kv_idx: PrimExpr[int32]) -> PrimExpr[bool]
+MaskFn = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class KeyBounds:
+    """A sound bound on the kept keys of query row i: lower(i) <= j <= upper(i).
+
+    ``lower = i + lower_offset`` (None: 0) and ``upper = i + upper_offset``
+    (None: kv_len - 1).  Keys outside the bound are masked for every b, h;
+    keys inside may still be masked by mask_mod.  Targets use it to skip
+    whole key blocks and to drop the element mask on blocks wholly inside
+    ``[lower, upper]`` when ``exact`` is True (the mask is exactly the band).
+    """
+
+    lower_offset: Optional[int] = None
+    upper_offset: Optional[int] = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class FlashKernelSpec:
+    name: str
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    head_dim_v: int
+    dtype: str                       # "float32" | "float16" | "bfloat16"
+    scale: float
+    score_mod: Optional[ScoreFn] = None
+    mask_mod: Optional[MaskFn] = None
+    key_bounds: KeyBounds = field(default_factory=KeyBounds)
+    # free-form text describing score/mask, for printing and cache keys
+    description: str = ""
+
+    @property
+    def group(self) -> int:
+        return self.q_heads // self.kv_heads
