@@ -1,0 +1,157 @@
+"""``attncc compile`` and ``attncc opt``.  All logic lives in the library
+(``attncc.compiler``, ``attncc.passes``); this file parses arguments and prints.
+
+Exit codes: 0 success, 1 verification failed, 2 a user error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from attncc.errors import AttnccError
+
+
+def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def cmd_compile(args) -> int:
+    from attncc import compiler
+    from attncc.ir.printer import print_ir
+
+    shapes = compiler.parse_assignments(args.shape, "--shape")
+    config = compiler.parse_assignments(args.config, "--config")
+    emit = args.emit
+    k = compiler.compile_variant(
+        args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config,
+        print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant)
+    if emit == "ir":
+        sys.stdout.write(print_ir(k.ir))
+        return 0
+    if emit == "tir":
+        sys.stdout.write(k.tir())
+        return 0
+    if emit == "source":
+        sys.stdout.write(k.source())
+        return 0
+    s = k.spec
+    dims = " ".join(f"{n}={v}" for n, v in k.env.items())
+    print(f"variant    {k.variant}  ({args.file}; {s.dtype}; {dims})")
+    print(f"passes     {' -> '.join(k.applied)}")
+    flash = print_ir(k.flash_op).split("\n")
+    print("attention  " + flash[0])
+    for line in flash[1:]:
+        print("           " + line)
+    kb = s.key_bounds
+    if kb.lower_offset is not None or kb.upper_offset is not None:
+        lo = "" if kb.lower_offset is None else f"q_idx{kb.lower_offset:+d} <= "
+        hi = "" if kb.upper_offset is None else f" <= q_idx{kb.upper_offset:+d}"
+        print(f"key range  {lo}kv_idx{hi}  ({'exact band: full blocks skip the mask' if kb.exact else 'bound only'};"
+              f" density {k.density():.3f})")
+    cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
+    print(f"target     {k.target_name}  config {cfg}")
+    t = k.times
+    print(f"compile    {_fmt_time(t['total'])}  (trace {_fmt_time(t['trace'])}, passes {_fmt_time(t['passes'])}, "
+          f"TVM build {_fmt_time(t['build'])})")
+    if args.output:
+        k.export_library(args.output)
+        print(f"wrote      {args.output}  (load with tvm_ffi.load_module; main(q, k, v, out, lse))")
+    status = 0
+    if not args.no_run:
+        sec = k.measure()
+        print(f"kernel     {_fmt_time(sec)}  ({k.flops() / sec / 1e9:.1f} GFLOP/s)")
+    if args.verify:
+        rep = compiler.verify(k, seed=args.seed)
+        ok = rep.passed
+        print(f"verify     max error {rep.max_error:.3g} (tolerance {rep.tolerance:.3g}), "
+              f"lse max error {rep.lse_error:.3g} (tolerance {rep.lse_tolerance:.3g})  "
+              + ("PASS" if ok else "FAIL"))
+        status = 0 if ok else 1
+    return status
+
+
+def cmd_opt(args) -> int:
+    from attncc.ir.parser import parse
+    from attncc.ir.printer import print_ir
+    from attncc.lang import load_variant
+    from attncc.passes.pipeline import run_on_module
+    from attncc.ir.core import Module
+
+    if args.file.endswith(".py"):
+        mod = Module([load_variant(args.file, args.variant).trace(args.dtype)])
+    else:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            if not os.path.exists(args.file):
+                raise AttnccError(f"no such file: {args.file}")
+            with open(args.file) as f:
+                text = f.read()
+        mod = parse(text, args.file)
+        from attncc.ir.verify import verify
+        verify(mod)
+    out = run_on_module(mod, args.passes or "", sys.stdout if args.print_after_all else None)
+    text = print_ir(out)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from attncc.passes.pipeline import DEFAULT_PIPELINE
+    p = argparse.ArgumentParser(prog="attncc", description="A compiler for attention kernels.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("compile", help="compile a variant file into a kernel, run and verify it")
+    c.add_argument("file", help="variant file (.py)")
+    c.add_argument("--variant", help="which variant, if the file defines several")
+    c.add_argument("--target", default="cpu", help="cpu (default), cuda, ...")
+    c.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
+    c.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
+    c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64")
+    c.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
+    c.add_argument("--verify", action="store_true", help="check against the numpy float64 reference")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    c.add_argument("--no-run", action="store_true", help="do not run or time the kernel")
+    c.add_argument("-o", "--output", help="write the built module (.so, loadable with tvm_ffi.load_module)")
+    c.add_argument("--emit", choices=["ir", "tir", "source"], help="print the IR after passes, the TensorIR, "
+                   "or the generated code, and stop")
+    c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    c.set_defaults(fn=cmd_compile)
+
+    o = sub.add_parser("opt", help="run passes on textual IR (.attn) and print the result")
+    o.add_argument("file", help=".attn file ('-' for stdin), or a variant .py to trace")
+    o.add_argument("--pass", "--passes", dest="passes", default="",
+                   help="comma-separated passes, e.g. canonicalize,fuse-attention")
+    o.add_argument("--variant")
+    o.add_argument("--dtype")
+    o.add_argument("-o", "--output")
+    o.add_argument("--print-after-all", action="store_true")
+    o.set_defaults(fn=cmd_opt)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except AttnccError as e:
+        print(f"attncc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attncc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The compiler as a library: variant -> passes -> target -> built kernel -> verified.
+
+    from attncc.compiler import compile_variant, verify
+    k = compile_variant("examples/causal_gqa.py", target="cpu", shapes={"S": 1024})
+    out, lse = k(q, k_, v)          # numpy arrays
+    report = verify(k)              # against the float64 numpy reference
+
+The CLI (``attncc compile``) is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Optional, TextIO
+
+import numpy as np
+
+from attncc.errors import ConfigError, ShapeError
+from attncc.ir.core import Function
+from attncc.ir.printer import print_ir
+from attncc.ir.types import parse_dtype
+from attncc.lang import Variant, load_variant
+from attncc.passes.pipeline import DEFAULT_PIPELINE, run_pipeline
+from attncc.reference import evaluate, max_error, random_inputs, tolerance
+from attncc.targets import get_target
+from attncc.targets.lowering import find_flash, kernel_spec
+from attncc.targets.spec import FlashKernelSpec
+
+
+def parse_assignments(text: Optional[str], what: str) -> dict:
+    """'S=2048,D=64' -> {'S': 2048, 'D': 64} (values stay strings where not ints)."""
+    out: dict = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ShapeError(f"bad {what} '{item}': expected NAME=VALUE")
+        k, v = (s.strip() for s in item.split("=", 1))
+        try:
+            out[k] = int(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def resolve_dims(func: Function, shapes: dict) -> dict:
+    defaults = dict(func.attrs.get("defaults", {}))
+    symbols = func.symbols()
+    for k in shapes:
+        if k not in symbols:
+            raise ShapeError(f"--shape names {k}, which is not a dimension of @{func.name} "
+                             f"(its dimensions: {', '.join(symbols)})", variant=func.name)
+    env = {k: int(v) for k, v in defaults.items()}
+    for k, v in shapes.items():
+        if not isinstance(v, int) or v <= 0:
+            raise ShapeError(f"dimension {k} must be a positive integer, got {v!r}", variant=func.name)
+        env[k] = v
+    missing = [s for s in symbols if s not in env]
+    if missing:
+        raise ShapeError(f"no value for dimension(s) {', '.join(missing)}: give --shape "
+                         + ",".join(f"{m}=..." for m in missing) + " or defaults in the variant",
+                         variant=func.name)
+    return {k: env[k] for k in symbols}
+
+
+def make_config(target, spec: FlashKernelSpec, overrides: Optional[dict] = None):
+    cfg = target.default_config(spec)
+    if overrides:
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        for k in overrides:
+            if k not in fields:
+                raise ConfigError(f"target {target.NAME} has no knob '{k}' (knobs: {', '.join(fields)})")
+        cfg = dataclasses.replace(cfg, **overrides)
+    target.validate_config(spec, cfg)
+    return cfg
+
+
+def fingerprint(func: Function) -> str:
+    text = print_ir(func)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CompiledKernel:
+    variant: str
+    source_ir: Function            # the unfused IR (what the reference evaluates)
+    ir: Function                   # after the passes
+    applied: list
+    target_name: str
+    target: object
+    spec: FlashKernelSpec
+    config: object
+    env: dict
+    built: object
+    times: dict = field(default_factory=dict)
+
+    @property
+    def flash_op(self):
+        return find_flash(self.ir)
+
+    def input_shapes(self) -> dict:
+        return {a.hint: a.type.concrete(self.env) for a in self.source_ir.args}
+
+    def random_inputs(self, seed: int = 0) -> dict:
+        return random_inputs(self.source_ir, self.env, seed)
+
+    def __call__(self, q, k, v):
+        """Run on numpy arrays (q, k, v in the flash op's order); returns (out, lse)."""
+        for name, arr, val in zip(("q", "k", "v"), (q, k, v), self.flash_op.operands):
+            want = val.type.concrete(self.env)
+            if tuple(np.shape(arr)) != tuple(want):
+                raise ShapeError(f"input {name} has shape {tuple(np.shape(arr))}, the kernel was built for "
+                                 f"{tuple(want)}", variant=self.variant)
+        return self.target.run(self.built, q, k, v)
+
+    def run_inputs(self, inputs: dict):
+        q, k, v = (inputs[a.hint] for a in self.flash_op.operands)
+        return self.target.run(self.built, q, k, v)
+
+    def measure(self, **kw) -> float:
+        return self.target.measure(self.built, self.spec, **kw)
+
+    def flops(self) -> float:
+        s = self.spec
+        return 4.0 * s.batch * s.q_heads * s.q_len * s.kv_len * (s.head_dim + s.head_dim_v) / 2 * self.density()
+
+    def density(self) -> float:
+        """Fraction of (query, key) pairs the mask keeps (evaluated for batch 0, head 0)."""
+        mask = self.flash_op.region("mask")
+        if mask is None:
+            return 1.0
+        from attncc.reference import _Interp
+        it = _Interp(self.env, "float64")
+        i = np.arange(self.spec.q_len).reshape(-1, 1)
+        j = np.arange(self.spec.kv_len).reshape(1, -1)
+        keep = np.broadcast_to(it.region(mask, [np.int64(0), np.int64(0), i, j]), (i.size, j.size))
+        return float(np.mean(keep))
+
+    def tir(self) -> str:
+        return self.target.lower(self.spec, self.config).script()
+
+    def source(self) -> str:
+        return self.target.source(self.built)
+
+    def export_library(self, path: str) -> None:
+        self.target.export_library(self.built, path)
+
+
+def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None,
+                    passes: str = DEFAULT_PIPELINE, config: Optional[dict] = None,
+                    print_after_all: Optional[TextIO] = None, variant_name: Optional[str] = None,
+                    build: bool = True) -> CompiledKernel:
+    """Compile a variant (a path, a Variant or an unfused Function) for ``target``."""
+    times: dict = {}
+    t0 = time.perf_counter()
+    tgt = get_target(target)
+    if isinstance(variant, str):
+        variant = load_variant(variant, variant_name)
+    if isinstance(variant, Variant):
+        func = variant.trace(parse_dtype(dtype) if dtype is not None else None)
+    else:
+        func = variant
+        if dtype is not None:
+            raise ShapeError("dtype can only be chosen when tracing a variant, not for IR")
+    source_ir = func
+    # passes mutate: run them on a copy made by printing and parsing (also checks the round trip)
+    from attncc.ir.parser import parse_function
+    work = parse_function(print_ir(func))
+    env = resolve_dims(func, shapes or {})
+    times["trace"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    result = run_pipeline(work, passes, print_after_all)
+    times["passes"] = time.perf_counter() - t1
+    spec = kernel_spec(result.func, env)
+    cfg = make_config(tgt, spec, config)
+    built = None
+    if build:
+        t2 = time.perf_counter()
+        built = tgt.build(spec, cfg)
+        times["build"] = time.perf_counter() - t2
+    times["total"] = time.perf_counter() - t0
+    return CompiledKernel(func.name, source_ir, result.func, result.applied, target, tgt, spec, cfg, env,
+                          built, times)
+
+
+@dataclass
+class VerifyReport:
+    max_error: float
+    tolerance: float
+    lse_error: float
+    lse_tolerance: float
+    naive_error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_error <= self.tolerance and self.lse_error <= self.lse_tolerance
+
+
+def verify(kernel: CompiledKernel, seed: int = 0, inputs: Optional[dict] = None) -> VerifyReport:
+    """Run the kernel on random inputs and compare with the float64 reference of the
+    unfused IR.  Tolerance (DESIGN.md): 2 x the error of a naive kernel in the same
+    precision, plus a floor."""
+    inputs = inputs if inputs is not None else kernel.random_inputs(seed)
+    out, lse = kernel.run_inputs(inputs)
+    ref = evaluate(kernel.source_ir, inputs, "float64", kernel.env)
+    naive = evaluate(kernel.source_ir, inputs, "native", kernel.env)
+    floor = 1e-5 if kernel.spec.dtype == "float32" else 1e-3
+    tol = tolerance(ref.outputs[0], naive.outputs[0], floor)
+    err = max_error(out, ref.outputs[0])
+    lse_ref = ref.lse[0]
+    lse_tol = tolerance(lse_ref, naive.lse[0], floor)
+    lse_err = max_error(lse, lse_ref)
+    return VerifyReport(err, tol, lse_err, lse_tol, max_error(naive.outputs[0], ref.outputs[0]))

@@ -1,0 +1,242 @@
+"""From the IR's tiled ``attn.flash`` op to the spec every target builds.
+
+* ``kernel_spec(func, env)`` finds the one flash op, binds the dims, and returns a
+  :class:`FlashKernelSpec` whose score/mask callables produce TVM expressions.
+* ``key_bounds(mask_region, env)`` derives the simple band bound
+  ``q_idx + lower <= kv_idx <= q_idx + upper`` from conjuncts of comparisons that
+  are affine in (q_idx, kv_idx) with unit coefficients (causal, sliding window);
+  it is exact when the mask is nothing but such conjuncts.  The general proof
+  over tiles is the prune-sparsity pass (a later issue).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import sympy
+
+from attncc.errors import DTypeError, TargetError
+from attncc.ir.core import Function, Op, Region, Value
+from attncc.ir.printer import print_ir
+from attncc.ir.types import DType
+from attncc.reference import eval_scalar
+from attncc.targets.spec import FlashKernelSpec, KeyBounds
+
+
+def find_flash(func: Function) -> Op:
+    flashes = [op for op in func.ops if op.name == "attn.flash"]
+    if len(flashes) != 1:
+        raise TargetError(f"expected exactly one attn.flash op after the passes, found {len(flashes)} "
+                          "(run fuse-attention; a graph that is not attention cannot be built)", variant=func.name)
+    op = flashes[0]
+    allowed = {"attn.flash", "attn.return", "attn.cast"}
+    for other in func.ops:
+        if other.name not in allowed:
+            raise TargetError(f"the kernel would also need {other.name} outside the attention; attncc builds "
+                              "one fused attention per kernel", variant=func.name, op=other.name, line=other.line)
+    for v in op.operands:
+        if v.owner is not None:
+            raise TargetError(f"flash operand %{v.hint or '?'} is computed inside the function; q, k, v must be "
+                              "function inputs", variant=func.name, op="attn.flash")
+    return op
+
+
+# ---------------------------------------------------------------------------------------------
+# regions -> TVM expressions
+
+def region_to_tir(region: Optional[Region], env: dict):
+    """A Python callable that builds the region's TIR expression from TIR arguments."""
+    if region is None:
+        return None
+
+    def build(*args):
+        from tvm import tirx
+        vals = dict(zip(region.args, args))
+        for op in region.ops:
+            if op.name == "attn.yield":
+                return vals[op.operands[0]]
+            a = [vals[v] for v in op.operands]
+            vals[op.results[0]] = _tir_op(tirx, op, a, env)
+        raise AssertionError("region without yield")
+    return build
+
+
+def _tir_const(tirx, value, dt: DType):
+    if dt.is_bool:
+        return tirx.const(bool(value), "bool")
+    if dt.is_float:
+        return tirx.const(float(value), "float32")
+    return tirx.const(int(value), "int32")
+
+
+def _tir_op(tirx, op: Op, a: list, env: dict):
+    n = op.short
+    dt = op.results[0].type.dtype
+    if n == "constant":
+        return _tir_const(tirx, eval_scalar(op.attrs["value"], env), op.attrs["dtype"])
+    if n == "add":
+        return a[0] + a[1]
+    if n == "sub":
+        return a[0] - a[1]
+    if n == "mul":
+        return a[0] * a[1]
+    if n == "div":
+        return a[0] / a[1] if dt.is_float else tirx.truncdiv(a[0], a[1])
+    if n == "floordiv":
+        return tirx.floordiv(a[0], a[1])
+    if n == "mod":
+        return tirx.floormod(a[0], a[1])
+    if n == "max":
+        return tirx.max(a[0], a[1])
+    if n == "min":
+        return tirx.min(a[0], a[1])
+    if n == "neg":
+        return -a[0]
+    if n == "abs":
+        return tirx.abs(a[0])
+    if n in ("exp", "log", "tanh", "sigmoid", "sqrt"):
+        return getattr(tirx, n)(a[0])
+    if n == "lt":
+        return a[0] < a[1]
+    if n == "le":
+        return a[0] <= a[1]
+    if n == "gt":
+        return a[0] > a[1]
+    if n == "ge":
+        return a[0] >= a[1]
+    if n == "eq":
+        return tirx.EQ(a[0], a[1])
+    if n == "ne":
+        return tirx.NE(a[0], a[1])
+    if n == "and":
+        return tirx.And(a[0], a[1])
+    if n == "or":
+        return tirx.Or(a[0], a[1])
+    if n == "not":
+        return tirx.Not(a[0])
+    if n == "select":
+        return tirx.Select(a[0], a[1], a[2])
+    if n == "cast":
+        to: DType = op.attrs["to"]
+        if to.is_float:
+            return tirx.Cast("float32", a[0]) if to == DType.f32 else tirx.Cast("float32", tirx.Cast(to.tvm, a[0]))
+        if to.is_bool:
+            return tirx.NE(a[0], tirx.const(0, a[0].dtype))
+        return tirx.Cast("int32", a[0])
+    raise TargetError(f"no TVM lowering for {op.name} in a region", op=op.name, line=op.line)
+
+
+# ---------------------------------------------------------------------------------------------
+# the simple key bound
+
+def _affine(v: Value, args: dict, env: dict):
+    """v as a sympy expression in i, j (or None if not affine over those)."""
+    op = v.owner
+    if op is None:
+        return args.get(v)
+    n = op.short
+    if n == "constant":
+        val = eval_scalar(op.attrs["value"], env)
+        if isinstance(val, bool) or isinstance(val, float) and not float(val).is_integer():
+            return None
+        return sympy.Integer(int(val))
+    if n == "cast" and op.attrs["to"] == DType.i32:
+        return _affine(op.operands[0], args, env)
+    sub = [_affine(w, args, env) for w in op.operands]
+    if any(s is None for s in sub):
+        return None
+    if n == "add":
+        return sub[0] + sub[1]
+    if n == "sub":
+        return sub[0] - sub[1]
+    if n == "neg":
+        return -sub[0]
+    if n == "mul" and (sub[0].is_Number or sub[1].is_Number):
+        return sub[0] * sub[1]
+    return None
+
+
+def key_bounds(mask: Optional[Region], env: dict) -> KeyBounds:
+    if mask is None:
+        return KeyBounds(None, None, exact=False)
+    i, j = sympy.Symbol("i"), sympy.Symbol("j")
+    args = {mask.args[0]: None, mask.args[1]: None, mask.args[2]: i, mask.args[3]: j}
+    conj: list[Value] = []
+    stack = [mask.results[0]]
+    while stack:
+        c = stack.pop()
+        if c.owner is not None and c.owner.name == "attn.and":
+            stack.extend(c.owner.operands)
+        else:
+            conj.append(c)
+    lower: Optional[int] = None
+    upper: Optional[int] = None
+    exact = True
+    for c in conj:
+        op = c.owner
+        if op is None or op.short not in ("lt", "le", "gt", "ge"):
+            exact = False
+            continue
+        lhs, rhs = (_affine(w, {k: v for k, v in args.items() if v is not None}, env) for w in op.operands)
+        if lhs is None or rhs is None:
+            exact = False
+            continue
+        d = sympy.expand(lhs - rhs)            # d OP 0
+        cj, ci = d.coeff(j), d.coeff(i)
+        const = d - cj * j - ci * i
+        if cj == 0 or ci != -cj or abs(cj) != 1 or const.free_symbols:
+            exact = False
+            continue
+        # normalise to (j - i) REL -const*sign
+        rel = op.short
+        if cj == -1:
+            rel = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[rel]
+            const = -const
+        bound = -int(const)        # j - i REL bound
+        if rel == "lt":
+            upper = _min(upper, bound - 1)
+        elif rel == "le":
+            upper = _min(upper, bound)
+        elif rel == "gt":
+            lower = _max(lower, bound + 1)
+        else:
+            lower = _max(lower, bound)
+    return KeyBounds(lower, upper, exact=exact)
+
+
+def _min(a, b):
+    return b if a is None else min(a, b)
+
+
+def _max(a, b):
+    return b if a is None else max(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+
+SUPPORTED_DTYPES = {DType.f32, DType.f16, DType.bf16}
+
+
+def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
+    op = find_flash(func)
+    q, k, v = op.operands
+    if op.attrs.get("softmax") != "online":
+        raise TargetError("the flash op is not tiled: run tile-online-softmax before lowering",
+                          variant=func.name, op="attn.flash")
+    dt = q.type.dtype
+    if dt not in SUPPORTED_DTYPES:
+        raise DTypeError(f"dtype {dt} is not supported by the kernels yet (supported: "
+                         f"{', '.join(sorted(d.value for d in SUPPORTED_DTYPES))}; fp8/int8 come with "
+                         "the quantize pass)", variant=func.name, op="attn.flash")
+    qs, ks, vs = (x.type.concrete(env) for x in (q, k, v))
+    if qs[1] % ks[1] != 0:
+        raise TargetError(f"query heads {qs[1]} are not a multiple of kv heads {ks[1]}", variant=func.name)
+    scale = float(eval_scalar(op.attrs.get("scale", 1.0), env))
+    mask = op.region("mask")
+    score = op.region("score")
+    desc = print_ir(op)
+    return FlashKernelSpec(
+        name=func.name, batch=qs[0], q_heads=qs[1], kv_heads=ks[1], q_len=qs[2], kv_len=ks[2],
+        head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
+        score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
+        key_bounds=key_bounds(mask, env), description=desc)
