@@ -30,7 +30,8 @@ def cmd_compile(args) -> int:
     emit = args.emit
     k = compiler.compile_variant(
         args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config,
-        print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant)
+        print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant,
+        target_options={"arch": args.arch} if args.arch else None)
     if emit == "ir":
         sys.stdout.write(print_ir(k.ir))
         return 0
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", help="variant file (.py)")
     c.add_argument("--variant", help="which variant, if the file defines several")
     c.add_argument("--target", default="cpu", help="cpu (default), cuda, ...")
+    c.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda); default: the local GPU")
     c.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
     c.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
     c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64")

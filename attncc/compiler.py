@@ -155,7 +155,7 @@ class CompiledKernel:
 def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None,
                     passes: str = DEFAULT_PIPELINE, config: Optional[dict] = None,
                     print_after_all: Optional[TextIO] = None, variant_name: Optional[str] = None,
-                    build: bool = True) -> CompiledKernel:
+                    build: bool = True, target_options: Optional[dict] = None) -> CompiledKernel:
     """Compile a variant (a path, a Variant or an unfused Function) for ``target``."""
     times: dict = {}
     t0 = time.perf_counter()
@@ -182,7 +182,7 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
     built = None
     if build:
         t2 = time.perf_counter()
-        built = tgt.build(spec, cfg)
+        built = tgt.build(spec, cfg, **(target_options or {}))
         times["build"] = time.perf_counter() - t2
     times["total"] = time.perf_counter() - t0
     return CompiledKernel(func.name, source_ir, result.func, result.applied, target, tgt, spec, cfg, env,
