@@ -58,8 +58,8 @@ def cmd_compile(args) -> int:
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
     print(f"target     {k.target_name}  config {cfg}")
     t = k.times
-    print(f"compile    {_fmt_time(t['total'])}  (trace {_fmt_time(t['trace'])}, passes {_fmt_time(t['passes'])}, "
-          f"TVM build {_fmt_time(t['build'])})")
+    print(f"compile    {_fmt_time(t['total'])}  (load target {_fmt_time(t['target'])}, trace {_fmt_time(t['trace'])}, "
+          f"passes {_fmt_time(t['passes'])}, TVM build {_fmt_time(t['build'])})")
     if args.output:
         k.export_library(args.output)
         print(f"wrote      {args.output}  (load with tvm_ffi.load_module; main(q, k, v, out, lse))")
