@@ -34,6 +34,9 @@ def cmd_compile(args) -> int:
         target_options={"arch": args.arch} if args.arch else None)
     if emit == "ir":
         sys.stdout.write(print_ir(k.ir))
+        if k.tile_summary():
+            dims = ", ".join(f"{n}={v}" for n, v in k.env.items())
+            sys.stdout.write(f"// prune-sparsity at {dims}: {k.tile_summary()}\n")
         return 0
     if emit == "tir":
         sys.stdout.write(k.tir())
@@ -55,6 +58,8 @@ def cmd_compile(args) -> int:
         hi = "" if kb.upper_offset is None else f" <= q_idx{kb.upper_offset:+d}"
         print(f"key range  {lo}kv_idx{hi}  ({'exact band: full blocks skip the mask' if kb.exact else 'bound only'};"
               f" density {k.density():.3f})")
+    if k.tile_summary():
+        print(f"tiles      {k.tile_summary()}")
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
     print(f"target     {k.target_name}  config {cfg}")
     t = k.times

@@ -142,6 +142,22 @@ class CompiledKernel:
         keep = np.broadcast_to(it.region(mask, [np.int64(0), np.int64(0), i, j]), (i.size, j.size))
         return float(np.mean(keep))
 
+    def tiles(self):
+        """The tile map for this kernel's block sizes (None when not analysed)."""
+        bq, bk = getattr(self.config, "block_q", None), getattr(self.config, "block_k", None)
+        if self.spec.tile_map is None or bq is None:
+            return None
+        return self.spec.tile_map(bq, bk)
+
+    def tile_summary(self) -> str:
+        t = self.tiles()
+        if t is None:
+            return ""
+        n = t.size
+        e, f = int((t == 0).sum()), int((t == 2).sum())
+        return (f"{t.shape[0]}x{t.shape[1]} tiles of {self.config.block_q}x{self.config.block_k}: "
+                f"{e} empty, {f} full, {n - e - f} partial; tile density {(n - e) / n:.3f}")
+
     def tir(self) -> str:
         return self.target.lower(self.spec, self.config).script()
 

@@ -88,7 +88,7 @@ def parse_pipeline(text: str) -> list[Pass]:
     return out
 
 
-DEFAULT_PIPELINE = "canonicalize,fuse-attention,canonicalize,tile-online-softmax"
+DEFAULT_PIPELINE = "canonicalize,fuse-attention,canonicalize,tile-online-softmax,prune-sparsity"
 
 
 @dataclass

@@ -379,6 +379,23 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
             out = tirx.And(out, cnd)
         return out
 
+    # Table mode: masks that are not one band (prefix-LM, global tokens, runtime block
+    # masks) iterate a per-query-block list of the non-empty key blocks, with a flag
+    # saying which are full (no element mask).  Bands use the closed-form range.
+    USE_TABLE = use_block_table(spec)
+
+    def block_count(kv_count, qb, lo, hi):
+        return kv_count[qb] if USE_TABLE else hi - lo
+
+    def block_at(kv_index, qb, kbi, lo):
+        return kv_index[qb, kbi] if USE_TABLE else lo + kbi
+
+    def block_is_full(kv_full, qb, kbi, q0, kb):
+        if USE_TABLE:
+            full_ok = tirx.NE(kv_full[qb, kbi], 0)
+            return tirx.And(full_ok, kb * BK + BK <= TK) if TP != TK else full_ok
+        return tile_is_full(q0, kb)
+
     def zigzag(r):
         # Interleave cheap and expensive query blocks (causal) so that the runtime's
         # contiguous static split of the parallel loop balances.
@@ -407,11 +424,8 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
         return j if TP == TK else tirx.min(j, TK - 1)
 
     try:
-        @T.prim_func
-        def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-                 v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
-                 lse: T.Buffer((B, H, S), "float32")):
-            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        @T.macro
+        def kernel_body(q, k, v, out, lse, kv_count, kv_index, kv_full):
             # ---- pack_q: only to convert float16/bfloat16 (float32 q is read in place)
             if PACK_Q:
                 qp = T.alloc_buffer((B, H, S, D), "float32")
@@ -472,7 +486,8 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                     for d in T.vectorized(DVP):
                         acc[i, d] = T.float32(0)
                 kb_lo, kb_hi = block_range(q0)
-                for kb in T.serial(kb_lo, kb_hi):
+                for kbi in T.serial(block_count(kv_count, qb, kb_lo, kb_hi)):
+                    kb = block_at(kv_index, qb, kbi, kb_lo)
                     # S = Q Kᵀ, register tile RQ x (MV*VW), FMA over head_dim
                     for it in T.serial(BQT):
                         for jt in T.serial(BKT):
@@ -493,7 +508,7 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                                         sc[it * RQ + ii, jt * TILE + mv * VW + lane] = creg[ii, mv, lane]
                     # score_mod + mask, online softmax.
                     # (a) per row: scores -> lane-wise max -> tree reduction -> new running max
-                    full = tile_is_full(q0, kb)
+                    full = block_is_full(kv_full, qb, kbi, q0, kb)
                     for i in T.serial(BQ):
                         for lane in T.vectorized(VW):
                             red[lane] = NEG_INF
@@ -586,10 +601,50 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                             for d in T.serial(DV):
                                 out[b, h, q0 + i, d] = to_out(acc[i, d] * st[2])
 
+
+        if USE_TABLE:
+            @T.prim_func
+            def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
+                     v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+                     lse: T.Buffer((B, H, S), "float32"), kv_count: T.Buffer((NQB,), "int32"),
+                     kv_index: T.Buffer((NQB, NKB), "int32"), kv_full: T.Buffer((NQB, NKB), "int32")):
+                T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+                kernel_body(q, k, v, out, lse, kv_count, kv_index, kv_full)
+        else:
+            @T.prim_func
+            def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
+                     v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+                     lse: T.Buffer((B, H, S), "float32")):
+                T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+                kernel_body(q, k, v, out, lse, None, None, None)
+
     except Exception as exc:  # e.g. a score_mod/mask_mod that does not build a PrimExpr
         raise TargetError(f"cpu target: cannot generate the kernel ({spec.description or 'flash'}):"
                           f" {_last_line(exc)}", variant=spec.name or None) from exc
     return tvm.IRModule({"main": main})
+
+
+def use_block_table(spec: FlashKernelSpec) -> bool:
+    """True when the kernel iterates a block table (the mask is not a plain band)."""
+    return spec.tile_map is not None and spec.mask_mod is not None and not spec.key_bounds.exact
+
+
+def block_tables(spec: FlashKernelSpec, config: CpuConfig, tiles=None):
+    """(kv_count[NQB], kv_index[NQB, NKB], kv_full[NQB, NKB]) from the tile map:
+    the non-empty key blocks of each query block, in order, and whether each is full."""
+    if tiles is None:
+        tiles = spec.tile_map(config.block_q, config.block_k)
+    tiles = np.asarray(tiles)
+    nq, nk = tiles.shape
+    count = np.zeros(nq, dtype=np.int32)
+    index = np.zeros((nq, nk), dtype=np.int32)
+    full = np.zeros((nq, nk), dtype=np.int32)
+    for qb in range(nq):
+        blocks = np.nonzero(tiles[qb])[0]
+        count[qb] = len(blocks)
+        index[qb, :len(blocks)] = blocks
+        full[qb, :len(blocks)] = tiles[qb, blocks] == 2
+    return count, index, full
 
 
 def _last_line(exc: BaseException) -> str:
@@ -608,6 +663,19 @@ class CpuKernel:
     config: CpuConfig
     executable: object
     compile_seconds: float
+    # block tables (kv_count, kv_index, kv_full) for a mask known at compile time
+    tables: Optional[tuple] = None
+
+    def extra_args(self, tiles=None) -> list:
+        """The block-table arguments of a table-mode kernel (none otherwise)."""
+        import tvm
+
+        if not use_block_table(self.spec):
+            if tiles is not None:
+                raise TargetError("this kernel takes no block table", variant=self.spec.name or None)
+            return []
+        tables = block_tables(self.spec, self.config, tiles) if tiles is not None else self.tables
+        return [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
 
     @property
     def mod(self):
@@ -635,7 +703,8 @@ def build(spec: FlashKernelSpec, config: Optional[CpuConfig] = None, **options) 
         raise TargetError(f"cpu target: TVM failed to build the kernel with {config}: "
                           f"{_last_line(exc)}",
                           variant=spec.name or None) from exc
-    return CpuKernel(spec, config, executable, time.perf_counter() - t0)
+    tables = block_tables(spec, config) if use_block_table(spec) else None
+    return CpuKernel(spec, config, executable, time.perf_counter() - t0, tables)
 
 
 def _np_dtype(dtype: str):
@@ -653,7 +722,7 @@ def _shapes(spec: FlashKernelSpec):
             (B, H, spec.q_len))
 
 
-def run(built: CpuKernel, q, k, v):
+def run(built: CpuKernel, q, k, v, tiles=None):
     """Run ``built`` on numpy arrays; returns ``(out, lse)`` as numpy arrays."""
     import tvm
 
@@ -671,7 +740,7 @@ def run(built: CpuKernel, q, k, v):
         args.append(tvm.runtime.tensor(arr))
     out = tvm.runtime.tensor(np.empty(out_shape, dtype=dt))
     lse = tvm.runtime.tensor(np.empty(lse_shape, dtype=np.float32))
-    built(*args, out, lse)
+    built(*args, out, lse, *built.extra_args(tiles))
     return out.numpy(), lse.numpy()
 
 
@@ -688,6 +757,7 @@ def measure(built: CpuKernel, spec: Optional[FlashKernelSpec] = None, repeat: in
             for s in shapes[:3]]
     args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt)))
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32)))
+    args.extend(built.extra_args())
     fn = built.executable["main"]
     for _ in range(max(0, warmup)):
         fn(*args)

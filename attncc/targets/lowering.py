@@ -235,8 +235,16 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
     mask = op.region("mask")
     score = op.region("score")
     desc = print_ir(op)
+    tile_map = None
+    if mask is not None and op.attrs.get("sparsity") in ("affine", "bounded"):
+        from attncc.passes.prune_sparsity import analyze_mask, classify_tiles
+        formula = analyze_mask(mask)
+        S, T = qs[2], ks[2]
+
+        def tile_map(block_q: int, block_k: int, _f=formula, _env=dict(env)):
+            return classify_tiles(_f, S, T, block_q, block_k, _env)
     return FlashKernelSpec(
         name=func.name, batch=qs[0], q_heads=qs[1], kv_heads=ks[1], q_len=qs[2], kv_len=ks[2],
         head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
-        key_bounds=key_bounds(mask, env), description=desc)
+        key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map)

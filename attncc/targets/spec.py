@@ -65,6 +65,9 @@ class FlashKernelSpec:
     key_bounds: KeyBounds = field(default_factory=KeyBounds)
     # free-form text describing score/mask, for printing and cache keys
     description: str = ""
+    # tile_map(block_q, block_k) -> int8 array [ceil(q_len/block_q), ceil(kv_len/block_k)] of
+    # 0 empty / 1 partial / 2 full (prune-sparsity's proof); None: not analysed
+    tile_map: Optional[Callable[[int, int], object]] = None
 
     @property
     def group(self) -> int:

@@ -1,0 +1,792 @@
+"""CUDA backend: a FlashAttention-2 style forward kernel on tensor cores.
+
+The kernel is handwritten TensorIR (TVMScript with explicit thread bindings) whose
+matrix work is TVM's PTX intrinsics (``T.ptx["mma.sync.aligned.m16n8k16..."]``,
+``T.ptx["ldmatrix..."]``, ``T.ptx["cp.async..."]``); TVM's CUDA codegen turns each into
+an inline-asm helper.  It is generated from a :class:`FlashKernelSpec` and a
+:class:`CudaConfig` and reads top to bottom:
+
+* grid ``(batch * q_heads, ceil(q_len / block_q))``: one thread block per (batch, head,
+  query block); query blocks are walked heaviest first (causal) so that the tail of the
+  launch is short.  ``num_warps`` warps, each owning ``block_q / num_warps`` query rows
+  (a multiple of 16: one or more m16 row tiles).
+* shared memory (one dynamic buffer, 16-bit elements, rows XOR-swizzled by 16-byte
+  chunk so that ``ldmatrix`` is free of bank conflicts): the Q tile, and ``num_stages``
+  slots of (K tile, V tile).  K/V tiles arrive by ``cp.async`` (16 bytes per thread and
+  instruction, zero fill past ``kv_len``), software pipelined ``num_stages - 1`` key
+  blocks ahead of the math.
+* S = Q·Kᵀ on ``mma.sync.m16n8k16`` (fp16/bf16 in, fp32 accumulate); Q fragments come
+  from ``ldmatrix`` (kept in registers for the whole loop when ``q_in_registers``), K
+  fragments from ``ldmatrix`` (non-transposed: K rows are the B operand's columns).
+* online softmax in registers, in the mma accumulator layout (each thread holds 2 rows
+  per m16 tile; row max by two ``shfl.xor`` in the quad; the row sum stays per thread
+  until the end, as in FlashAttention-2), base-2 exponentials (``ex2.approx``) with
+  log2(e) folded into the scale.  score_mod and the element mask are applied only
+  where needed: tiles wholly inside ``spec.key_bounds`` (and inside ``kv_len``) skip the
+  mask, key blocks wholly outside it are never visited.
+* P is converted to fp16/bf16 in registers (``cvt.rn.{f16,bf16}x2.f32``) and reused as
+  the A operand of P·V; V fragments come from ``ldmatrix.trans``.
+* epilogue: ``out = acc / l`` (0 where no key was kept), ``lse = m + log l`` (natural
+  log, -inf where no key was kept), the output tile staged through shared memory and
+  written with 16-byte stores.
+
+GQA/MQA: query head ``h`` reads kv head ``h // group``; nothing is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
+from attncc.targets.spec import FlashKernelSpec
+
+NAME = "cuda"
+
+__all__ = [
+    "NAME",
+    "CudaConfig",
+    "Config",
+    "CudaKernel",
+    "default_config",
+    "validate_config",
+    "cuda_target",
+    "lower",
+    "build",
+    "run",
+    "measure",
+    "source",
+    "export_library",
+    "shared_memory_bytes",
+]
+
+_SUPPORTED_DTYPES = ("float16", "bfloat16")
+_PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
+# Largest dynamic shared memory per block (bytes), by compute capability major.minor.
+_SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_87": 163 * 1024, "sm_89": 99 * 1024,
+               "sm_90": 227 * 1024, "sm_90a": 227 * 1024}
+_DEFAULT_SMEM_LIMIT = 227 * 1024
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+@dataclass(frozen=True)
+class CudaConfig:
+    """The tunable knobs of the CUDA kernel (frozen and hashable: keys build caches).
+
+    block_q         query rows per thread block
+    block_k         keys per pipelined key block (K/V tile rows)
+    num_warps       warps per thread block; each owns block_q / num_warps rows (multiple of 16)
+    num_stages      shared-memory slots of (K, V) tiles; loads run num_stages - 1 blocks ahead
+    q_in_registers  keep the Q fragments in registers for the whole key loop (else re-read
+                    them from shared memory with ldmatrix at every key block)
+    """
+
+    block_q: int = 128
+    block_k: int = 64
+    num_warps: int = 8
+    num_stages: int = 2
+    q_in_registers: bool = True
+
+
+Config = CudaConfig
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
+    """Dynamic shared memory of one thread block, in bytes."""
+    q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
+    kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
+    return 2 * (q_tile + kv)
+
+
+def registers_estimate(spec: FlashKernelSpec, config: CudaConfig) -> int:
+    """32-bit registers per thread held by fragments (accumulators, P, Q)."""
+    m_tiles = config.block_q // config.num_warps // 16
+    acc = m_tiles * (spec.head_dim_v // 8) * 4
+    scores = m_tiles * (config.block_k // 8) * 4
+    probs = m_tiles * (config.block_k // 16) * 4
+    q = m_tiles * (spec.head_dim // 16) * 4 if config.q_in_registers else 0
+    return acc + scores + probs + q + 8 * m_tiles
+
+
+def default_config(spec: FlashKernelSpec) -> CudaConfig:
+    """A good config for ``spec`` without tuning.
+
+    Measured on H100 (bf16, D=128, S=4k; benchmarks/gpu/RESULTS.md): 4 warps of two m16
+    row tiles each (block_q 128) beat 8 warps of one (each K/V fragment read from shared
+    memory feeds two mma), with Q re-read from shared memory when the fragments would not
+    fit in registers beside the accumulators.
+    """
+    d = max(spec.head_dim, spec.head_dim_v)
+    if spec.q_len <= 64:
+        block_q, num_warps = 64, 4
+    else:
+        block_q, num_warps = 128, 4
+    block_k = 64 if d <= 128 else 32
+    cfg = CudaConfig(block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=2,
+                     q_in_registers=True)
+    if registers_estimate(spec, cfg) > 200:
+        cfg = dataclasses.replace(cfg, q_in_registers=False)
+    if registers_estimate(spec, cfg) > 240:
+        cfg = dataclasses.replace(cfg, block_q=block_q, num_warps=block_q // 16)
+    return cfg
+
+
+def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[str] = None) -> None:
+    """Raise :class:`ConfigError` with the reason if ``config`` cannot build ``spec``."""
+    c = config
+
+    def bad(msg):
+        raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
+
+    for name in ("block_q", "block_k", "num_warps", "num_stages"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            bad(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(c.q_in_registers, bool):
+        bad(f"q_in_registers must be a bool, got {c.q_in_registers!r}")
+    if c.num_warps not in (1, 2, 4, 8, 16):
+        bad(f"num_warps must be 1, 2, 4, 8 or 16, got {c.num_warps}")
+    if c.block_q % (16 * c.num_warps):
+        bad(f"block_q ({c.block_q}) must be a multiple of 16 * num_warps ({16 * c.num_warps}): "
+            "each warp owns whole m16 row tiles")
+    if c.block_k % 16:
+        bad(f"block_k ({c.block_k}) must be a multiple of 16 (the mma k step of P·V)")
+    if c.num_stages < 2 or c.num_stages > 4:
+        bad(f"num_stages must be 2, 3 or 4 (cp.async pipeline depth), got {c.num_stages}")
+    for name in ("head_dim", "head_dim_v"):
+        d = getattr(spec, name)
+        if d % 16:
+            raise ShapeError(f"cuda target: {name} ({d}) must be a multiple of 16 (mma k step)",
+                             variant=spec.name or None)
+    limit = _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT)
+    smem = shared_memory_bytes(spec, c)
+    if smem > limit:
+        bad(f"needs {smem} bytes of shared memory per block, over the {limit} of "
+            f"{arch or 'the largest supported GPU'}: lower block_q, block_k or num_stages")
+    regs = registers_estimate(spec, c)
+    if regs > 240:
+        bad(f"holds about {regs} registers of fragments per thread (limit 255 with addresses "
+            "and softmax state): lower block_q per warp or block_k, or set q_in_registers=False")
+
+
+def _validate_spec(spec: FlashKernelSpec) -> None:
+    if spec.dtype not in _SUPPORTED_DTYPES:
+        raise DTypeError(f"cuda target: dtype {spec.dtype!r} is not supported; tensor cores take "
+                         f"{' or '.join(_SUPPORTED_DTYPES)} (trace the variant with dtype f16 or bf16)",
+                         variant=spec.name or None)
+    for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "head_dim_v"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or value <= 0:
+            raise TargetError(f"cuda target: {name} must be a positive integer, got {value!r}",
+                              variant=spec.name or None)
+    if spec.q_heads % spec.kv_heads:
+        raise TargetError(f"cuda target: q_heads ({spec.q_heads}) must be a multiple of kv_heads "
+                          f"({spec.kv_heads})", variant=spec.name or None)
+
+
+# --------------------------------------------------------------------------- TIR helpers
+
+
+def _dtype_of(expr) -> str:
+    ty = getattr(expr, "ty", None)
+    if ty is not None and hasattr(ty, "dtype"):
+        return str(ty.dtype)
+    return str(expr.dtype)
+
+
+def _as_bool(expr):
+    from tvm import tirx
+    from tvm.ir import Expr as PrimExpr
+
+    if isinstance(expr, (bool, np.bool_)):
+        return tirx.const(bool(expr), "bool")
+    if isinstance(expr, PrimExpr) and not _dtype_of(expr).startswith("bool"):
+        return tirx.NE(expr, tirx.const(0, _dtype_of(expr)))
+    return expr
+
+
+def _as_f32(expr):
+    from tvm import tirx
+
+    if isinstance(expr, (int, float, np.floating, np.integer)):
+        return tirx.const(float(expr), "float32")
+    if _dtype_of(expr) != "float32":
+        return tirx.Cast("float32", expr)
+    return expr
+
+
+def _swizzle_width(row_elems: int) -> int:
+    """16-byte chunks XOR-permuted within a row: the largest power of two <= 8 dividing
+    the row's chunk count (8 makes an 8-row ldmatrix conflict-free)."""
+    chunks = row_elems // 8
+    w = 1
+    while w < 8 and chunks % (w * 2) == 0:
+        w *= 2
+    return w
+
+
+# --------------------------------------------------------------------------- lowering
+
+
+def lower(spec: FlashKernelSpec, config: CudaConfig):
+    """The kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
+    import tvm
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    _validate_spec(spec)
+    validate_config(spec, config)
+
+    B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
+    S, TK, D, DV = spec.q_len, spec.kv_len, spec.head_dim, spec.head_dim_v
+    G = spec.group
+    dtype = spec.dtype
+    ptx_t = _PTX_TYPE[dtype]
+    scale = float(spec.scale)
+
+    BQ, BK = config.block_q, config.block_k
+    NW, NS = config.num_warps, config.num_stages
+    Q_IN_REGS = config.q_in_registers
+    NT = NW * 32                      # threads per block
+    RW = BQ // NW                     # query rows per warp
+    MT = RW // 16                     # m16 tiles per warp
+    NKT = BK // 8                     # n8 tiles of S per key block
+    KD = D // 16                      # k16 steps of Q·Kᵀ
+    KK = BK // 16                     # k16 steps of P·V
+    NDV = DV // 8                     # n8 tiles of the output
+    NQB = (S + BQ - 1) // BQ
+    NKB = (TK + BK - 1) // BK
+    SWQ, SWV = _swizzle_width(D), _swizzle_width(DV)
+    CQ, CV = D // 8, DV // 8          # 16-byte chunks per row of Q/K and of V/out
+
+    # shared memory map, in 16-bit elements
+    Q_ELEMS = BQ * max(D, DV)         # the Q tile, later the output tile
+    K_BASE = Q_ELEMS
+    K_ELEMS = BK * D
+    V_BASE = K_BASE + NS * K_ELEMS
+    V_ELEMS = BK * DV
+    SMEM_ELEMS = V_BASE + NS * V_ELEMS
+
+    # copies: chunks of a tile per thread (ceil), guarded when the tile does not divide
+    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
+    O_ITERS = -(-(BQ * CV) // NT)
+
+    kb_lower = spec.key_bounds.lower_offset
+    kb_upper = spec.key_bounds.upper_offset
+    # drop bounds that no (query, key) pair can reach
+    if kb_upper is not None and kb_upper >= TK - 1:
+        kb_upper = None
+    if kb_lower is not None and kb_lower <= -(S - 1):
+        kb_lower = None
+    band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
+    score_mod = spec.score_mod
+    mask_mod = spec.mask_mod
+    # without score_mod, scale and log2(e) fold into one multiply
+    fold_scale = score_mod is None
+
+    f32 = "float32"
+    NEG_INF = tirx.const(float("-inf"), f32)
+    FULL_MASK = tirx.const(0xFFFFFFFF, "uint32")
+
+    def i32(x):
+        return tirx.const(x, "int32")
+
+    # ---- Python helpers the TVMScript parser evaluates (they build PrimExprs)
+    def sw(row, chunk, width):
+        """XOR swizzle of a 16-byte chunk index by row."""
+        if width == 1:
+            return chunk
+        return tirx.bitwise_xor(chunk, tirx.floormod(row, width))
+
+    def q_off(row, chunk):
+        return row * D + sw(row, chunk, SWQ) * 8
+
+    def k_off(slot, row, chunk):
+        return K_BASE + slot * K_ELEMS + row * D + sw(row, chunk, SWQ) * 8
+
+    def v_off(slot, row, chunk):
+        return V_BASE + slot * V_ELEMS + row * DV + sw(row, chunk, SWV) * 8
+
+    def o_off(row, chunk):
+        return row * DV + sw(row, chunk, SWV) * 8
+
+    def scaled(acc, b, h, i, j):
+        """The score in log2 units; without score_mod the scale is applied later, fused
+        into the exponent's FFMA (max commutes with a positive scale)."""
+        if fold_scale:
+            return acc
+        s = _as_f32(score_mod(acc * tirx.const(scale, f32), b, h, i, j))
+        return s * tirx.const(_LOG2E, f32)
+
+    def to_log2(x):
+        """Raw row max -> log2 units (see scaled)."""
+        if fold_scale:
+            return x * tirx.const(scale * _LOG2E, f32)
+        return x
+
+    def exp_arg(s, m):
+        if fold_scale:
+            return s * tirx.const(scale * _LOG2E, f32) - m
+        return s - m
+
+    def keep(b, h, i, j):
+        conds = []
+        if NKB * BK != TK:
+            conds.append(j < TK)
+        if kb_lower is not None:
+            conds.append(j >= i + kb_lower)
+        if kb_upper is not None:
+            conds.append(j <= i + kb_upper)
+        if mask_mod is not None:
+            conds.append(_as_bool(mask_mod(b, h, i, j)))
+        if not conds:
+            return tirx.const(True, "bool")
+        out = conds[0]
+        for cnd in conds[1:]:
+            out = tirx.And(out, cnd)
+        return out
+
+    def masked(acc, b, h, i, j):
+        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j), NEG_INF)
+
+    def block_lo(q0):
+        if kb_lower is None:
+            return i32(0)
+        return tirx.floordiv(tirx.max(q0 + kb_lower, 0), BK)
+
+    def block_hi(q0):
+        q_last = tirx.min(q0 + (BQ - 1), S - 1)
+        if kb_upper is None:
+            return i32(NKB)
+        return tirx.max(tirx.floordiv(tirx.min(q_last + kb_upper, TK - 1), BK) + 1, block_lo(q0))
+
+    def tile_is_full(r0, kb):
+        """True when no element of rows r0 .. r0+RW-1 x key block kb needs the element mask."""
+        if not band_is_mask:
+            return tirx.const(False, "bool")
+        r_last = r0 + (RW - 1)
+        j0 = kb * BK
+        conds = []
+        if NKB * BK != TK:
+            conds.append(j0 + BK <= TK)
+        if kb_lower is not None:
+            conds.append(j0 >= r_last + kb_lower)
+        if kb_upper is not None:
+            conds.append(j0 + (BK - 1) <= r0 + kb_upper)
+        if not conds:
+            return tirx.const(True, "bool")
+        out = conds[0]
+        for cnd in conds[1:]:
+            out = tirx.And(out, cnd)
+        return out
+
+    def within(count, index):
+        """Guard of a tile copy whose chunk count need not divide the thread count."""
+        if count % NT == 0:
+            return tirx.const(True, "bool")
+        return index < count
+
+    def both(a, c):
+        return tirx.And(a, c)
+
+    def qk(kd):
+        """Q fragment slot of k step kd: all of them in registers, else one reused."""
+        return kd if Q_IN_REGS else 0
+
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{ptx_t}.{ptx_t}.f32"
+    cvt = f"cvt.rn.{ptx_t}x2.f32"
+    ldm = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
+    ldm_t = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
+    cpa = "cp.async.cg.shared.global"
+    ex2 = "ex2.approx.ftz.f32"
+
+    @T.prim_func
+    def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
+             v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+             lse: T.Buffer((B, H, S), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.x"):
+                for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                    smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
+                    q_frag = T.decl_buffer((MT, KD if Q_IN_REGS else 1, 4), "uint32", scope="local")
+                    k_frag = T.decl_buffer((4,), "uint32", scope="local")
+                    v_frag = T.decl_buffer((4,), "uint32", scope="local")
+                    p_frag = T.decl_buffer((MT, KK, 4), "uint32", scope="local")
+                    s_acc = T.decl_buffer((MT, NKT, 4), "float32", scope="local")
+                    o_acc = T.decl_buffer((MT, NDV, 4), "float32", scope="local")
+                    m_run = T.decl_buffer((MT * 2,), "float32", scope="local")
+                    l_run = T.decl_buffer((MT * 2,), "float32", scope="local")
+                    m_use = T.decl_buffer((MT * 2,), "float32", scope="local")
+                    red = T.decl_buffer((MT * 2,), "float32", scope="local")
+                    b = bh // H
+                    h = bh % H
+                    hk = h // G
+                    qb = NQB - 1 - qb_rev
+                    q0 = qb * BQ
+                    warp = tx // 32
+                    lane = tx % 32
+                    r0 = q0 + warp * RW                    # first query row of this warp
+                    kb_lo = block_lo(q0)
+                    kb_hi = block_hi(q0)
+                    # ---- prologue: Q tile, then the first num_stages - 1 key blocks
+                    for it in T.unroll(Q_ITERS):
+                        if within(BQ * CQ, it * NT + tx):
+                            T.ptx[cpa](
+                                T.address_of(smem[q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
+                                               (it * NT + tx) % CQ * 8]),
+                                16,
+                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                    for st in T.unroll(NS - 1):
+                        if kb_lo + st < kb_hi:
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            (kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(BK * CV, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[v_off(st, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                                        T.address_of(v[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CV, TK - 1),
+                                                       (it * NT + tx) % CV * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            (kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                        T.ptx["cp.async.commit_group"]()
+                    # ---- running state
+                    for r in T.unroll(MT * 2):
+                        m_run[r] = NEG_INF
+                        l_run[r] = T.float32(0)
+                    for mt in T.unroll(MT):
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(4):
+                                o_acc[mt, nd, e] = T.float32(0)
+                    # ---- the key loop
+                    for kb in T.serial(kb_lo, kb_hi):
+                        T.ptx["cp.async.wait_group"](NS - 2)
+                        T.tvm_storage_sync("shared")
+                        if Q_IN_REGS:
+                            if kb == kb_lo:
+                                for mt in T.unroll(MT):
+                                    for kd in T.unroll(KD):
+                                        T.ptx[ldm](q_frag[mt, kd, 0], q_frag[mt, kd, 1], q_frag[mt, kd, 2],
+                                                   q_frag[mt, kd, 3],
+                                                   T.address_of(smem[q_off(warp * RW + mt * 16 + lane % 16,
+                                                                           kd * 2 + lane // 16)]))
+                        # prefetch key block kb + NS - 1 into the slot freed by block kb - 1
+                        if kb + (NS - 1) < kb_hi:
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[k_off((kb - kb_lo + NS - 1) % NS,
+                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min((kb + NS - 1) * BK + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            (kb + NS - 1) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(BK * CV, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[v_off((kb - kb_lo + NS - 1) % NS,
+                                                                (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                                        T.address_of(v[b, hk, T.min((kb + NS - 1) * BK + (it * NT + tx) // CV, TK - 1),
+                                                       (it * NT + tx) % CV * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            (kb + NS - 1) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                        T.ptx["cp.async.commit_group"]()
+                        # ---- S = Q Kᵀ
+                        for mt in T.unroll(MT):
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(4):
+                                    s_acc[mt, nt, e] = T.float32(0)
+                        for kd in T.unroll(KD):
+                            if not Q_IN_REGS:
+                                for mt in T.unroll(MT):
+                                    T.ptx[ldm](q_frag[mt, 0, 0], q_frag[mt, 0, 1], q_frag[mt, 0, 2],
+                                               q_frag[mt, 0, 3],
+                                               T.address_of(smem[q_off(warp * RW + mt * 16 + lane % 16,
+                                                                       kd * 2 + lane // 16)]))
+                            for np_ in T.unroll(NKT // 2):
+                                T.ptx[ldm](k_frag[0], k_frag[1], k_frag[2], k_frag[3],
+                                           T.address_of(smem[k_off((kb - kb_lo) % NS,
+                                                                   np_ * 16 + lane // 16 * 8 + lane % 8,
+                                                                   kd * 2 + lane // 8 % 2)]))
+                                for mt in T.unroll(MT):
+                                    for half in T.unroll(2):
+                                        T.ptx[mma](
+                                            s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
+                                            s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3],
+                                            q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
+                                            q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
+                                            k_frag[half * 2], k_frag[half * 2 + 1],
+                                            s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
+                                            s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3])
+                        # ---- score_mod, mask (partial tiles only), log2 domain
+                        if tile_is_full(r0, kb):
+                            for mt in T.unroll(MT):
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(4):
+                                        s_acc[mt, nt, e] = scaled(
+                                            s_acc[mt, nt, e], b, h,
+                                            r0 + mt * 16 + lane // 4 + e // 2 * 8,
+                                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                        else:
+                            for mt in T.unroll(MT):
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(4):
+                                        s_acc[mt, nt, e] = masked(
+                                            s_acc[mt, nt, e], b, h,
+                                            r0 + mt * 16 + lane // 4 + e // 2 * 8,
+                                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                        # ---- online softmax
+                        for r in T.unroll(MT * 2):
+                            red[r] = NEG_INF
+                        for mt in T.unroll(MT):
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(4):
+                                    red[mt * 2 + e // 2] = T.max(red[mt * 2 + e // 2], s_acc[mt, nt, e])
+                        for r in T.unroll(MT * 2):
+                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
+                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
+                            red[r] = T.max(m_run[r], to_log2(red[r]))         # new running max
+                            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
+                            T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
+                            l_run[r] = l_run[r] * m_run[r]
+                        for mt in T.unroll(MT):
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(4):
+                                    o_acc[mt, nd, e] = o_acc[mt, nd, e] * m_run[mt * 2 + e // 2]
+                        for r in T.unroll(MT * 2):
+                            m_run[r] = red[r]
+                        for mt in T.unroll(MT):
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(4):
+                                    T.ptx[ex2](s_acc[mt, nt, e], exp_arg(s_acc[mt, nt, e], m_use[mt * 2 + e // 2]))
+                                    l_run[mt * 2 + e // 2] = l_run[mt * 2 + e // 2] + s_acc[mt, nt, e]
+                        # ---- P (16-bit, in registers) as the A operand of P·V
+                        for mt in T.unroll(MT):
+                            for kk in T.unroll(KK):
+                                for e in T.unroll(4):
+                                    T.ptx[cvt](p_frag[mt, kk, e],
+                                               s_acc[mt, kk * 2 + e // 2, e % 2 * 2 + 1],
+                                               s_acc[mt, kk * 2 + e // 2, e % 2 * 2])
+                        # ---- O += P V
+                        for kk in T.unroll(KK):
+                            for dp in T.unroll(NDV // 2):
+                                T.ptx[ldm_t](v_frag[0], v_frag[1], v_frag[2], v_frag[3],
+                                             T.address_of(smem[v_off((kb - kb_lo) % NS,
+                                                                     kk * 16 + lane // 8 % 2 * 8 + lane % 8,
+                                                                     dp * 2 + lane // 16)]))
+                                for mt in T.unroll(MT):
+                                    for half in T.unroll(2):
+                                        T.ptx[mma](
+                                            o_acc[mt, dp * 2 + half, 0], o_acc[mt, dp * 2 + half, 1],
+                                            o_acc[mt, dp * 2 + half, 2], o_acc[mt, dp * 2 + half, 3],
+                                            p_frag[mt, kk, 0], p_frag[mt, kk, 1],
+                                            p_frag[mt, kk, 2], p_frag[mt, kk, 3],
+                                            v_frag[half * 2], v_frag[half * 2 + 1],
+                                            o_acc[mt, dp * 2 + half, 0], o_acc[mt, dp * 2 + half, 1],
+                                            o_acc[mt, dp * 2 + half, 2], o_acc[mt, dp * 2 + half, 3])
+                    # ---- epilogue
+                    T.ptx["cp.async.wait_group"](0)
+                    T.tvm_storage_sync("shared")
+                    for r in T.unroll(MT * 2):
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
+                        red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                    # lse: the lane holding column pair 0 of each row writes it
+                    for mt in T.unroll(MT):
+                        for hf in T.unroll(2):
+                            if both(lane % 4 == 0, r0 + mt * 16 + hf * 8 + lane // 4 < S):
+                                lse[b, h, r0 + mt * 16 + hf * 8 + lane // 4] = T.Select(
+                                    l_run[mt * 2 + hf] > T.float32(0),
+                                    (m_run[mt * 2 + hf] + T.log2(l_run[mt * 2 + hf])) * T.float32(_LN2),
+                                    NEG_INF)
+                    # out tile -> shared (16-bit, swizzled) -> global with 16-byte copies
+                    for mt in T.unroll(MT):
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(4):
+                                smem[o_off(warp * RW + mt * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                                    T.Cast(dtype, o_acc[mt, nd, e] * red[mt * 2 + e // 2])
+                    T.tvm_storage_sync("shared")
+                    for it in T.unroll(O_ITERS):
+                        if within(BQ * CV, it * NT + tx):
+                            if q0 + (it * NT + tx) // CV < S:
+                                for e in T.vectorized(8):
+                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+
+    return tvm.IRModule({"main": main})
+
+
+# --------------------------------------------------------------------------- build / run
+
+
+def cuda_target(arch: str):
+    import tvm
+
+    return tvm.target.Target({"kind": "cuda", "arch": arch})
+
+
+def local_arch() -> Optional[str]:
+    """sm_XY of the local GPU (sm_90a on Hopper), or None without a CUDA device."""
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            return None
+        major, minor = (int(x) for x in str(dev.compute_version).split("."))
+        return f"sm_{major}{minor}" + ("a" if major == 9 else "")
+    except Exception:  # pragma: no cover - depends on the machine
+        return None
+
+
+@dataclass
+class CudaKernel:
+    """A built kernel: the TVM executable plus what ``run`` needs to allocate outputs."""
+
+    spec: FlashKernelSpec
+    config: CudaConfig
+    arch: str
+    executable: object
+    compile_seconds: float
+
+    @property
+    def mod(self):
+        return self.executable.mod
+
+    def __call__(self, *args):
+        return self.executable["main"](*args)
+
+
+def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Optional[str] = None) -> CudaKernel:
+    """Compile the kernel for ``arch`` (``sm_80``, ``sm_90a``, ...; default: the local GPU).
+
+    nvcc must be on PATH; no GPU is needed to build."""
+    import tvm
+
+    if config is None:
+        config = default_config(spec)
+    if arch is None:
+        arch = local_arch()
+        if arch is None:
+            raise TargetError("cuda target: no CUDA device here, so the architecture must be given "
+                              "(arch='sm_90a' for H100, 'sm_80' for A100)", variant=spec.name or None)
+    if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:5].isdigit() and int(arch[3:5]) >= 80):
+        raise TargetError(f"cuda target: arch {arch!r} is not supported (needs sm_80 or newer: "
+                          "mma.sync m16n8k16 with bf16, cp.async)", variant=spec.name or None)
+    validate_config(spec, config, arch)
+    t0 = time.perf_counter()
+    mod = lower(spec, config)
+    try:
+        executable = tvm.compile(mod, target=cuda_target(arch))
+    except Exception as exc:  # a TVM traceback never reaches a user
+        text = str(exc).strip()
+        raise TargetError(f"cuda target: TVM failed to build the kernel with {config} for {arch}: "
+                          f"{text.splitlines()[-1] if text else exc}", variant=spec.name or None) from exc
+    return CudaKernel(spec, config, arch, executable, time.perf_counter() - t0)
+
+
+def source(built: CudaKernel) -> str:
+    """The generated CUDA C++ of the kernel."""
+    for m in built.executable.mod.imports:
+        try:
+            text = m.inspect_source()
+        except Exception:  # pragma: no cover
+            continue
+        if "__global__" in text:
+            return text
+    raise TargetError("cuda target: the built module holds no CUDA source")
+
+
+def export_library(built: CudaKernel, path: str) -> None:
+    """Write a shared library holding the host code and the CUDA source (compiled at load)."""
+    built.executable.export_library(path)
+
+
+def _np_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def _shapes(spec: FlashKernelSpec):
+    B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
+    return ((B, H, spec.q_len, spec.head_dim), (B, KVH, spec.kv_len, spec.head_dim),
+            (B, KVH, spec.kv_len, spec.head_dim_v), (B, H, spec.q_len, spec.head_dim_v),
+            (B, H, spec.q_len))
+
+
+def run(built: CudaKernel, q, k, v):
+    """Run ``built`` on numpy arrays on CUDA device 0; returns ``(out, lse)`` as numpy arrays."""
+    import tvm
+
+    spec = built.spec
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise TargetError("cuda target: no CUDA device to run on", variant=spec.name or None)
+    dt = _np_dtype(spec.dtype)
+    q_shape, k_shape, v_shape, out_shape, lse_shape = _shapes(spec)
+    args = []
+    for name, arr, shape in (("q", q, q_shape), ("k", k, k_shape), ("v", v, v_shape)):
+        arr = np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))
+        if arr.shape != shape:
+            raise ShapeError(f"cuda target: {name} has shape {arr.shape}, kernel expects {shape}",
+                             variant=spec.name or None)
+        args.append(tvm.runtime.tensor(arr, device=dev))
+    out = tvm.runtime.tensor(np.full(out_shape, np.nan, dtype=dt), device=dev)
+    lse = tvm.runtime.tensor(np.full(lse_shape, np.nan, dtype=np.float32), device=dev)
+    built(*args, out, lse)
+    dev.sync()
+    return out.numpy(), lse.numpy()
+
+
+def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
+            number: int = 5) -> float:
+    """Median seconds per call on random inputs (device time, outputs preallocated)."""
+    import tvm
+
+    spec = spec or built.spec
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise TargetError("cuda target: no CUDA device to measure on", variant=spec.name or None)
+    dt = _np_dtype(spec.dtype)
+    rng = np.random.default_rng(0)
+    shapes = _shapes(spec)
+    args = [tvm.runtime.tensor(rng.standard_normal(s, dtype=np.float32).astype(dt), device=dev)
+            for s in shapes[:3]]
+    args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt), device=dev))
+    args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
+    timer = built.executable.mod.time_evaluator("main", dev, number=number, repeat=repeat,
+                                                min_repeat_ms=0)
+    return float(statistics.median(timer(*args).results))
+
+
+def flops(spec: FlashKernelSpec, density: float = 1.0) -> float:
+    """Matrix flops of the two products (4 * B * H * S * T * (D + DV) / 2), times the mask density."""
+    return 2.0 * spec.batch * spec.q_heads * spec.q_len * spec.kv_len * (spec.head_dim + spec.head_dim_v) * density
