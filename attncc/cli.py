@@ -56,8 +56,9 @@ def cmd_compile(args) -> int:
     if kb.lower_offset is not None or kb.upper_offset is not None:
         lo = "" if kb.lower_offset is None else f"q_idx{kb.lower_offset:+d} <= "
         hi = "" if kb.upper_offset is None else f" <= q_idx{kb.upper_offset:+d}"
+        dens = k.density()
         print(f"key range  {lo}kv_idx{hi}  ({'exact band: full blocks skip the mask' if kb.exact else 'bound only'};"
-              f" density {k.density():.3f})")
+              f" density {'data-dependent' if dens is None else f'{dens:.3f}'})")
     if k.tile_summary():
         print(f"tiles      {k.tile_summary()}")
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
@@ -71,7 +72,8 @@ def cmd_compile(args) -> int:
     status = 0
     if not args.no_run:
         sec = k.measure()
-        print(f"kernel     {_fmt_time(sec)}  ({k.flops() / sec / 1e9:.1f} GFLOP/s)")
+        note = "" if k.density() is not None else ", counting all pairs: the mask depends on data"
+        print(f"kernel     {_fmt_time(sec)}  ({k.flops() / sec / 1e9:.1f} GFLOP/s{note})")
     if args.verify:
         rep = compiler.verify(k, seed=args.seed)
         ok = rep.passed

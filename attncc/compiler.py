@@ -110,36 +110,49 @@ class CompiledKernel:
     def random_inputs(self, seed: int = 0) -> dict:
         return random_inputs(self.source_ir, self.env, seed)
 
-    def __call__(self, q, k, v):
-        """Run on numpy arrays (q, k, v in the flash op's order); returns (out, lse)."""
-        for name, arr, val in zip(("q", "k", "v"), (q, k, v), self.flash_op.operands):
+    def __call__(self, q, k, v, *captures):
+        """Run on numpy arrays (q, k, v, then captured inputs such as document ids, in
+        the flash op's order); returns (out, lse)."""
+        operands = self.flash_op.operands
+        if len(captures) != len(operands) - 3:
+            raise ShapeError(f"kernel takes q, k, v and {len(operands) - 3} captured input(s) "
+                             f"({', '.join('%' + (c.hint or '?') for c in operands[3:]) or 'none'}), "
+                             f"got {len(captures)}", variant=self.variant)
+        for arr, val in zip((q, k, v) + tuple(captures), operands):
             want = val.type.concrete(self.env)
             if tuple(np.shape(arr)) != tuple(want):
-                raise ShapeError(f"input {name} has shape {tuple(np.shape(arr))}, the kernel was built for "
+                raise ShapeError(f"input {val.hint} has shape {tuple(np.shape(arr))}, the kernel was built for "
                                  f"{tuple(want)}", variant=self.variant)
-        return self.target.run(self.built, q, k, v)
+        return self.target.run(self.built, q, k, v, *captures)
 
     def run_inputs(self, inputs: dict):
-        q, k, v = (inputs[a.hint] for a in self.flash_op.operands)
-        return self.target.run(self.built, q, k, v)
+        return self.target.run(self.built, *(inputs[a.hint] for a in self.flash_op.operands))
 
     def measure(self, **kw) -> float:
         return self.target.measure(self.built, self.spec, **kw)
 
-    def flops(self) -> float:
+    def flops(self, captures=None) -> float:
+        """FLOPs of the kept (query, key) pairs (all pairs if the density is unknown)."""
         s = self.spec
-        return 4.0 * s.batch * s.q_heads * s.q_len * s.kv_len * (s.head_dim + s.head_dim_v) / 2 * self.density()
+        d = self.density(captures)
+        return 4.0 * s.batch * s.q_heads * s.q_len * s.kv_len * (s.head_dim + s.head_dim_v) / 2 * (
+            1.0 if d is None else d)
 
-    def density(self) -> float:
-        """Fraction of (query, key) pairs the mask keeps (evaluated for batch 0, head 0)."""
+    def density(self, captures=None) -> Optional[float]:
+        """Fraction of (query, key) pairs the mask keeps (evaluated for batch 0, head 0);
+        None for a data-dependent mask when no data is given."""
         mask = self.flash_op.region("mask")
         if mask is None:
             return 1.0
+        n_cap = len(self.flash_op.operands) - 3
+        if n_cap and captures is None:
+            return None
         from attncc.reference import _Interp
         it = _Interp(self.env, "float64")
         i = np.arange(self.spec.q_len).reshape(-1, 1)
         j = np.arange(self.spec.kv_len).reshape(1, -1)
-        keep = np.broadcast_to(it.region(mask, [np.int64(0), np.int64(0), i, j]), (i.size, j.size))
+        keep = np.broadcast_to(it.region(mask, [np.int64(0), np.int64(0), i, j] + list(captures or [])),
+                               (i.size, j.size))
         return float(np.mean(keep))
 
     def tiles(self):

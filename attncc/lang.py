@@ -158,6 +158,25 @@ class Tensor:
             return exp(self * math.log(base))
         raise VariantError(f"{base!r} ** tensor: the base must be a positive number", line=_caller_line())
 
+    def __getitem__(self, idx):
+        """``doc[q_idx]``: read this tensor at traced indices (a gather; indices are
+        clamped into range).  Used by masks over runtime data such as document ids."""
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        if len(idx) != self.ndim:
+            raise ShapeError(f"indexing a rank-{self.ndim} tensor needs {self.ndim} index(es), got {len(idx)}",
+                             line=_caller_line())
+        ts = []
+        for i in idx:
+            if isinstance(i, slice):
+                raise VariantError("slicing traced tensors is not supported; index with q_idx, kv_idx, ...",
+                                   line=_caller_line())
+            t = _lift(i, DType.i32)
+            if not t.dtype.is_int:
+                raise DTypeError(f"indices must be integers, got {t.dtype}", line=_caller_line())
+            ts.append(cast(t, DType.i32))
+        return Tensor(_trace().emit("attn.gather", [self.value] + [t.value for t in ts]))
+
     # -- comparisons and logic ------------------------------------------------------------
     def __lt__(self, o): return _binary("attn.lt", self, o)
     def __le__(self, o): return _binary("attn.le", self, o)
@@ -354,10 +373,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, score_mod: Optional[Callable] 
         s = s * scale
     b, h, i, j = indices(s)
     if score_mod is not None:
+        scores = s
         s = _lift(score_mod(s, b, h, i, j), DType.f32)
         if not s.dtype.is_float:
             raise DTypeError(f"score_mod must return a float score, got {s.dtype}", line=line)
         s = cast(s, DType.f32)
+        if s.shape != scores.shape:     # it ignored the score (a bias of indices, a constant): one per pair
+            s = where(True, s, scores)
     if mask_mod is not None:
         m = mask_mod(b, h, i, j)
         if m is True:
@@ -464,7 +486,9 @@ def load_variants(path: str) -> list[Variant]:
     try:
         spec.loader.exec_module(mod)
     except SyntaxError as e:
-        raise VariantError(f"{path}:{e.lineno}: syntax error: {e.msg}", line=e.lineno) from None
+        err = VariantError(f"{path}:{e.lineno}: syntax error: {e.msg}")
+        err.line = e.lineno         # kept for callers; the message already names file:line once
+        raise err from None
     except AttnccError:
         raise
     except Exception as e:

@@ -140,6 +140,10 @@ class _Interp:
                 return np.logical_not(a[0])
             if n == "select":
                 return np.where(a[0], a[1], a[2])
+            if n == "gather":
+                src = np.asarray(a[0])
+                idx = tuple(np.clip(np.asarray(x, dtype=np.int64), 0, d - 1) for x, d in zip(a[1:], src.shape))
+                return src[np.broadcast_arrays(*idx)] if idx else src
             if n == "cast":
                 to: DType = op.attrs["to"]
                 x = a[0]
@@ -195,7 +199,8 @@ class _Interp:
         return self.run_block(r.ops, vals)[0]
 
     def flash(self, op: Op, a: list):
-        q, k, v = a
+        q, k, v = a[:3]
+        captures = list(a[3:])
         B, Hq, S, _ = q.shape
         Hkv, T = k.shape[1], k.shape[2]
         scale = eval_scalar(op.attrs.get("scale", 1.0), self.env)
@@ -206,10 +211,10 @@ class _Interp:
         j = np.arange(T).reshape(1, 1, 1, T)
         score = op.region("score")
         if score is not None:
-            s = np.broadcast_to(self.region(score, [s, b, h, i, j]), s.shape)
+            s = np.broadcast_to(self.region(score, [s, b, h, i, j] + captures), s.shape)
         mask = op.region("mask")
         if mask is not None:
-            keep = np.broadcast_to(self.region(mask, [b, h, i, j]), s.shape)
+            keep = np.broadcast_to(self.region(mask, [b, h, i, j] + captures), s.shape)
             s = np.where(keep, s, -np.inf)
         vv = v
         if Hkv != Hq:

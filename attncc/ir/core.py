@@ -368,9 +368,13 @@ def _check_region(opname, region, arg_types, result_type):
         _err(opname, f"region '{region.name}' must yield one {result_type}", VerifyError)
 
 
-@_register("flash", 3, "fused attention: flash(q, k, v) with optional 'score' and 'mask' regions")
+@_register("flash", None, "fused attention: flash(q, k, v, captures...) with optional 'score' and 'mask' "
+          "regions; captured tensors (e.g. document ids) are trailing region arguments read with attn.gather")
 def _flash(types, attrs, regions):
-    q, k, v = types
+    if len(types) < 3:
+        _err("flash", f"needs q, k, v operands, got {len(types)}", VerifyError)
+    q, k, v = types[:3]
+    captures = list(types[3:])
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.rank != 4:
             _err("flash", f"{name} must have rank 4 [batch, heads, seq, dim], got {t}")
@@ -390,12 +394,26 @@ def _flash(types, attrs, regions):
     if len(set(names)) != len(names):
         _err("flash", "duplicate regions", VerifyError)
     by = {r.name: r for r in regions}
-    _check_region("flash", by.get("score"), [f32, i32, i32, i32, i32], f32)
-    _check_region("flash", by.get("mask"), [i32, i32, i32, i32], TensorType((), DType.i1))
+    _check_region("flash", by.get("score"), [f32, i32, i32, i32, i32] + captures, f32)
+    _check_region("flash", by.get("mask"), [i32, i32, i32, i32] + captures, TensorType((), DType.i1))
     out = TensorType((q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q.dtype)
     if attrs.get("lse", False):
         return [out, TensorType(q.shape[:3], DType.f32)]
     return [out]
+
+
+@_register("gather", None, "gather(src, idx_0, ..., idx_{r-1}): src at the broadcast index tensors "
+          "(indices are clamped into range)")
+def _gather(types, attrs, regions):
+    if not types:
+        _err("gather", "needs a source tensor", VerifyError)
+    src, idx = types[0], types[1:]
+    if len(idx) != src.rank:
+        _err("gather", f"a rank-{src.rank} source needs {src.rank} index operand(s), got {len(idx)}")
+    for t in idx:
+        if t.dtype != DType.i32:
+            _err("gather", f"indices must be i32, got {t.dtype}", DTypeError)
+    return [TensorType(_bcast("gather", idx) if idx else (), src.dtype)]
 
 
 @_register("return", None, "function results", terminator=True, pure=False)

@@ -114,6 +114,9 @@ class _Parser:
             d = parse_dim(text)
         except ParseError as e:
             self.error(e.message)
+        if d.has(sympy.Float) or (d.is_Number and (not d.is_Integer or d < 0)):
+            self.error(f"bad dimension '{text.strip()}': a dimension is a non-negative integer or an "
+                       "expression of dimension names")
         self.i = j
         return d
 
@@ -217,6 +220,9 @@ class _Parser:
             while self.accept(","):
                 results.append(self.value_name())
             self.expect("=")
+            for r in results:
+                if r in scope:
+                    raise ParseError(f"{self.filename}:{line}: value '%{r}' defined twice")
         name = self.ident()
         if name not in OPS:
             self.i -= len(name)
@@ -313,7 +319,7 @@ class _Parser:
         ops = self.body(scope, "attn.return")
         got = [v.type for v in ops[-1].operands]
         if got != rtypes:
-            raise ParseError(f"{self.filename}: @{name} declares results ({', '.join(map(str, rtypes))}) "
+            raise ParseError(f"{self.filename}:{ops[-1].line}: @{name} declares results ({', '.join(map(str, rtypes))}) "
                              f"but returns ({', '.join(map(str, got))})")
         return Function(name, args, ops, attrs)
 

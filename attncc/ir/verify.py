@@ -39,9 +39,10 @@ def _check_block(ops: list[Op], defined: set, terminator: str, where: str, in_re
 
 
 def _check_region(r: Region, where: str):
-    for a in r.args:
+    n_scalar = 5 if r.name == "score" else 4
+    for a in r.args[:n_scalar]:
         if not a.type.is_scalar:
-            raise VerifyError(f"{where}: region arguments must be scalars")
+            raise VerifyError(f"{where}: the index/score arguments of a region must be scalars")
     _check_block(r.ops, set(r.args), "attn.yield", where, True)
 
 

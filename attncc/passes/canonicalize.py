@@ -47,6 +47,8 @@ def _num(v: Value):
 
 def _norm(x, dt: DType):
     if isinstance(x, sympy.Expr):
+        # one canonical form whether the text wrote 1 or 1.0: 1.0/sqrt(D) -> 1/sqrt(D)
+        x = x.xreplace({f: sympy.Integer(int(f)) for f in x.atoms(sympy.Float) if float(f).is_integer()})
         x = sympy.nsimplify(x) if x.is_Float else sympy.simplify(x)
         if x.is_Number:
             x = int(x) if x.is_Integer and not dt.is_float else float(x)

@@ -27,7 +27,8 @@ from attncc.passes.pipeline import Pass, register_pass
 _ELEMENTWISE = {"attn.add", "attn.sub", "attn.mul", "attn.div", "attn.max", "attn.min", "attn.floordiv",
                 "attn.mod", "attn.exp", "attn.log", "attn.tanh", "attn.sigmoid", "attn.sqrt", "attn.neg",
                 "attn.abs", "attn.lt", "attn.le", "attn.gt", "attn.ge", "attn.eq", "attn.ne", "attn.and",
-                "attn.or", "attn.not", "attn.select", "attn.cast", "attn.constant", "attn.iota"}
+                "attn.or", "attn.not", "attn.select", "attn.cast", "attn.constant", "attn.iota",
+                "attn.gather"}
 
 
 def _refuse(func: Function, op: Op | None, msg: str):
@@ -61,6 +62,11 @@ class FuseAttention(Pass):
         if sm.attrs.get("axis", -1) % 4 != 3:
             _refuse(func, sm, "softmax must be over the last (key) axis")
         g = func.graph()
+        # the score path: what reaches the softmax without passing through a matmul
+        # (whatever computes q and k upstream of the score matmul is not part of the score)
+        for op in g.nodes:
+            if isinstance(op, Op) and op.name == "attn.matmul":
+                g.remove_edges_from(list(g.in_edges(op)))
         up = nx.ancestors(g, sm) | {x.owner} if x.owner is not None else set()
         qk = [op for op in up if isinstance(op, Op) and op.name == "attn.matmul"]
         if len(qk) != 1:
@@ -76,7 +82,9 @@ class FuseAttention(Pass):
         for op in between:
             if op.name not in _ELEMENTWISE:
                 _refuse(func, op, f"{op.name} between the score matmul and the softmax is not elementwise")
-            for v in op.operands:
+            for n_operand, v in enumerate(op.operands):
+                if v.owner is None and op.name == "attn.gather" and n_operand == 0:
+                    continue        # a captured input read at indices (document ids, ...)
                 if v.owner is None:
                     _refuse(func, op, f"the score reads tensor %{v.hint}, which is not an index: "
                             "only the scores, indices and constants may enter the score")
@@ -86,6 +94,8 @@ class FuseAttention(Pass):
                 if not dims_equal(op.results[0].type.shape[d], mm.results[0].type.shape[d]):
                     _refuse(func, op, f"index over dim {d} has extent {dim_str(op.results[0].type.shape[d])}, "
                             f"but the scores have {dim_str(mm.results[0].type.shape[d])}")
+            if op.name in ("attn.constant", "attn.iota"):
+                continue    # copied into the region: other users keep the original
             for r in op.results:
                 outside = [u for u in users(func, r) if u not in up and u is not sm]
                 if outside and r is not x:
@@ -116,13 +126,21 @@ class FuseAttention(Pass):
 
         mask_conds, score_val = _peel_mask(x)
         scale, score_val, raw = _peel_scale(score_val, mm.results[0])
+        captures = []
+        for op in between:
+            if op.name == "attn.gather" and op.operands[0].owner is None and op.operands[0] not in captures:
+                captures.append(op.operands[0])
+        for c in captures:
+            if any(c is x for x in (q, k, v)):
+                _refuse(func, None, f"the score reads q, k or v at indices (%{c.hint}); only other inputs "
+                        "may be captured")
         regions = []
         if score_val is not raw:
-            regions.append(_region_of(func, "score", score_val, raw, True))
+            regions.append(_region_of(func, "score", score_val, raw, True, captures))
         if mask_conds:
-            regions.append(_region_of(func, "mask", mask_conds, raw, False))
+            regions.append(_region_of(func, "mask", mask_conds, raw, False, captures))
         attrs = {"scale": scale} if scale is not None else {}
-        flash = make_op("attn.flash", [q, k, v], attrs, regions, line=sm.line)
+        flash = make_op("attn.flash", [q, k, v] + captures, attrs, regions, line=sm.line)
         out = flash.results[0]
         new = [flash]
         if out.type != final.type:
@@ -151,12 +169,11 @@ def _peel_mask(x: Value):
 
 
 def _reads_scores(v: Value) -> bool:
+    """Whether v depends on the score matmul (inputs read by gather do not count)."""
     stack, seen = [v], set()
     while stack:
         u = stack.pop()
         if u in seen or u.owner is None:
-            if u.owner is None:
-                return True
             continue
         seen.add(u)
         if u.owner.name == "attn.matmul":
@@ -185,12 +202,14 @@ def _peel_scale(s: Value, raw: Value):
     return None, s, raw
 
 
-def _region_of(func: Function, name: str, root, raw: Value, is_score: bool) -> Region:
+def _region_of(func: Function, name: str, root, raw: Value, is_score: bool, captures=()) -> Region:
     """Copy the tensor DAG ending at ``root`` into scalar ops over region arguments."""
     i32, f32 = TensorType((), DType.i32), TensorType((), DType.f32)
     arg_names = ["b", "h", "q_idx", "kv_idx"]
     args = ([Value(f32, "score")] if is_score else []) + [Value(i32, n) for n in arg_names]
     index_args = args[1:] if is_score else args
+    capture_args = {c: Value(c.type, c.hint) for c in captures}
+    args = args + list(capture_args.values())
     mapping: dict = {}
     ops: list[Op] = []
 
@@ -210,6 +229,8 @@ def _region_of(func: Function, name: str, root, raw: Value, is_score: bool) -> R
             op = v.owner
             if op.name == "attn.iota":
                 out = index_args[op.attrs["dim"]]
+            elif op.name == "attn.gather":
+                out = emit("attn.gather", [capture_args[op.operands[0]]] + [conv(w) for w in op.operands[1:]])
             elif op.name == "attn.constant":
                 out = emit("attn.constant", [], dict(op.attrs))
             else:

@@ -324,7 +324,7 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
         # factor log2(e) is folded into the scale of the packed keys.
         if score_mod is None:
             return s
-        return _as_f32(score_mod(s, b, h, i, j)) * tirx.const(_LOG2E, f32)
+        return _as_f32(score_mod(s, b, h, i, j, *CAPTURE_BUFFERS)) * tirx.const(_LOG2E, f32)
 
     def keep(b, h, i, j):
         conds = []
@@ -335,7 +335,7 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
         if kb_upper is not None:
             conds.append(j <= i + kb_upper)
         if mask_mod is not None:
-            conds.append(_as_bool(mask_mod(b, h, i, j)))
+            conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
         if not conds:
             return tirx.const(True, "bool")
         out = conds[0]
@@ -378,6 +378,11 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
         for cnd in conds[1:]:
             out = tirx.And(out, cnd)
         return out
+
+    # Captured inputs (document ids, ...) are extra kernel parameters after the outputs
+    # (and the block table); the score/mask expressions load from them.
+    CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(shape), cdt, name) for name, shape, cdt in spec.captures]
+    # (their parameters are added after parsing, so the well-formedness check runs after that)
 
     # Table mode: masks that are not one band (prefix-LM, global tokens, runtime block
     # masks) iterate a per-query-block list of the non-empty key blocks, with a flag
@@ -603,7 +608,7 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
 
 
         if USE_TABLE:
-            @T.prim_func
+            @T.prim_func(check_well_formed=False)
             def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
                      v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
                      lse: T.Buffer((B, H, S), "float32"), kv_count: T.Buffer((NQB,), "int32"),
@@ -611,7 +616,7 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                 T.func_attr({"global_symbol": "main", "tirx.noalias": True})
                 kernel_body(q, k, v, out, lse, kv_count, kv_index, kv_full)
         else:
-            @T.prim_func
+            @T.prim_func(check_well_formed=False)
             def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
                      v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
                      lse: T.Buffer((B, H, S), "float32")):
@@ -619,14 +624,23 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                 kernel_body(q, k, v, out, lse, None, None, None)
 
     except Exception as exc:  # e.g. a score_mod/mask_mod that does not build a PrimExpr
-        raise TargetError(f"cpu target: cannot generate the kernel ({spec.description or 'flash'}):"
+        raise TargetError(f"cpu target: cannot generate the kernel ({(spec.description or 'flash').splitlines()[0]}):"
                           f" {_last_line(exc)}", variant=spec.name or None) from exc
+    if CAPTURE_BUFFERS:
+        # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
+        main = tirx.PrimFunc(list(main.params) + CAPTURE_BUFFERS, main.body, main.ret_type, main.attrs)
+    try:
+        tvm.tirx.analysis.verify_well_formed(main)
+    except Exception as exc:  # pragma: no cover - a bug in this lowering
+        raise TargetError(f"cpu target: generated TIR is ill-formed: {_last_line(exc)}") from exc
     return tvm.IRModule({"main": main})
 
 
 def use_block_table(spec: FlashKernelSpec) -> bool:
     """True when the kernel iterates a block table (the mask is not a plain band)."""
-    return spec.tile_map is not None and spec.mask_mod is not None and not spec.key_bounds.exact
+    if spec.mask_mod is None or spec.key_bounds.exact:
+        return False
+    return spec.tile_map is not None or spec.runtime_tile_map is not None
 
 
 def block_tables(spec: FlashKernelSpec, config: CpuConfig, tiles=None):
@@ -666,16 +680,33 @@ class CpuKernel:
     # block tables (kv_count, kv_index, kv_full) for a mask known at compile time
     tables: Optional[tuple] = None
 
-    def extra_args(self, tiles=None) -> list:
-        """The block-table arguments of a table-mode kernel (none otherwise)."""
+    def extra_args(self, captures=(), tiles=None) -> list:
+        """Block-table arguments (table mode) then the captured inputs.  With runtime
+        captures the tile map is computed from them (once per call)."""
         import tvm
 
-        if not use_block_table(self.spec):
-            if tiles is not None:
-                raise TargetError("this kernel takes no block table", variant=self.spec.name or None)
-            return []
-        tables = block_tables(self.spec, self.config, tiles) if tiles is not None else self.tables
-        return [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
+        spec = self.spec
+        if len(captures) != len(spec.captures):
+            raise TargetError(f"kernel takes {len(spec.captures)} captured input(s) "
+                              f"({', '.join(c[0] for c in spec.captures) or 'none'}), got {len(captures)}",
+                              variant=spec.name or None)
+        arrays = []
+        for (name, shape, cdt), arr in zip(spec.captures, captures):
+            a = np.ascontiguousarray(np.asarray(arr).astype(_np_dtype(cdt), copy=False))
+            if a.shape != tuple(shape):
+                from attncc.errors import ShapeError
+                raise ShapeError(f"captured input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
+                                 variant=spec.name or None)
+            arrays.append(a)
+        out = []
+        if use_block_table(spec):
+            if tiles is None and spec.runtime_tile_map is not None:
+                tiles = spec.runtime_tile_map(arrays, self.config.block_q, self.config.block_k)
+            tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
+            out += [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
+        elif tiles is not None:
+            raise TargetError("this kernel takes no block table", variant=spec.name or None)
+        return out + [tvm.runtime.tensor(a) for a in arrays]
 
     @property
     def mod(self):
@@ -703,7 +734,7 @@ def build(spec: FlashKernelSpec, config: Optional[CpuConfig] = None, **options) 
         raise TargetError(f"cpu target: TVM failed to build the kernel with {config}: "
                           f"{_last_line(exc)}",
                           variant=spec.name or None) from exc
-    tables = block_tables(spec, config) if use_block_table(spec) else None
+    tables = block_tables(spec, config) if use_block_table(spec) and spec.tile_map is not None else None
     return CpuKernel(spec, config, executable, time.perf_counter() - t0, tables)
 
 
@@ -722,7 +753,7 @@ def _shapes(spec: FlashKernelSpec):
             (B, H, spec.q_len))
 
 
-def run(built: CpuKernel, q, k, v, tiles=None):
+def run(built: CpuKernel, q, k, v, *captures, tiles=None):
     """Run ``built`` on numpy arrays; returns ``(out, lse)`` as numpy arrays."""
     import tvm
 
@@ -740,7 +771,7 @@ def run(built: CpuKernel, q, k, v, tiles=None):
         args.append(tvm.runtime.tensor(arr))
     out = tvm.runtime.tensor(np.empty(out_shape, dtype=dt))
     lse = tvm.runtime.tensor(np.empty(lse_shape, dtype=np.float32))
-    built(*args, out, lse, *built.extra_args(tiles))
+    built(*args, out, lse, *built.extra_args(captures, tiles))
     return out.numpy(), lse.numpy()
 
 
@@ -757,7 +788,9 @@ def measure(built: CpuKernel, spec: Optional[FlashKernelSpec] = None, repeat: in
             for s in shapes[:3]]
     args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt)))
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32)))
-    args.extend(built.extra_args())
+    rng_c = np.random.default_rng(1)
+    caps = [np.sort(rng_c.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
+    args.extend(built.extra_args(caps))
     fn = built.executable["main"]
     for _ in range(max(0, warmup)):
         fn(*args)

@@ -36,8 +36,8 @@ def find_flash(func: Function) -> Op:
                               "one fused attention per kernel", variant=func.name, op=other.name, line=other.line)
     for v in op.operands:
         if v.owner is not None:
-            raise TargetError(f"flash operand %{v.hint or '?'} is computed inside the function; q, k, v must be "
-                              "function inputs", variant=func.name, op="attn.flash")
+            raise TargetError(f"flash operand %{v.hint or '?'} is computed inside the function; q, k, v and "
+                              "captured tensors must be function inputs", variant=func.name, op="attn.flash")
     return op
 
 
@@ -116,6 +116,18 @@ def _tir_op(tirx, op: Op, a: list, env: dict):
         return tirx.Not(a[0])
     if n == "select":
         return tirx.Select(a[0], a[1], a[2])
+    if n == "gather":
+        buf = a[0]
+        idx = [tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
+        val = buf[tuple(idx)] if idx else buf[()]
+        src_dt = op.operands[0].type.dtype
+        if src_dt.is_float and src_dt != DType.f32:
+            return tirx.Cast("float32", val)
+        if src_dt.is_int and src_dt != DType.i32:
+            return tirx.Cast("int32", val)
+        if src_dt.is_bool:
+            return tirx.NE(tirx.Cast("int32", val), 0)
+        return val
     if n == "cast":
         to: DType = op.attrs["to"]
         if to.is_float:
@@ -219,7 +231,7 @@ SUPPORTED_DTYPES = {DType.f32, DType.f16, DType.bf16}
 
 def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
     op = find_flash(func)
-    q, k, v = op.operands
+    q, k, v = op.operands[:3]
     if op.attrs.get("softmax") != "online":
         raise TargetError("the flash op is not tiled: run tile-online-softmax before lowering",
                           variant=func.name, op="attn.flash")
@@ -243,8 +255,53 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
 
         def tile_map(block_q: int, block_k: int, _f=formula, _env=dict(env)):
             return classify_tiles(_f, S, T, block_q, block_k, _env)
+    captures = tuple((c.hint, c.type.concrete(env), c.type.dtype.tvm) for c in op.operands[3:])
+    runtime_tile_map = None
+    if captures and mask is not None:
+        def runtime_tile_map(arrays, block_q, block_k, _mask=mask, _env=dict(env), _S=qs[2], _T=ks[2],
+                             _B=qs[0], _H=qs[1]):
+            return runtime_tiles(_mask, list(arrays), _S, _T, _B, _H, block_q, block_k, _env)
     return FlashKernelSpec(
         name=func.name, batch=qs[0], q_heads=qs[1], kv_heads=ks[1], q_len=qs[2], kv_len=ks[2],
         head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
-        key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map)
+        key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map, captures=captures,
+        runtime_tile_map=runtime_tile_map)
+
+
+def runtime_tiles(mask: Region, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int,
+                  env: dict):
+    """The tile map of a data-dependent mask from the actual captured arrays: the mask
+    is evaluated on every element (numpy, a query block at a time); a tile is full or
+    empty only if it is so for every batch and head."""
+    import numpy as np
+
+    from attncc.passes.prune_sparsity import EMPTY, FULL, PARTIAL
+    from attncc.reference import _Interp
+
+    it = _Interp(env, "float64")
+    uses_bh = any(op_reads(mask, a) for a in mask.args[:2])
+    bs = np.arange(B).reshape(-1, 1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
+    hs = np.arange(H).reshape(1, -1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
+    nq, nk = -(-S // block_q), -(-T // block_k)
+    out = np.empty((nq, nk), dtype=np.int8)
+    j = np.arange(T).reshape(1, 1, 1, -1)
+    pad = nk * block_k - T
+    for qb in range(nq):
+        i = np.arange(qb * block_q, min((qb + 1) * block_q, S)).reshape(1, 1, -1, 1)
+        keep = np.broadcast_to(it.region(mask, [bs, hs, i, j] + arrays),
+                               (bs.shape[0], hs.shape[1], i.shape[2], T))
+        if pad:
+            keep_any = np.concatenate([keep, np.zeros(keep.shape[:3] + (pad,), bool)], axis=3)
+            keep_all = np.concatenate([keep, np.ones(keep.shape[:3] + (pad,), bool)], axis=3)
+        else:
+            keep_any = keep_all = keep
+        shape = keep.shape[:3] + (nk, block_k)
+        any_ = keep_any.reshape(shape).any(axis=(0, 1, 2, 4))
+        all_ = keep_all.reshape(shape).all(axis=(0, 1, 2, 4))
+        out[qb] = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY))
+    return out
+
+
+def op_reads(region: Region, arg) -> bool:
+    return any(arg in op.operands for op in region.ops)

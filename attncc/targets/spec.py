@@ -68,6 +68,13 @@ class FlashKernelSpec:
     # tile_map(block_q, block_k) -> int8 array [ceil(q_len/block_q), ceil(kv_len/block_k)] of
     # 0 empty / 1 partial / 2 full (prune-sparsity's proof); None: not analysed
     tile_map: Optional[Callable[[int, int], object]] = None
+    # captured inputs read by score/mask (e.g. document ids): (name, shape, dtype) each.  The
+    # kernel takes them after (q, k, v, out, lse); score_mod/mask_mod take one TVM Buffer per
+    # capture after their index arguments.
+    captures: tuple = ()
+    # runtime_tile_map([capture arrays], block_q, block_k) -> tile map from the actual data
+    # (evaluates the mask on every element, like FlexAttention's create_block_mask)
+    runtime_tile_map: Optional[Callable[..., object]] = None
 
     @property
     def group(self) -> int:
