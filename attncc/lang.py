@@ -459,6 +459,15 @@ def variant(fn: Callable | None = None, *, name: str | None = None, defaults: di
         inputs = {}
         for pname, p in sig.parameters.items():
             ann = p.annotation
+            if isinstance(ann, str):   # `from __future__ import annotations` in the variant file
+                scope = dict(f.__globals__)
+                if f.__closure__:
+                    scope.update(zip(f.__code__.co_freevars, (c.cell_contents for c in f.__closure__)))
+                try:
+                    ann = eval(ann, scope)  # noqa: S307 - the variant file is Python run with the user's rights
+                except Exception as e:
+                    raise VariantError(f"cannot evaluate the annotation of parameter '{pname}' ({ann}): {e}",
+                                       variant=name or f.__name__, line=f.__code__.co_firstlineno) from None
             if not isinstance(ann, InputSpec):
                 raise VariantError(f"parameter '{pname}' needs a shape annotation such as "
                                    f"Tensor[\"B\", \"H\", \"S\", \"D\"]", variant=name or f.__name__,

@@ -701,9 +701,19 @@ class CpuKernel:
         out = []
         if use_block_table(spec):
             if tiles is None and spec.runtime_tile_map is not None:
-                tiles = spec.runtime_tile_map(arrays, self.config.block_q, self.config.block_k)
-            tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
-            out += [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
+                # one block map per distinct captured data (like reusing a BlockMask)
+                key = tuple(a.tobytes() for a in arrays)
+                cache = self.__dict__.setdefault("_table_cache", {})
+                if key not in cache:
+                    if len(cache) >= 8:
+                        cache.pop(next(iter(cache)))
+                    t = spec.runtime_tile_map(arrays, self.config.block_q, self.config.block_k)
+                    cache[key] = [tvm.runtime.tensor(np.ascontiguousarray(x))
+                                  for x in block_tables(spec, self.config, t)]
+                out += cache[key]
+            else:
+                tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
+                out += [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
         elif tiles is not None:
             raise TargetError("this kernel takes no block table", variant=spec.name or None)
         return out + [tvm.runtime.tensor(a) for a in arrays]
