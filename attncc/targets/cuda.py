@@ -36,7 +36,6 @@ GQA/MQA: query head ``h`` reads kv head ``h // group``; nothing is copied.
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -196,6 +195,11 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
     if spec.q_heads % spec.kv_heads:
         raise TargetError(f"cuda target: q_heads ({spec.q_heads}) must be a multiple of kv_heads "
                           f"({spec.kv_heads})", variant=spec.name or None)
+    captures = getattr(spec, "captures", ())
+    if captures:
+        names = ", ".join(str(c[0]) for c in captures)
+        raise TargetError(f"cuda target: score/mask read runtime tensors ({names}); captured inputs are "
+                          "not supported by the CUDA kernel yet", variant=spec.name or None)
 
 
 # --------------------------------------------------------------------------- TIR helpers

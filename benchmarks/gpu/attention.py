@@ -1,0 +1,290 @@
+"""Run the prebuilt attncc CUDA kernels on a GPU machine WITHOUT TVM: verify and time them.
+
+    python3 benchmarks/gpu/attention.py --dir .gpu [--kind verify|bench] [--flex] [--json OUT.json]
+
+Needs: torch (CUDA), numpy, sympy, networkx, ml_dtypes, triton (do_bench), nvcc only if a
+kernel's fatbin was not prebuilt, and the folder made by build.py + gpu-bundle:
+
+    DIR/rt/lib/libtvm_runtime*.so   TVM's runtime (from the TVM installed on the build machine)
+    DIR/rt/whl/apache_tvm_ffi*.whl  installed by the caller into PYTHONPATH (see README.md)
+    DIR/kernels/<id>.so + <id>.json exported modules and their manifests
+    DIR/fatbin/<sha256>.fatbin      the modules' CUDA source compiled ahead (nvcc, build machine)
+
+verify: the kernel on random inputs against the float64 numpy reference of the unfused IR
+        (attncc.reference, pure numpy); DESIGN.md's tolerance (2 x naive error + floor);
+        outputs poisoned with NaN first, so an unwritten element fails.
+bench:  median time (triton.testing.do_bench) of the kernel and of torch SDPA with the cuDNN
+        and flash (FlashAttention-2) backends (and FlexAttention with --flex) on the same
+        inputs; TFLOP/s counted on the kept (query, key) pairs; the kernel's output compared
+        with the reference implementation's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+
+# --------------------------------------------------------------------------- TVM runtime without TVM
+
+def load_runtime(rt_dir: str, fatbin_dir: str, arch: str = "sm_90a"):
+    """Load TVM's runtime libraries and register the CUDA compile callback; returns tvm_ffi."""
+    for name in ("libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_runtime_cuda.so"):
+        ctypes.CDLL(os.path.join(rt_dir, "lib", name), mode=ctypes.RTLD_GLOBAL)
+    import tvm_ffi
+
+    stats = {"cached": 0, "compiled": 0}
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code, *_rest):
+        sha = hashlib.sha256(code.encode()).hexdigest()
+        cached = os.path.join(fatbin_dir, sha + ".fatbin")
+        if os.path.exists(cached):
+            stats["cached"] += 1
+            with open(cached, "rb") as f:
+                return bytearray(f.read())
+        stats["compiled"] += 1
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.fatbin")
+            with open(src, "w") as f:
+                f.write(code)
+            subprocess.run(["nvcc", "-fatbin", "-O3", f"-gencode=arch=compute_{arch[3:]},code={arch}",
+                            src, "-o", out], check=True)
+            with open(out, "rb") as f:
+                return bytearray(f.read())
+
+    return tvm_ffi, stats
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _np_to_torch(a, dev):
+    import torch
+
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.uint16)).view(torch.bfloat16).to(dev)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+
+def _torch_dtype(name):
+    import torch
+
+    return {"f16": torch.float16, "bf16": torch.bfloat16, "float16": torch.float16,
+            "bfloat16": torch.bfloat16}[name]
+
+
+def verify_one(man, fn, dev):
+    """Kernel vs the float64 numpy reference of the unfused IR (attncc.reference)."""
+    import torch
+
+    from attncc.ir.types import parse_dtype
+    from attncc.lang import load_variant
+    from attncc.reference import evaluate, max_error, random_inputs, tolerance
+
+    var = load_variant(os.path.join(ROOT, man["variant_path"]), man["variant_name"])
+    func = var.trace(parse_dtype(man["dtype"]))
+    env = man["env"]
+    rows = []
+    for seed in (0, 1):
+        inputs = random_inputs(func, env, seed)
+        q, k, v = (_np_to_torch(inputs[n], dev) for n in man["inputs"])
+        out = torch.full(man["out_shape"], float("nan"), dtype=q.dtype, device=dev)
+        lse = torch.full(man["lse_shape"], float("nan"), dtype=torch.float32, device=dev)
+        fn(q, k, v, out, lse)
+        torch.cuda.synchronize()
+        got = out.float().cpu().numpy()
+        got_lse = lse.cpu().numpy()
+        ref = evaluate(func, inputs, "float64", env)
+        naive = evaluate(func, inputs, "native", env)
+        floor = 1e-3
+        tol = tolerance(ref.outputs[0], naive.outputs[0], floor)
+        err = max_error(got, ref.outputs[0])
+        lse_tol = tolerance(ref.lse[0], naive.lse[0], floor)
+        lse_err = max_error(got_lse, ref.lse[0])
+        diff = np.nan_to_num(got - ref.outputs[0], nan=1e9, posinf=1e9, neginf=1e9)
+        rows.append(dict(seed=seed, err=err, tol=tol, lse_err=lse_err, lse_tol=lse_tol,
+                         ok=bool(err <= tol and lse_err <= lse_tol),
+                         rel=float(np.linalg.norm(diff) / max(np.linalg.norm(ref.outputs[0]), 1e-30))))
+    worst = max(rows, key=lambda r: max(r["err"] / r["tol"], r["lse_err"] / r["lse_tol"]))
+    worst = dict(worst, ok=all(r["ok"] for r in rows))
+    return worst
+
+
+def _bench(fn, warmup=25, rep=200):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median") * 1e-3
+
+
+def _mods(name):
+    """score_mod / mask_mod and SDPA arguments matching benchmarks/gpu/variants.py."""
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
+    import importlib
+
+    vmod = importlib.import_module("variants")
+    causal = name in ("causal", "sliding_window", "alibi", "softcap", "gqa")
+    score_mod = mask_mod = None
+    if causal:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx
+    if name == "sliding_window":
+        W = vmod.WINDOW
+
+        def mask_mod(b, h, q_idx, kv_idx):  # noqa: F811
+            return (kv_idx <= q_idx) & (q_idx - kv_idx < W)
+    if name == "alibi":
+        H = vmod.HEADS
+
+        def score_mod(s, b, h, q_idx, kv_idx):
+            slope = torch.exp2(-8.0 * (h + 1).to(torch.float32) / H)
+            return s - slope * (q_idx - kv_idx).to(torch.float32)
+    if name == "softcap":
+        C = vmod.SOFTCAP
+
+        def score_mod(s, b, h, q_idx, kv_idx):
+            return C * torch.tanh(s / C)
+    sdpa_ok = name in ("full", "causal", "gqa")
+    return score_mod, mask_mod, causal, sdpa_ok
+
+
+def bench_one(man, fn, dev, flex=False):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dt = _torch_dtype(man["dtype"])
+    shp = man["input_shapes"]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shp[n], dtype=dt, device=dev) for n in man["inputs"])
+    out = torch.full(man["out_shape"], float("nan"), dtype=dt, device=dev)
+    lse = torch.full(man["lse_shape"], float("nan"), dtype=torch.float32, device=dev)
+    fn(q, k, v, out, lse)
+    torch.cuda.synchronize()
+    res = {"flops": man["flops"]}
+    res["attncc_s"] = _bench(lambda: fn(q, k, v, out, lse))
+    res["nan"] = bool(torch.isnan(out).any().item())
+    name = man["variant_name"]
+    score_mod, mask_mod, causal, sdpa_ok = _mods(name)
+    gqa = q.shape[1] != k.shape[1]
+    ref = None
+    if sdpa_ok:
+        for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            try:
+                with sdpa_kernel([backend]):
+                    def call():
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+                    o = call()
+                    torch.cuda.synchronize()
+                    res[f"{label}_s"] = _bench(call)
+                    if ref is None:
+                        ref = o
+            except Exception as exc:  # a backend may refuse a shape or GQA
+                res[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    if flex or ref is None:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+            import torch._dynamo
+
+            torch._dynamo.config.recompile_limit = 1000
+            torch._dynamo.config.cache_size_limit = 1000
+            cflex = torch.compile(flex_attention, dynamic=False)
+            S, T = q.shape[2], k.shape[2]
+            bm = create_block_mask(mask_mod, None, None, S, T, device=dev) if mask_mod else None
+
+            def fcall():
+                return cflex(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=gqa)
+            o = fcall()
+            torch.cuda.synchronize()
+            if flex:
+                res["flex_s"] = _bench(fcall)
+            if ref is None:
+                ref = o
+        except Exception as exc:
+            res["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if ref is not None:
+        d = (out.float() - ref.float())
+        res["max_abs_vs_ref"] = float(d.abs().max().item())
+        res["rel_vs_ref"] = float(d.norm().item() / ref.float().norm().item())
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=os.path.join(ROOT, ".gpu"))
+    ap.add_argument("--kind", choices=("verify", "bench"))
+    ap.add_argument("--match", default="", help="only kernels whose id contains this")
+    ap.add_argument("--flex", action="store_true", help="also time FlexAttention (torch.compile)")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    dev = torch.device("cuda")
+    props = torch.cuda.get_device_properties(0)
+    print(f"device: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}")
+    tvm_ffi, stats = load_runtime(os.path.join(args.dir, "rt"), os.path.join(args.dir, "fatbin"))
+    manifests = []
+    for path in sorted(glob.glob(os.path.join(args.dir, "kernels", "*.json"))):
+        with open(path) as f:
+            man = json.load(f)
+        if args.kind and man["kind"] != args.kind:
+            continue
+        if args.match and args.match not in man["id"]:
+            continue
+        manifests.append(man)
+    results = []
+    t_start = time.time()
+    for man in manifests:
+        row = {"id": man["id"], "kind": man["kind"]}
+        try:
+            t0 = time.time()
+            mod = tvm_ffi.load_module(os.path.join(args.dir, "kernels", man["id"] + ".so"))
+            fn = mod["main"]
+            row["load_s"] = time.time() - t0
+            if man["kind"] == "verify":
+                row.update(verify_one(man, fn, dev))
+                print(f"{'PASS' if row['ok'] else 'FAIL'} {man['id']:<78} err {row['err']:.2e} "
+                      f"(tol {row['tol']:.2e}) lse {row['lse_err']:.2e} (tol {row['lse_tol']:.2e}) "
+                      f"rel {row['rel']:.1e}", flush=True)
+            else:
+                row.update(bench_one(man, fn, dev, flex=args.flex and man.get("compare_flex", False)))
+                tf = lambda key: row[key] and man["flops"] / row[key] / 1e12  # noqa: E731
+                parts = [f"attncc {tf('attncc_s'):6.1f}"]
+                for key in ("cudnn", "flash", "flex"):
+                    if f"{key}_s" in row:
+                        parts.append(f"{key} {tf(key + '_s'):6.1f}")
+                print(f"BENCH {man['id']:<70} TFLOP/s " + "  ".join(parts)
+                      + f"  maxabs {row.get('max_abs_vs_ref', float('nan')):.1e}"
+                      + (" NAN!" if row.get("nan") else ""), flush=True)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"ERROR {man['id']}: {row['error'][:300]}", flush=True)
+        results.append(row)
+    print(f"fatbins: {stats}; {time.time() - t_start:.0f} s")
+    ver = [r for r in results if r["kind"] == "verify"]
+    if ver:
+        print(f"verify: {sum(1 for r in ver if r.get('ok'))}/{len(ver)} passed")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": props.name, "torch": torch.__version__, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Build the CUDA kernels for the GPU machine (run HERE, where TVM and nvcc are).
+
+    python benchmarks/gpu/build.py --out .gpu/kernels [--arch sm_90a] [--only verify|bench]
+
+For every kernel it writes into --out:
+
+    <id>.so     the TVM-exported module (host code + the CUDA source, compiled at load)
+    <id>.json   the manifest: what it is (variant file and name, dtype, dims, config,
+                q/k/v argument names, flops), and the nvcc resource report
+and into --out/../fatbin/<sha256 of the CUDA source>.fatbin the source compiled here with
+nvcc, so the GPU machine's tvm_callback_cuda_compile needs no compiler at load.
+
+Kinds:
+  verify  every examples/*.py, f16 and bf16, default dims and a ragged shape (dims not
+          multiples of the blocks), plus the benchmark variants at D=128 (small, ragged) with
+          non-default configs: checked on the GPU against the float64 numpy reference.
+  bench   benchmarks/gpu/variants.py at the issue's shapes (bf16, D=128, H=16, B*S = 16k):
+          timed on the GPU beside SDPA (cuDNN, FlashAttention-2) and FlexAttention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from attncc.compiler import compile_variant  # noqa: E402
+from attncc.targets import cuda  # noqa: E402
+
+VARIANTS = os.path.join("benchmarks", "gpu", "variants.py")
+
+# ragged dims per example dimension name (not multiples of any block size)
+RAGGED = {"S": 333, "T": 517}
+
+
+def _entries(only):
+    out = []
+    if only in (None, "verify"):
+        for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+            rel = os.path.relpath(path, ROOT)
+            for dt in ("f16", "bf16"):
+                out.append(dict(kind="verify", path=rel, name=None, dtype=dt, shapes={}, config=None))
+                out.append(dict(kind="verify", path=rel, name=None, dtype=dt, shapes="ragged", config=None))
+        small = {"B": 1, "S": 517}
+        for name in ("full", "causal", "sliding_window", "alibi", "softcap", "gqa"):
+            out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=small, config=None))
+        # the other code paths of the kernel: Q in registers (8 warps x 1 row tile), 3 stages,
+        # 4 warps x 1 tile, 8 warps x 2 tiles, 2 warps x 2 tiles, block_k 32 / 128, f16 at D=128
+        for cfg in (dict(num_warps=8, q_in_registers=True), dict(num_stages=3), dict(block_q=64, num_warps=4),
+                    dict(block_q=256, num_warps=8), dict(block_q=64, num_warps=2),
+                    dict(block_k=32),
+                    dict(block_k=128, num_warps=8), dict(block_q=64, num_warps=4, block_k=128, num_stages=3)):
+            for name in ("causal", "sliding_window"):
+                out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 1, "S": 700}, config=cfg))
+        out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="f16", shapes=small, config=None))
+    if only in (None, "bench"):
+        for s in (1024, 4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s, "S": s}, config=None))
+        for name in ("sliding_window", "alibi", "softcap", "gqa"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                            shapes={"B": 4, "S": 4096}, config=None))
+        sweep = (dict(num_stages=3), dict(block_k=32), dict(block_q=256, num_warps=8),
+                 dict(block_q=256, num_warps=8, block_k=32), dict(block_q=64, num_warps=2),
+                 dict(block_q=128, num_warps=8, q_in_registers=True))
+        for name in ("full", "causal"):
+            for cfg in sweep:
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 4, "S": 4096}, config=cfg))
+    return out
+
+
+def _ident(e, k):
+    base = os.path.splitext(os.path.basename(e["path"]))[0]
+    name = e["name"] or k.variant
+    dims = "_".join(f"{a}{b}" for a, b in sorted(k.env.items()))
+    cfg = k.config
+    c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}{'r' if cfg.q_in_registers else 'm'}"
+    text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def _nvcc(src_path, fatbin_path, arch):
+    code = f"compute_{arch[3:]}"
+    cmd = ["nvcc", "-fatbin", "-O3", f"-gencode=arch={code},code={arch}", "-Xptxas", "-v",
+           src_path, "-o", fatbin_path]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    report = p.stdout + p.stderr
+    regs = re.findall(r"Used (\d+) registers", report)
+    spills = re.findall(r"(\d+) bytes spill stores", report)
+    return p.returncode, {"registers": int(regs[-1]) if regs else None,
+                          "spill_store_bytes": int(spills[-1]) if spills else None,
+                          "nvcc_ok": p.returncode == 0,
+                          "nvcc_log": report[-2000:] if p.returncode else ""}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
+    ap.add_argument("--arch", default="sm_90a")
+    ap.add_argument("--only", choices=("verify", "bench"))
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    fatdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "fatbin")
+    srcdir = tempfile.mkdtemp(prefix="attncc-cuda-src-")   # nvcc input only; not carried
+    os.makedirs(fatdir, exist_ok=True)
+    jobs = []
+    manifests = []
+    t0 = time.time()
+    for e in _entries(args.only):
+        shapes = e["shapes"]
+        try:
+            if shapes == "ragged":
+                probe = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
+                                        variant_name=e["name"], build=False)
+                shapes = {d: RAGGED[d] for d in probe.env if d in RAGGED}
+            k = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
+                                variant_name=e["name"], shapes=shapes, config=e["config"],
+                                target_options={"arch": args.arch})
+        except Exception as exc:  # report and go on: one bad variant must not stop the batch
+            print(f"SKIP {e['path']} {e['name']} {e['dtype']} {shapes}: {type(exc).__name__}: {exc}")
+            continue
+        ident = _ident(e, k)
+        src = cuda.source(k.built)
+        sha = hashlib.sha256(src.encode()).hexdigest()
+        src_path = os.path.join(srcdir, sha + ".cu")
+        with open(src_path, "w") as f:
+            f.write(src)
+        k.export_library(os.path.join(args.out, ident + ".so"))
+        man = {
+            "id": ident, "kind": e["kind"], "variant_path": e["path"], "variant_name": k.variant,
+            "dtype": e["dtype"], "env": k.env, "config": dataclasses.asdict(k.config), "arch": args.arch,
+            "inputs": [a.hint for a in k.flash_op.operands],
+            "input_shapes": {n: list(s) for n, s in k.input_shapes().items()},
+            "out_shape": [k.spec.batch, k.spec.q_heads, k.spec.q_len, k.spec.head_dim_v],
+            "lse_shape": [k.spec.batch, k.spec.q_heads, k.spec.q_len],
+            "spec": {f: getattr(k.spec, f) for f in ("batch", "q_heads", "kv_heads", "q_len", "kv_len",
+                                                     "head_dim", "head_dim_v", "dtype", "scale")},
+            "key_bounds": dataclasses.asdict(k.spec.key_bounds),
+            "flops": k.flops(), "density": k.density(),
+            "shared_memory_bytes": cuda.shared_memory_bytes(k.spec, k.config),
+            "source_sha256": sha,
+            # FlexAttention is timed (attention.py --flex) on the default config at S=4k
+            "compare_flex": e["kind"] == "bench" and e["config"] is None and k.env.get("S") == 4096,
+        }
+        manifests.append(man)
+        jobs.append((src_path, os.path.join(fatdir, sha + ".fatbin"), man))
+    with cf.ThreadPoolExecutor(args.jobs) as ex:
+        futs = {ex.submit(_nvcc, s, f, args.arch): m for s, f, m in jobs if not os.path.exists(f)}
+        for fut in cf.as_completed(futs):
+            rc, info = fut.result()
+            futs[fut].update(info)
+    for s, f, man in jobs:
+        with open(os.path.join(args.out, man["id"] + ".json"), "w") as fh:
+            json.dump(man, fh, indent=1, sort_keys=True)
+        regs = man.get("registers")
+        print(f"{man['id']:<90} regs={regs} spill={man.get('spill_store_bytes')} "
+              f"smem={man['shared_memory_bytes']} {'' if man.get('nvcc_ok', True) else 'NVCC FAILED'}")
+    print(f"{len(manifests)} kernels in {time.time() - t0:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
