@@ -21,6 +21,23 @@ def _fmt_time(s: float) -> str:
     return f"{s:.2f} s"
 
 
+def _quant_options(args):
+    if not args.quantize:
+        if args.quantize_pv or args.quantize_granularity:
+            raise AttnccError("--quantize-pv and --quantize-granularity need --quantize fp8|fp8_e5m2|int8")
+        return None
+    opts = {"dtype": args.quantize, "pv": args.quantize_pv}
+    if args.quantize_granularity:
+        g = args.quantize_granularity
+        if g.startswith("block"):
+            opts["granularity"] = "block"
+            if ":" in g:
+                opts["block"] = g.split(":", 1)[1]
+        else:
+            opts["granularity"] = g
+    return opts
+
+
 def cmd_compile(args) -> int:
     from attncc import compiler
     from attncc.ir.printer import print_ir
@@ -31,7 +48,8 @@ def cmd_compile(args) -> int:
     k = compiler.compile_variant(
         args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config,
         print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant,
-        target_options={"arch": args.arch} if args.arch else None)
+        target_options={"arch": args.arch} if args.arch else None,
+        quantize=_quant_options(args))
     if emit == "ir":
         sys.stdout.write(print_ir(k.ir))
         if k.tile_summary():
@@ -80,6 +98,9 @@ def cmd_compile(args) -> int:
         print(f"verify     max error {rep.max_error:.3g} (tolerance {rep.tolerance:.3g}), "
               f"lse max error {rep.lse_error:.3g} (tolerance {rep.lse_tolerance:.3g})  "
               + ("PASS" if ok else "FAIL"))
+        if rep.unquantized_error is not None:
+            print(f"           quantized ({k.flash_op.attrs['quant']['dtype']}): checked against the quantized "
+                  f"reference; max error vs the unquantized float64 reference {rep.unquantized_error:.3g}")
         status = 0 if ok else 1
     return status
 
@@ -129,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64")
     c.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
     c.add_argument("--verify", action="store_true", help="check against the numpy float64 reference")
+    c.add_argument("--quantize", choices=["fp8", "fp8_e5m2", "int8"], help="quantize Q·Kᵀ (FP8 e4m3/e5m2 or INT8)")
+    c.add_argument("--quantize-pv", action="store_true", help="quantize P·V too")
+    c.add_argument("--quantize-granularity", help="scales per tensor, head (default) or block[:ROWS]")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     c.add_argument("--no-run", action="store_true", help="do not run or time the kernel")
     c.add_argument("-o", "--output", help="write the built module (.so, loadable with tvm_ffi.load_module)")

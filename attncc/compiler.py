@@ -110,23 +110,44 @@ class CompiledKernel:
     def random_inputs(self, seed: int = 0) -> dict:
         return random_inputs(self.source_ir, self.env, seed)
 
-    def __call__(self, q, k, v, *captures):
-        """Run on numpy arrays (q, k, v, then captured inputs such as document ids, in
-        the flash op's order); returns (out, lse)."""
-        operands = self.flash_op.operands
-        if len(captures) != len(operands) - 3:
-            raise ShapeError(f"kernel takes q, k, v and {len(operands) - 3} captured input(s) "
-                             f"({', '.join('%' + (c.hint or '?') for c in operands[3:]) or 'none'}), "
-                             f"got {len(captures)}", variant=self.variant)
-        for arr, val in zip((q, k, v) + tuple(captures), operands):
+    @property
+    def quantized(self) -> bool:
+        return "quant" in self.flash_op.attrs
+
+    def flash_operands(self, inputs: dict) -> list:
+        """The kernel's inputs from the function's inputs (by name): function arguments
+        pass through; quantized operands come from the host-side prologue (attn.quantize,
+        evaluated as the reference defines it)."""
+        from attncc.reference import quantize
+        done: dict = {}
+        out = []
+        for v in self.flash_op.operands:
+            if v.owner is None:
+                out.append(inputs[v.hint])
+                continue
+            op = v.owner
+            if op not in done:
+                done[op] = quantize(inputs[op.operands[0].hint], op.attrs["dtype"],
+                                    op.attrs.get("granularity", "tensor"), op.attrs.get("block", 1))
+            out.append(done[op][v.index])
+        return out
+
+    def __call__(self, *args):
+        """Run on numpy arrays: the variant's inputs in order (q, k, v, then e.g. document
+        ids); returns (out, lse).  Quantized kernels quantize q/k/v on the host first."""
+        fargs = self.source_ir.args
+        if len(args) != len(fargs):
+            raise ShapeError(f"kernel takes {len(fargs)} input(s) ({', '.join(a.hint for a in fargs)}), "
+                             f"got {len(args)}", variant=self.variant)
+        for arr, val in zip(args, fargs):
             want = val.type.concrete(self.env)
             if tuple(np.shape(arr)) != tuple(want):
                 raise ShapeError(f"input {val.hint} has shape {tuple(np.shape(arr))}, the kernel was built for "
                                  f"{tuple(want)}", variant=self.variant)
-        return self.target.run(self.built, q, k, v, *captures)
+        return self.run_inputs(dict(zip((a.hint for a in fargs), args)))
 
     def run_inputs(self, inputs: dict):
-        return self.target.run(self.built, *(inputs[a.hint] for a in self.flash_op.operands))
+        return self.target.run(self.built, *self.flash_operands(inputs))
 
     def measure(self, **kw) -> float:
         return self.target.measure(self.built, self.spec, **kw)
@@ -184,7 +205,8 @@ class CompiledKernel:
 def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None,
                     passes: str = DEFAULT_PIPELINE, config: Optional[dict] = None,
                     print_after_all: Optional[TextIO] = None, variant_name: Optional[str] = None,
-                    build: bool = True, target_options: Optional[dict] = None) -> CompiledKernel:
+                    build: bool = True, target_options: Optional[dict] = None,
+                    quantize: Optional[dict] = None) -> CompiledKernel:
     """Compile a variant (a path, a Variant or an unfused Function) for ``target``."""
     times: dict = {}
     t0 = time.perf_counter()
@@ -207,6 +229,9 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
     env = resolve_dims(func, shapes or {})
     times["trace"] = time.perf_counter() - t0 - times["target"]
     t1 = time.perf_counter()
+    if quantize:
+        opts = ",".join(f"{k}={v}" for k, v in quantize.items())
+        passes = passes + ",quantize{" + opts + "}"
     result = run_pipeline(work, passes, print_after_all)
     times["passes"] = time.perf_counter() - t1
     spec = kernel_spec(result.func, env)
@@ -228,6 +253,7 @@ class VerifyReport:
     lse_error: float
     lse_tolerance: float
     naive_error: float
+    unquantized_error: Optional[float] = None   # quantized kernels: error vs the unquantized reference
 
     @property
     def passed(self) -> bool:
@@ -237,11 +263,14 @@ class VerifyReport:
 def verify(kernel: CompiledKernel, seed: int = 0, inputs: Optional[dict] = None) -> VerifyReport:
     """Run the kernel on random inputs and compare with the float64 reference of the
     unfused IR.  Tolerance (DESIGN.md): 2 x the error of a naive kernel in the same
-    precision, plus a floor."""
+    precision, plus a floor.  A quantized kernel is checked against the quantized
+    reference (the IR after the quantize pass, evaluated in float64, quantization done
+    as ml_dtypes rounds); its error against the unquantized reference is reported too."""
     inputs = inputs if inputs is not None else kernel.random_inputs(seed)
     out, lse = kernel.run_inputs(inputs)
-    ref = evaluate(kernel.source_ir, inputs, "float64", kernel.env)
-    naive = evaluate(kernel.source_ir, inputs, "native", kernel.env)
+    oracle_ir = kernel.ir if kernel.quantized else kernel.source_ir
+    ref = evaluate(oracle_ir, inputs, "float64", kernel.env)
+    naive = evaluate(oracle_ir, inputs, "native", kernel.env)
     floor = 1e-5 if kernel.spec.dtype == "float32" else 1e-3
     tol = tolerance(ref.outputs[0], naive.outputs[0], floor)
     err = max_error(out, ref.outputs[0])
@@ -254,4 +283,7 @@ def verify(kernel: CompiledKernel, seed: int = 0, inputs: Optional[dict] = None)
     lse_ref = ref_lse[0]
     lse_tol = tolerance(lse_ref, naive_lse[0], floor)
     lse_err = max_error(lse, lse_ref)
-    return VerifyReport(err, tol, lse_err, lse_tol, max_error(naive.outputs[0], ref.outputs[0]))
+    unq = None
+    if kernel.quantized:
+        unq = max_error(out, evaluate(kernel.source_ir, inputs, "float64", kernel.env).outputs[0])
+    return VerifyReport(err, tol, lse_err, lse_tol, max_error(naive.outputs[0], ref.outputs[0]), unq)

@@ -76,6 +76,8 @@ class _Interp:
 
     def input(self, arr, t):
         a = np.asarray(arr)
+        if t.dtype in (DType.i8, DType.f8e4m3, DType.f8e5m2):
+            return a.astype(t.dtype.numpy)            # quantized data stays as it is
         if t.dtype.is_float:
             return a.astype(np.float32).astype(self.fdt) if a.dtype != self.fdt else a
         if t.dtype.is_bool:
@@ -165,6 +167,11 @@ class _Interp:
                 return out
             if n == "flash":
                 return self.flash(op, a)
+            if n == "quantize":
+                return quantize(a[0], op.attrs["dtype"], op.attrs.get("granularity", "tensor"),
+                                op.attrs.get("block", 1))
+            if n == "dequantize":
+                return np.asarray(a[0], dtype=np.float32).astype(self.fdt) * np.asarray(a[1], self.fdt)
         raise NotImplementedError(f"reference has no rule for {op.name}")
 
     def res(self, op: Op, x):
@@ -200,7 +207,15 @@ class _Interp:
 
     def flash(self, op: Op, a: list):
         q, k, v = a[:3]
-        captures = list(a[3:])
+        from attncc.ir.core import flash_scale_count
+        n_scales = flash_scale_count(op.attrs)
+        captures = list(a[3 + n_scales:])
+        if n_scales:
+            scales = [np.asarray(x, self.fdt) for x in a[3:3 + n_scales]]
+            q = np.asarray(q, np.float32).astype(self.fdt) * scales[0]
+            k = np.asarray(k, np.float32).astype(self.fdt) * scales[1]
+            if n_scales == 3:
+                v = np.asarray(v, np.float32).astype(self.fdt) * scales[2]
         B, Hq, S, _ = q.shape
         Hkv, T = k.shape[1], k.shape[2]
         scale = eval_scalar(op.attrs.get("scale", 1.0), self.env)
@@ -230,6 +245,37 @@ class _Interp:
         if op.attrs.get("lse", False):
             return [out, lse]
         return out
+
+
+QMAX = {DType.i8: 127.0, DType.f8e4m3: 448.0, DType.f8e5m2: 57344.0}
+
+
+def quantize(x, dtype: DType, granularity: str = "tensor", block: int = 1):
+    """(xq, scale): scale = amax / qmax per tensor, per (batch, head), or per block of
+    ``block`` rows of each (batch, head) (stored per row, shape [B, H, S, 1]);
+    xq = x / scale rounded to nearest (even) in ``dtype``.  Computed in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    a = np.abs(x)
+    if granularity == "tensor":
+        amax = np.max(a, initial=0.0).reshape(1, 1, 1, 1)
+    elif granularity == "head":
+        amax = np.max(a, axis=(2, 3), keepdims=True, initial=0.0)
+    else:
+        row = np.max(a, axis=3, keepdims=True, initial=0.0)           # [B, H, S, 1]
+        S = x.shape[2]
+        nb = -(-S // block)
+        pad = nb * block - S
+        rp = np.concatenate([row, np.zeros(row.shape[:2] + (pad, 1), np.float32)], axis=2) if pad else row
+        bmax = rp.reshape(row.shape[0], row.shape[1], nb, block).max(axis=3)   # [B, H, nb]
+        amax = np.repeat(bmax, block, axis=2)[:, :, :S, None]
+    qmax = np.float32(QMAX[dtype])
+    scale = np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
+    y = np.clip(x / scale, -qmax, qmax)
+    if dtype == DType.i8:
+        xq = np.rint(y).astype(np.int8)
+    else:
+        xq = y.astype(dtype.numpy)
+    return [xq, scale]
 
 
 def softmax(x, axis: int = -1):

@@ -374,11 +374,27 @@ def _flash(types, attrs, regions):
     if len(types) < 3:
         _err("flash", f"needs q, k, v operands, got {len(types)}", VerifyError)
     q, k, v = types[:3]
-    captures = list(types[3:])
+    quant = attrs.get("quant")
+    n_scales = flash_scale_count(attrs)
+    if len(types) < 3 + n_scales:
+        _err("flash", f"a quantized flash needs {n_scales} scale operand(s) after q, k, v", VerifyError)
+    scales = list(types[3:3 + n_scales])
+    captures = list(types[3 + n_scales:])
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.rank != 4:
             _err("flash", f"{name} must have rank 4 [batch, heads, seq, dim], got {t}")
-    if not (q.dtype == k.dtype == v.dtype):
+    if quant is not None:
+        if not isinstance(quant, dict) or not isinstance(quant.get("dtype"), DType):
+            _err("flash", "attribute quant must be {dtype = <i8|f8e4m3|f8e5m2>, pv = <bool>}", VerifyError)
+        qd = quant["dtype"]
+        if q.dtype != qd or k.dtype != qd:
+            _err("flash", f"quantized q and k must be {qd}, got {q.dtype} and {k.dtype}", DTypeError)
+        if quant.get("pv", False) and v.dtype != qd:
+            _err("flash", f"with pv quantized, v must be {qd}, got {v.dtype}", DTypeError)
+        for t in scales:
+            if t.dtype != DType.f32 or t.rank != 4:
+                _err("flash", f"scales must be rank-4 f32 tensors, got {t}", DTypeError)
+    elif not (q.dtype == k.dtype == v.dtype):
         _err("flash", f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}", DTypeError)
     if not dims_equal(q.shape[3], k.shape[3]):
         _err("flash", f"q and k head dims differ: {dim_str(q.shape[3])} vs {dim_str(k.shape[3])}")
@@ -396,7 +412,8 @@ def _flash(types, attrs, regions):
     by = {r.name: r for r in regions}
     _check_region("flash", by.get("score"), [f32, i32, i32, i32, i32] + captures, f32)
     _check_region("flash", by.get("mask"), [i32, i32, i32, i32] + captures, TensorType((), DType.i1))
-    out = TensorType((q.shape[0], q.shape[1], q.shape[2], v.shape[3]), q.dtype)
+    out_dtype = quant.get("out", DType.f32) if quant is not None else q.dtype
+    out = TensorType((q.shape[0], q.shape[1], q.shape[2], v.shape[3]), out_dtype)
     if attrs.get("lse", False):
         return [out, TensorType(q.shape[:3], DType.f32)]
     return [out]
@@ -414,6 +431,47 @@ def _gather(types, attrs, regions):
         if t.dtype != DType.i32:
             _err("gather", f"indices must be i32, got {t.dtype}", DTypeError)
     return [TensorType(_bcast("gather", idx) if idx else (), src.dtype)]
+
+
+def flash_scale_count(attrs: dict) -> int:
+    """Scale operands of a flash op after q, k, v: q and k scales, and v's when P·V is quantized."""
+    quant = attrs.get("quant")
+    if quant is None:
+        return 0
+    return 3 if quant.get("pv", False) else 2
+
+
+QUANT_GRANULARITY = ("tensor", "head", "block")
+
+
+@_register("quantize", 1, "quantize(x) -> (xq, scale): scale = amax / dtype max over attrs['granularity'] "
+          "(tensor, head, or blocks of attrs['block'] rows), xq = round(x / scale) in attrs['dtype']")
+def _quantize(types, attrs, regions):
+    t = types[0]
+    dt = attrs.get("dtype")
+    if dt not in (DType.i8, DType.f8e4m3, DType.f8e5m2):
+        _err("quantize", f"dtype must be i8, f8e4m3 or f8e5m2, got {dt}", DTypeError)
+    if not t.dtype.is_float:
+        _err("quantize", f"needs a float tensor, got {t.dtype}", DTypeError)
+    if t.rank != 4:
+        _err("quantize", f"needs a rank-4 [batch, heads, seq, dim] tensor, got {t}")
+    g = attrs.get("granularity", "tensor")
+    if g not in QUANT_GRANULARITY:
+        _err("quantize", f"granularity must be one of {', '.join(QUANT_GRANULARITY)}, got {g}", VerifyError)
+    if g == "block" and (not isinstance(attrs.get("block"), int) or attrs["block"] <= 0):
+        _err("quantize", "block granularity needs a positive 'block' (rows per scale)", VerifyError)
+    one = sympy.Integer(1)
+    shape = {"tensor": (one, one, one, one), "head": (t.shape[0], t.shape[1], one, one),
+             "block": (t.shape[0], t.shape[1], t.shape[2], one)}[g]
+    return [t.with_dtype(dt), TensorType(shape, DType.f32)]
+
+
+@_register("dequantize", 2, "dequantize(xq, scale) = f32(xq) * scale (broadcast)")
+def _dequantize(types, attrs, regions):
+    x, s = types
+    if s.dtype != DType.f32:
+        _err("dequantize", f"scale must be f32, got {s.dtype}", DTypeError)
+    return [TensorType(_bcast("dequantize", types), DType.f32)]
 
 
 @_register("return", None, "function results", terminator=True, pure=False)

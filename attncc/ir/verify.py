@@ -5,7 +5,8 @@ from __future__ import annotations
 from attncc.errors import AttnccError, VerifyError
 from attncc.ir.core import OPS, Function, Module, Op, Region, infer_types
 
-_REGION_FORBIDDEN = {"attn.matmul", "attn.softmax", "attn.reduce", "attn.flash", "attn.iota", "attn.return"}
+_REGION_FORBIDDEN = {"attn.matmul", "attn.softmax", "attn.reduce", "attn.flash", "attn.iota", "attn.return",
+                     "attn.quantize", "attn.dequantize"}
 
 
 def _check_block(ops: list[Op], defined: set, terminator: str, where: str, in_region: bool):

@@ -235,6 +235,28 @@ def _fast_exp2(x, exact_zero: bool = False):
     return result
 
 
+def _fp8_to_f32(x, fmt: str):
+    """Exact FP8 -> float32 by bit manipulation.  TVM 0.27's LLVM lowering of
+    Cast(float32, float8_*) is wrong for zero and subnormals (0 -> 2^-7 in e4m3, seen
+    here on 2026-11-22), so the decode is written out."""
+    from tvm import tirx
+
+    u = tirx.Cast("int32", tirx.reinterpret("uint8", x))
+    eb, mb, bias = (4, 3, 7) if fmt == "float8_e4m3fn" else (5, 2, 15)
+    s = tirx.shift_right(u, 7)
+    e = tirx.bitwise_and(tirx.shift_right(u, mb), (1 << eb) - 1)
+    m = tirx.bitwise_and(u, (1 << mb) - 1)
+    normal = tirx.reinterpret("float32", tirx.bitwise_or(tirx.bitwise_or(
+        tirx.shift_left(s, 31), tirx.shift_left(e + (127 - bias), 23)), tirx.shift_left(m, 23 - mb)))
+    sub = tirx.Cast("float32", m) * tirx.const(2.0 ** (1 - bias - mb), "float32")
+    val = tirx.Select(e == 0, tirx.Select(s == 1, -sub, sub), normal)
+    nan = tirx.const(float("nan"), "float32")
+    if fmt == "float8_e4m3fn":           # no infinities; S.1111.111 is NaN
+        return tirx.Select(tirx.And(e == 15, m == 7), nan, val)
+    inf = tirx.Select(s == 1, tirx.const(float("-inf"), "float32"), tirx.const(float("inf"), "float32"))
+    return tirx.Select(e == 31, tirx.Select(m == 0, inf, nan), val)
+
+
 def _dtype_of(expr) -> str:
     """dtype text of a PrimExpr ("float32", "boolx16"); TVM 0.27 keeps it in ``expr.ty``."""
     ty = getattr(expr, "ty", None)
@@ -413,12 +435,30 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
         return x if dtype == f32 else tirx.Cast(dtype, x)
 
     def to_f32(x):
-        return x if dtype == f32 else tirx.Cast(f32, x)
+        src = _scalar_dtype(_dtype_of(x))
+        if src.startswith("float8"):
+            return _fp8_to_f32(x, src)
+        return x if src == f32 else tirx.Cast(f32, x)
+
+    # quantized inputs: q, k (and v) in QDT/KDT/VDT with f32 scales, dequantized while packing
+    QDT = spec.quant_dtype or dtype
+    KDT = spec.quant_dtype or dtype
+    VDT = spec.quant_dtype if spec.quant_pv else dtype
+    SCALE_BUFFERS = [tirx.decl_buffer(tuple(shape), f32, name) for name, shape in spec.scales]
+
+    def dequant(which, b, h, row):
+        """The scale of q (0), k (1) or v (2) at (b, h, row); 1 when not quantized."""
+        if which >= len(SCALE_BUFFERS):
+            return tirx.const(1.0, f32)
+        buf = SCALE_BUFFERS[which]
+        shp = [int(x) for x in buf.shape]
+        idx = (b if shp[0] > 1 else 0, h if shp[1] > 1 else 0, row if shp[2] > 1 else 0, 0)
+        return buf[idx]
 
     HAS_SCORE_MOD = score_mod is not None
     k_scale = scale if HAS_SCORE_MOD else scale * _LOG2E
-    PACK_Q = dtype != f32
-    PACK_V = dtype != f32 or DVP != DV
+    PACK_Q = QDT != f32
+    PACK_V = VDT != f32 or DVP != DV
 
     def qrow(r):
         # rows of the ragged last query block are clamped (computed twice, stored once)
@@ -438,7 +478,8 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                     for i in T.serial(T.min(BQ, S - bhi % NQB * BQ)):
                         for d in T.serial(D):
                             qp[bhi // NQB // H, bhi // NQB % H, bhi % NQB * BQ + i, d] = to_f32(
-                                q[bhi // NQB // H, bhi // NQB % H, bhi % NQB * BQ + i, d])
+                                q[bhi // NQB // H, bhi // NQB % H, bhi % NQB * BQ + i, d]) * dequant(
+                                0, bhi // NQB // H, bhi // NQB % H, bhi % NQB * BQ + i)
             else:
                 qp = q
             # ---- pack_k: scale * k, transposed per key block, padded keys zero
@@ -450,7 +491,9 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                             kp[bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB, d, jv * VW + lane] = T.if_then_else(
                                 bkb % NKB * BK + jv * VW + lane < TK,
                                 to_f32(k[bkb // NKB // KVH, bkb // NKB % KVH,
-                                         T.min(bkb % NKB * BK + jv * VW + lane, TK - 1), d]) * T.float32(k_scale),
+                                         T.min(bkb % NKB * BK + jv * VW + lane, TK - 1), d]) * (dequant(
+                                    1, bkb // NKB // KVH, bkb // NKB % KVH,
+                                    T.min(bkb % NKB * BK + jv * VW + lane, TK - 1)) * T.float32(k_scale)),
                                 T.float32(0))
             # ---- pack_v: only to convert the dtype or pad head_dim_v (ragged keys are
             # clamped in place: their probabilities are exactly 0)
@@ -462,7 +505,8 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
                             vp[bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB * BK + j, d] = T.if_then_else(
                                 d < DV,
                                 to_f32(v[bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB * BK + j,
-                                         T.min(d, DV - 1)]),
+                                         T.min(d, DV - 1)]) * dequant(
+                                    2, bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB * BK + j),
                                 T.float32(0))
             else:
                 vp = v
@@ -609,16 +653,16 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
 
         if USE_TABLE:
             @T.prim_func(check_well_formed=False)
-            def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-                     v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+            def main(q: T.Buffer((B, H, S, D), QDT), k: T.Buffer((B, KVH, TK, D), KDT),
+                     v: T.Buffer((B, KVH, TK, DV), VDT), out: T.Buffer((B, H, S, DV), dtype),
                      lse: T.Buffer((B, H, S), "float32"), kv_count: T.Buffer((NQB,), "int32"),
                      kv_index: T.Buffer((NQB, NKB), "int32"), kv_full: T.Buffer((NQB, NKB), "int32")):
                 T.func_attr({"global_symbol": "main", "tirx.noalias": True})
                 kernel_body(q, k, v, out, lse, kv_count, kv_index, kv_full)
         else:
             @T.prim_func(check_well_formed=False)
-            def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-                     v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+            def main(q: T.Buffer((B, H, S, D), QDT), k: T.Buffer((B, KVH, TK, D), KDT),
+                     v: T.Buffer((B, KVH, TK, DV), VDT), out: T.Buffer((B, H, S, DV), dtype),
                      lse: T.Buffer((B, H, S), "float32")):
                 T.func_attr({"global_symbol": "main", "tirx.noalias": True})
                 kernel_body(q, k, v, out, lse, None, None, None)
@@ -626,9 +670,10 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
     except Exception as exc:  # e.g. a score_mod/mask_mod that does not build a PrimExpr
         raise TargetError(f"cpu target: cannot generate the kernel ({(spec.description or 'flash').splitlines()[0]}):"
                           f" {_last_line(exc)}", variant=spec.name or None) from exc
-    if CAPTURE_BUFFERS:
+    if SCALE_BUFFERS or CAPTURE_BUFFERS:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
-        main = tirx.PrimFunc(list(main.params) + CAPTURE_BUFFERS, main.body, main.ret_type, main.attrs)
+        main = tirx.PrimFunc(list(main.params) + SCALE_BUFFERS + CAPTURE_BUFFERS, main.body, main.ret_type,
+                             main.attrs)
     try:
         tvm.tirx.analysis.verify_well_formed(main)
     except Exception as exc:  # pragma: no cover - a bug in this lowering
@@ -680,24 +725,26 @@ class CpuKernel:
     # block tables (kv_count, kv_index, kv_full) for a mask known at compile time
     tables: Optional[tuple] = None
 
-    def extra_args(self, captures=(), tiles=None) -> list:
-        """Block-table arguments (table mode) then the captured inputs.  With runtime
-        captures the tile map is computed from them (once per call)."""
+    def extra_args(self, extra=(), tiles=None) -> list:
+        """Block-table arguments (table mode), then the scales (quantized kernels), then the
+        captured inputs; ``extra`` is scales + captures.  With runtime captures the tile
+        map is computed from them (once per distinct data)."""
         import tvm
 
         spec = self.spec
-        if len(captures) != len(spec.captures):
-            raise TargetError(f"kernel takes {len(spec.captures)} captured input(s) "
-                              f"({', '.join(c[0] for c in spec.captures) or 'none'}), got {len(captures)}",
+        wanted = [(n, sh, "float32") for n, sh in spec.scales] + list(spec.captures)
+        if len(extra) != len(wanted):
+            raise TargetError(f"kernel takes {len(wanted)} input(s) after q, k, v "
+                              f"({', '.join(c[0] for c in wanted) or 'none'}), got {len(extra)}",
                               variant=spec.name or None)
-        arrays = []
-        for (name, shape, cdt), arr in zip(spec.captures, captures):
+        scale_arrays, arrays = [], []
+        for i, ((name, shape, cdt), arr) in enumerate(zip(wanted, extra)):
             a = np.ascontiguousarray(np.asarray(arr).astype(_np_dtype(cdt), copy=False))
             if a.shape != tuple(shape):
                 from attncc.errors import ShapeError
-                raise ShapeError(f"captured input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
+                raise ShapeError(f"input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
                                  variant=spec.name or None)
-            arrays.append(a)
+            (scale_arrays if i < len(spec.scales) else arrays).append(a)
         out = []
         if use_block_table(spec):
             if tiles is None and spec.runtime_tile_map is not None:
@@ -716,7 +763,7 @@ class CpuKernel:
                 out += [tvm.runtime.tensor(np.ascontiguousarray(t)) for t in tables]
         elif tiles is not None:
             raise TargetError("this kernel takes no block table", variant=spec.name or None)
-        return out + [tvm.runtime.tensor(a) for a in arrays]
+        return out + [tvm.runtime.tensor(a) for a in scale_arrays + arrays]
 
     @property
     def mod(self):
@@ -749,11 +796,20 @@ def build(spec: FlashKernelSpec, config: Optional[CpuConfig] = None, **options) 
 
 
 def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
+    import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype)
+    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+               "float8_e5m2": ml_dtypes.float8_e5m2}
+    return np.dtype(special.get(dtype, dtype))
+
+
+def _input_dtypes(spec: FlashKernelSpec):
+    """numpy dtypes of q, k, v (quantized inputs keep their int8/fp8 type)."""
+    base = _np_dtype(spec.dtype)
+    if spec.quant_dtype is None:
+        return base, base, base
+    qd = _np_dtype(spec.quant_dtype)
+    return qd, qd, (qd if spec.quant_pv else base)
 
 
 def _shapes(spec: FlashKernelSpec):
@@ -763,7 +819,7 @@ def _shapes(spec: FlashKernelSpec):
             (B, H, spec.q_len))
 
 
-def run(built: CpuKernel, q, k, v, *captures, tiles=None):
+def run(built: CpuKernel, q, k, v, *extra, tiles=None):
     """Run ``built`` on numpy arrays; returns ``(out, lse)`` as numpy arrays."""
     import tvm
 
@@ -771,8 +827,9 @@ def run(built: CpuKernel, q, k, v, *captures, tiles=None):
     dt = _np_dtype(spec.dtype)
     q_shape, k_shape, v_shape, out_shape, lse_shape = _shapes(spec)
     args = []
-    for name, arr, shape in (("q", q, q_shape), ("k", k, k_shape), ("v", v, v_shape)):
-        arr = np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))
+    for name, arr, shape, adt in (("q", q, q_shape, _input_dtypes(spec)[0]), ("k", k, k_shape, _input_dtypes(spec)[1]),
+                                  ("v", v, v_shape, _input_dtypes(spec)[2])):
+        arr = np.ascontiguousarray(np.asarray(arr).astype(adt, copy=False))
         if arr.shape != shape:
             from attncc.errors import ShapeError
 
@@ -781,7 +838,7 @@ def run(built: CpuKernel, q, k, v, *captures, tiles=None):
         args.append(tvm.runtime.tensor(arr))
     out = tvm.runtime.tensor(np.empty(out_shape, dtype=dt))
     lse = tvm.runtime.tensor(np.empty(lse_shape, dtype=np.float32))
-    built(*args, out, lse, *built.extra_args(captures, tiles))
+    built(*args, out, lse, *built.extra_args(extra, tiles))
     return out.numpy(), lse.numpy()
 
 
@@ -794,13 +851,14 @@ def measure(built: CpuKernel, spec: Optional[FlashKernelSpec] = None, repeat: in
     dt = _np_dtype(spec.dtype)
     rng = np.random.default_rng(0)
     shapes = _shapes(spec)
-    args = [tvm.runtime.tensor(rng.standard_normal(s, dtype=np.float32).astype(dt))
-            for s in shapes[:3]]
+    args = [tvm.runtime.tensor(np.clip(rng.standard_normal(s, dtype=np.float32) * 8, -100, 100).astype(adt))
+            for s, adt in zip(shapes[:3], _input_dtypes(spec))]
     args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt)))
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32)))
     rng_c = np.random.default_rng(1)
     caps = [np.sort(rng_c.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
-    args.extend(built.extra_args(caps))
+    scales = [np.full(shape, 0.05, np.float32) for _, shape in spec.scales]
+    args.extend(built.extra_args(scales + caps))
     fn = built.executable["main"]
     for _ in range(max(0, warmup)):
         fn(*args)

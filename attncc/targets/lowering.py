@@ -31,11 +31,13 @@ def find_flash(func: Function) -> Op:
     op = flashes[0]
     allowed = {"attn.flash", "attn.return", "attn.cast"}
     for other in func.ops:
+        if other.name == "attn.quantize" and other.operands[0].owner is None:
+            continue            # host-side prologue: quantize an input before the kernel
         if other.name not in allowed:
             raise TargetError(f"the kernel would also need {other.name} outside the attention; attncc builds "
                               "one fused attention per kernel", variant=func.name, op=other.name, line=other.line)
     for v in op.operands:
-        if v.owner is not None:
+        if v.owner is not None and v.owner.name != "attn.quantize":
             raise TargetError(f"flash operand %{v.hint or '?'} is computed inside the function; q, k, v and "
                               "captured tensors must be function inputs", variant=func.name, op="attn.flash")
     return op
@@ -232,10 +234,13 @@ SUPPORTED_DTYPES = {DType.f32, DType.f16, DType.bf16}
 def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
     op = find_flash(func)
     q, k, v = op.operands[:3]
+    from attncc.ir.core import flash_scale_count
+    n_scales = flash_scale_count(op.attrs)
+    quant = op.attrs.get("quant")
     if op.attrs.get("softmax") != "online":
         raise TargetError("the flash op is not tiled: run tile-online-softmax before lowering",
                           variant=func.name, op="attn.flash")
-    dt = q.type.dtype
+    dt = quant["out"] if quant else q.type.dtype
     if dt not in SUPPORTED_DTYPES:
         raise DTypeError(f"dtype {dt} is not supported by the kernels yet (supported: "
                          f"{', '.join(sorted(d.value for d in SUPPORTED_DTYPES))}; fp8/int8 come with "
@@ -255,7 +260,8 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
 
         def tile_map(block_q: int, block_k: int, _f=formula, _env=dict(env)):
             return classify_tiles(_f, S, T, block_q, block_k, _env)
-    captures = tuple((c.hint, c.type.concrete(env), c.type.dtype.tvm) for c in op.operands[3:])
+    captures = tuple((c.hint, c.type.concrete(env), c.type.dtype.tvm) for c in op.operands[3 + n_scales:])
+    scales = tuple((f"{x}_scale", s.type.concrete(env)) for x, s in zip("qkv", op.operands[3:3 + n_scales]))
     runtime_tile_map = None
     if captures and mask is not None:
         def runtime_tile_map(arrays, block_q, block_k, _mask=mask, _env=dict(env), _S=qs[2], _T=ks[2],
@@ -266,7 +272,8 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
         head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
         key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map, captures=captures,
-        runtime_tile_map=runtime_tile_map)
+        runtime_tile_map=runtime_tile_map, quant_dtype=quant["dtype"].tvm if quant else None,
+        quant_pv=bool(quant and quant.get("pv", False)), scales=scales)
 
 
 def runtime_tiles(mask: Region, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int,

@@ -75,6 +75,13 @@ class FlashKernelSpec:
     # runtime_tile_map([capture arrays], block_q, block_k) -> tile map from the actual data
     # (evaluates the mask on every element, like FlexAttention's create_block_mask)
     runtime_tile_map: Optional[Callable[..., object]] = None
+    # quantization (the quantize pass): q and k (and v when quant_pv) arrive in quant_dtype
+    # ("int8", "float8_e4m3fn", "float8_e5m2") with f32 scales, kernel inputs after the block
+    # table and before the captures: (name, shape) each, shape [B or 1, H or 1, rows or 1, 1].
+    # ``dtype`` stays the output's (and v's unless quant_pv) dtype.
+    quant_dtype: Optional[str] = None
+    quant_pv: bool = False
+    scales: tuple = ()
 
     @property
     def group(self) -> int:
