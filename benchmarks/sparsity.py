@@ -37,6 +37,9 @@ def make(kind: str, param: int):
     elif kind == "window":
         def fn(q: Q, k: Q, v: Q):
             return attention(q, k, v, mask_mod=lambda b, h, i, j: (j <= i) & (i - j < param))
+    elif kind == "chunked":
+        def fn(q: Q, k: Q, v: Q):
+            return attention(q, k, v, mask_mod=lambda b, h, i, j: (i // param == j // param) & (j <= i))
     elif kind == "document":
         def fn(q: Q, k: Q, v: Q, doc: Tensor["S", "i32"]):
             return attention(q, k, v, mask_mod=lambda b, h, i, j: doc[i] == doc[j])
@@ -71,7 +74,7 @@ def main():
     print(f"{'mask':<16} {'density':>8} {'time ms':>9} {'ideal ms':>9} {'ratio':>6}")
     print(f"{'dense':<16} {1.0:>8.3f} {t_dense * 1e3:>9.2f} {t_dense * 1e3:>9.2f} {1.0:>6.2f}")
     rows = []
-    cases = [("causal", 0)] + [("window", w) for w in (128, 256, 512, 1024)] + \
+    cases = [("causal", 0)] + [("window", w) for w in (128, 256, 512, 1024)] + [("chunked", 512)] + \
             [("document", n) for n in (2, 4, 8, 16)]
     for kind, param in cases:
         kern = compile_variant(make(kind, param), target="cpu", shapes=shapes)
@@ -86,7 +89,7 @@ def main():
             tiles = kern.tiles()
             t = timeit(lambda: kern(q, k, v))
             t_map = 0.0
-            name = "causal" if kind == "causal" else f"window={param}"
+            name = "causal" if kind == "causal" else f"{kind}={param}"
         density = float(np.mean(tiles != 0))
         ideal = density * t_dense
         ratio = t / ideal

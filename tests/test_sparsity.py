@@ -39,12 +39,17 @@ ATOM = st.tuples(st.integers(-2, 2), st.integers(-2, 2), st.integers(-40, 40), s
                  st.sampled_from(["<", "<=", ">", ">=", "==", "!="]))
 
 
+# chunked atoms: a*(q_idx // C) + b*(kv_idx // C) REL c
+FATOM = st.tuples(st.integers(1, 9), st.integers(-2, 2), st.integers(-2, 2), st.integers(-3, 3),
+                  st.sampled_from(["<", "<=", ">", ">=", "==", "!="]))
+
+
 def formula(depth):
+    leaf = st.one_of(ATOM.map(lambda a: ("atom",) + a), FATOM.map(lambda a: ("fatom",) + a))
     if depth == 0:
-        return ATOM.map(lambda a: ("atom",) + a)
+        return leaf
     sub = formula(depth - 1)
-    return st.one_of(ATOM.map(lambda a: ("atom",) + a), st.tuples(st.sampled_from(["and", "or"]), sub, sub),
-                     st.tuples(st.just("not"), sub))
+    return st.one_of(leaf, st.tuples(st.sampled_from(["and", "or"]), sub, sub), st.tuples(st.just("not"), sub))
 
 
 def build(node, i, j, offset):
@@ -55,6 +60,10 @@ def build(node, i, j, offset):
         rhs = c + offset if use_offset else c
         return {"<": lhs < rhs, "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs, "==": lhs == rhs,
                 "!=": lhs != rhs}[rel]
+    if kind == "fatom":
+        _, C, a, b, c, rel = node
+        lhs = (i // C) * a + (j // C) * b
+        return {"<": lhs < c, "<=": lhs <= c, ">": lhs > c, ">=": lhs >= c, "==": lhs == c, "!=": lhs != c}[rel]
     if kind == "not":
         return ~build(node[1], i, j, offset)
     x, y = build(node[1], i, j, offset), build(node[2], i, j, offset)

@@ -41,11 +41,15 @@ _I, _J = sympy.Symbol("q_idx", integer=True), sympy.Symbol("kv_idx", integer=Tru
 
 @dataclass(frozen=True)
 class Atom:
-    """a·i + b·j + c  REL  0, REL in {le, ge, eq} after normalisation (integers)."""
+    """a·i + Σ a_C·⌊i/C⌋ + b·u + c  REL  0 with u = j (jdiv = 1) or u = ⌊j/jdiv⌋; REL in
+    {le, ge, eq} after normalisation (integers).  ⌊·/C⌋ terms cover chunked
+    (block-local) masks such as q_idx // 64 == kv_idx // 64."""
     a: int
     b: int
     c: sympy.Expr
     rel: str
+    i_floors: tuple = ()      # ((a_C, C), ...)
+    jdiv: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,21 @@ class Node:
 
 
 def _atom_text(a: Atom) -> str:
-    lhs = sympy.expand(a.a * _I + a.b * _J + a.c)
+    u = _J if a.jdiv == 1 else _floor_sym(_J, a.jdiv)
+    lhs = sympy.expand(a.a * _I + a.b * u + a.c + sum(k * _floor_sym(_I, C) for k, C in a.i_floors))
     return f"{lhs} {'<=' if a.rel == 'le' else '>=' if a.rel == 'ge' else '=='} 0"
+
+
+def _floor_sym(base: sympy.Symbol, C: int) -> sympy.Symbol:
+    return sympy.Symbol(f"{base.name}//{C}", integer=True)
+
+
+def _floor_of(sym: sympy.Symbol):
+    """(base, C) for a ⌊base/C⌋ symbol, else None."""
+    if "//" in sym.name:
+        base, C = sym.name.split("//")
+        return (_I if base == _I.name else _J), int(C)
+    return None
 
 
 def _affine(v: Value, args: dict):
@@ -107,17 +124,24 @@ def _affine(v: Value, args: dict):
     if n == "mul":
         e = sympy.expand(sub[0] * sub[1])
         return e if _is_affine(e) else None
+    if n == "floordiv" and sub[0] in (_I, _J) and sub[1].is_Integer and int(sub[1]) > 0:
+        return sub[0] if int(sub[1]) == 1 else _floor_sym(sub[0], int(sub[1]))
     return None
+
+
+def _index_syms(e) -> list:
+    return [s for s in e.free_symbols if s in (_I, _J) or _floor_of(s) is not None]
 
 
 def _is_affine(e) -> bool:
     e = sympy.expand(e)
-    for s in (_I, _J):
+    syms = _index_syms(e)
+    for s in syms:
         c = e.coeff(s)
         if c.free_symbols or not c.is_Integer:
             return False
-    rest = e - e.coeff(_I) * _I - e.coeff(_J) * _J
-    return not ({_I, _J} & rest.free_symbols)
+    rest = e - sum(e.coeff(s) * s for s in syms)
+    return not (set(syms) & rest.free_symbols)
 
 
 def analyze_mask(mask: Optional[Region]) -> Optional[Node]:
@@ -142,16 +166,28 @@ def analyze_mask(mask: Optional[Region]) -> Optional[Node]:
             if lhs is None or rhs is None:
                 return Node("unknown")
             d = sympy.expand(lhs - rhs)
-            a, b = d.coeff(_I), d.coeff(_J)
-            c = sympy.expand(d - a * _I - b * _J)
-            a, b = int(a), int(b)
+            syms = _index_syms(d)
+            coef = {sym: int(d.coeff(sym)) for sym in syms}
+            c = sympy.expand(d - sum(k * sym for sym, k in coef.items()))
+            a = coef.get(_I, 0)
+            i_floors = tuple(sorted((k, _floor_of(sym)[1]) for sym, k in coef.items()
+                                    if _floor_of(sym) is not None and _floor_of(sym)[0] is _I and k))
+            j_terms = [(sym, k) for sym, k in coef.items() if k and (sym is _J or (
+                _floor_of(sym) is not None and _floor_of(sym)[0] is _J))]
+            if len(j_terms) > 1:
+                return Node("unknown")        # j twice (j and j // C): not an interval per row
+            b, jdiv = 0, 1
+            if j_terms:
+                sym, b = j_terms[0]
+                jdiv = 1 if sym is _J else _floor_of(sym)[1]
+            mk = lambda cc, rel: Node("atom", atom=Atom(a, b, cc, rel, i_floors, jdiv))  # noqa: E731
             if n == "lt":                    # d < 0  <=>  d + 1 <= 0
-                return Node("atom", atom=Atom(a, b, c + 1, "le"))
+                return mk(c + 1, "le")
             if n == "gt":                    # d > 0  <=>  d - 1 >= 0
-                return Node("atom", atom=Atom(a, b, c - 1, "ge"))
+                return mk(c - 1, "ge")
             if n == "ne":
-                return Node("not", (Node("atom", atom=Atom(a, b, c, "eq")),))
-            return Node("atom", atom=Atom(a, b, c, n))
+                return Node("not", (mk(c, "eq"),))
+            return mk(c, n)
         return Node("unknown")
 
     return conv(mask.results[0])
@@ -165,26 +201,28 @@ def _atom_interval(at: Atom, i: int, T: int, env: dict) -> list:
     if isinstance(c, sympy.Expr) and c.free_symbols:
         c = c.subs({s: env[s.name] for s in c.free_symbols if s.name in env})
     c = int(c)
-    r = at.a * i + c                      # b·j + r REL 0
+    r = at.a * i + c + sum(k * (i // C) for k, C in at.i_floors)     # b·u + r REL 0
     b = at.b
     if b == 0:
         ok = r <= 0 if at.rel == "le" else r >= 0 if at.rel == "ge" else r == 0
-        return [(0, T - 1)] if ok else []
+        return [(0, T - 1)] if ok and T > 0 else []
+    U = T if at.jdiv == 1 else (T - 1) // at.jdiv + 1     # u ranges over [0, U)
     if at.rel == "eq":
         if r % b:
             return []
-        j = -r // b
-        return [(j, j)] if 0 <= j < T else []
-    # b·j REL -r
-    le = at.rel == "le"
-    if b < 0:
-        b, r, le = -b, -r, not le
-    # b·j <= -r  <=>  j <= floor(-r / b);   b·j >= -r  <=>  j >= ceil(-r / b)
-    if le:
-        hi = (-r) // b
-        return [(0, min(hi, T - 1))] if hi >= 0 else []
-    lo = -((r) // b)                       # ceil(-r/b)
-    return [(max(lo, 0), T - 1)] if lo <= T - 1 else []
+        lo = hi = -r // b
+    else:
+        le = at.rel == "le"
+        if b < 0:
+            b, r, le = -b, -r, not le
+        # b·u <= -r  <=>  u <= floor(-r / b);   b·u >= -r  <=>  u >= ceil(-r / b)
+        lo, hi = (0, (-r) // b) if le else (-(r // b), U - 1)
+    lo, hi = max(lo, 0), min(hi, U - 1)
+    if lo > hi:
+        return []
+    if at.jdiv == 1:
+        return [(lo, hi)]
+    return [(lo * at.jdiv, min(hi * at.jdiv + at.jdiv - 1, T - 1))]
 
 
 def _intersect(x: list, y: list) -> list:
@@ -289,7 +327,8 @@ def key_set_text(node: Optional[Node], kv_len: str = "T") -> str:
     def conj(n: Node) -> bool:
         if n.kind == "and":
             return all(conj(c) for c in n.children)
-        if n.kind == "atom" and n.atom.b != 0 and n.atom.rel in ("le", "ge"):
+        if n.kind == "atom" and n.atom.b != 0 and n.atom.rel in ("le", "ge") and n.atom.jdiv == 1 \
+                and not n.atom.i_floors:
             atoms.append(n.atom)
             return True
         return False
