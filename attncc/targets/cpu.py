@@ -41,6 +41,7 @@ scalar libm calls).  Knobs: see :class:`CpuConfig`.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -64,6 +65,14 @@ __all__ = [
 ]
 
 NAME = "cpu"
+
+# TVM's thread pool counts physical cores: on a machine whose 2 vCPUs are one core's two
+# hyperthreads it runs the parallel loop on ONE thread (seen here: 136 vs 270 GFLOP/s).
+# Use every CPU this process may run on, unless the user set TVM_NUM_THREADS.
+try:
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+except AttributeError:  # pragma: no cover - not Linux
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 _SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
