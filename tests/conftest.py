@@ -1,0 +1,19 @@
+"""Shared helpers of the test suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+EXAMPLES = sorted((REPO / "examples").glob("*.py"))
+DATA = TESTS / "data"
+
+if str(REPO) not in sys.path:       # the suite runs from a checkout without an install too
+    sys.path.insert(0, str(REPO))
+
+
+def example_ids(paths) -> list[str]:
+    return [p.stem for p in paths]
+CHECK_INPUTS = sorted((TESTS / "filecheck").glob("*.attn"))
