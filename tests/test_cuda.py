@@ -207,9 +207,14 @@ def test_every_example_compiles(path, dtype, arch):
     k = _compile(path, dtype, arch)
     src = k.source()
     ptx_t = "bf16" if dtype == "bf16" else "f16"
-    assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ptx_t}.{ptx_t}.f32" in src
-    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in src
-    assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in src
+    if k.config.mma == "wgmma":   # Hopper's default (every example's head dim is a multiple of 64)
+        assert arch == "sm_90a"
+        assert f"wgmma.mma_async.sync.aligned.m64n128k16.f32.{ptx_t}.{ptx_t}" in src
+    else:
+        assert arch == "sm_80"
+        assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ptx_t}.{ptx_t}.f32" in src
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in src
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in src
     assert "cp.async.cg.shared.global" in src
     assert "__global__" in src
 
@@ -266,3 +271,196 @@ def test_fully_masked_rows_give_zero_and_minus_inf():
     out, lse = cuda.run(k, q, kk, v)
     assert np.all(out[:, :, :64] == 0) and np.all(np.isneginf(lse[:, :, :64]))
     assert np.all(np.isfinite(out[:, :, 64:])) and np.all(np.isfinite(lse[:, :, 64:]))
+
+
+# --------------------------------------------------------------------------- Hopper wgmma kernel
+
+WGMMA = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(block_q=64), "16 \\* num_warps"),
+    (dict(num_warps=2, block_q=32), "warpgroups"),
+    (dict(block_k=24), "multiple of 16"),
+    (dict(mma="tcgen05"), "mma must be"),
+])
+def test_bad_wgmma_configs_are_refused(change, reason):
+    with pytest.raises(ConfigError, match=reason):
+        cuda.validate_config(_spec(), dataclasses.replace(cuda.CudaConfig(**WGMMA), **change), "sm_90a")
+
+
+def test_hopper_default_is_wgmma_where_it_fits():
+    assert cuda.default_config(_spec(), "sm_90a").mma == "wgmma"
+    assert cuda.default_config(_spec(head_dim=256, head_dim_v=256), "sm_90a").block_k == 64
+    assert cuda.default_config(_spec(head_dim=96, head_dim_v=96), "sm_90a").mma == "sync"
+    assert cuda.default_config(_spec(), "sm_80").mma == "sync"
+    assert cuda.default_config(_spec()).mma == "sync"
+
+
+def test_wgmma_needs_hopper_and_64_wide_heads():
+    with pytest.raises(ConfigError, match="sm_90a"):
+        cuda.validate_config(_spec(), cuda.CudaConfig(**WGMMA), "sm_80")
+    with pytest.raises(AttnccError, match="multiple of 64"):
+        cuda.validate_config(_spec(head_dim=96, head_dim_v=96), cuda.CudaConfig(**WGMMA), "sm_90a")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("path", ["causal_gqa.py", "alibi.py", "sliding_window.py"])
+def test_wgmma_kernel_compiles_without_spills(tmp_path, path):
+    """The wgmma path: both products on wgmma.mma_async (ss for Q·Kᵀ, rs for P·V), sm_90a."""
+    import subprocess
+
+    k = _compile(os.path.join(ROOT, "examples", path), "bf16", "sm_90a", shapes={"S": 333}, config=WGMMA)
+    text = k.source()
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n128k16\.f32\.bf16\.bf16", text)
+    assert "fence.proxy.async.shared::cta" in text and "wgmma.wait_group.sync.aligned" in text
+    assert "mma.sync" not in text
+    src = tmp_path / "k.cu"
+    src.write_text(text)
+    p = subprocess.run(["nvcc", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-Xptxas", "-v",
+                        str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "0 bytes spill stores" in p.stdout + p.stderr
+    assert "C7515" not in p.stdout + p.stderr   # "wgmma serialized" performance warning
+
+
+# --------------------------------------------------------------------------- decode (split-KV)
+
+VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
+
+
+def _decode_spec(**kw):
+    base = dict(name="d", batch=2, q_heads=32, kv_heads=8, q_len=1, kv_len=4096, head_dim=128,
+                head_dim_v=128, dtype="bfloat16", scale=0.088)
+    base.update(kw)
+    return FlashKernelSpec(**base)
+
+
+@pytest.mark.parametrize("q_len,decode", [(1, True), (16, True), (17, False), (1000, False)])
+def test_small_q_len_dispatches_to_the_decode_kernel(q_len, decode):
+    spec = _decode_spec(q_len=q_len)
+    cfg = cuda.default_config(spec)
+    assert isinstance(cfg, cuda.DecodeConfig) == decode
+    cuda.validate_config(spec, cfg, "sm_90a")
+    text = cuda.lower(spec, cfg).script()
+    # decode: one block per (batch, kv head, row block, split); prefill: per (batch, q head, query block)
+    if decode:
+        row_blocks = -(-4 * q_len // cfg.block_rows)
+        assert f'T.thread_binding({2 * 8 * row_blocks * cfg.num_splits}, thread="blockIdx.x")' in text
+    else:
+        assert f'T.thread_binding({2 * 32}, thread="blockIdx.x")' in text
+
+
+def test_decode_default_splits_fill_the_gpu():
+    # B=16 x 8 kv heads is already a block per SM: one split, no merge kernel
+    assert cuda.default_config(_decode_spec(batch=16)).num_splits == 1
+    # B=1: the keys are split across the SMs (bounded by the number of key tiles)
+    assert cuda.default_config(_decode_spec(batch=1)).num_splits == 33
+    assert cuda.default_config(_decode_spec(batch=1, kv_len=200)).num_splits == 4
+
+
+def test_decode_tir_reads_each_kv_head_once_per_group():
+    spec = _decode_spec()
+    cfg = cuda.DecodeConfig(block_k=64, num_warps=4, num_stages=3, num_splits=4, block_rows=16)
+    text = cuda.lower(spec, cfg).script()
+    # the split kernel: B * kv_heads * row blocks * splits blocks; the merge kernel: 4 rows per block
+    assert 'T.thread_binding(64, thread="blockIdx.x")' in text
+    assert 'T.thread_binding(16, thread="blockIdx.x")' in text          # 2 * 32 rows / 4
+    # K is indexed by the kv head of the block (never by a query head), Q by the packed row's head
+    assert re.search(r"k\[b, hk, ", text) and not re.search(r"k\[b, h[^k]", text)
+    assert "q[b, hk * 4 + T.min(" in text
+    # partial results in a workspace: num_splits per output row
+    assert f"part_out = T.alloc_buffer(({2 * 32 * 1 * 4 * 128},))" in text
+    assert f"part_lse = T.alloc_buffer(({2 * 32 * 1 * 4},))" in text
+    # tensor cores on both products; the pipeline keeps num_stages - 2 groups in flight
+    assert _count(text, "T.ptx.mma(") == 2
+    assert f'T.ptx.cp({cfg.num_stages - 2}, "async", "wait_group"' in text
+
+
+def test_decode_with_one_split_writes_the_output_directly():
+    spec = _decode_spec()
+    text = cuda.lower(spec, dataclasses.replace(cuda.default_config(spec), num_splits=1)).script()
+    assert _count(text, 'thread="blockIdx.x"') == 1
+    assert "part_out[" not in text
+
+
+def test_decode_window_reads_only_the_window():
+    # queries at the end of a 4096-key cache, a 1000-key window: keys 3093 .. 4095 for 4 rows
+    spec = _decode_spec(q_len=4, mask_mod=lambda b, h, i, j: (j <= i + 4092) & (j > i + 3092),
+                        key_bounds=KeyBounds(3093, 4092, True))
+    cfg = dataclasses.replace(cuda.default_config(spec), num_splits=2)
+    text = cuda.lower(spec, cfg).script()
+    # the split ranges start at the window's first key: 1003 keys -> 16 tiles -> 8 per split
+    assert "j_begin: T.int32 = 3093 + sp * 512" in text
+
+
+def test_decode_score_mod_sees_the_query_head_of_each_packed_row():
+    spec = _decode_spec(q_len=2, score_mod=lambda s, b, h, i, j: s - tirx.Cast("float32", h) * 0.5)
+    text = cuda.lower(spec, cuda.default_config(spec)).script()
+    # row r of kv head hk is query head hk * group + r // q_len
+    assert 'T.Cast("float32", hk * 4 + T.min((r_base + mt * 16 + lane // 4 + e // 2 * 8) // 2, 3))' in text
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(block_k=48), "multiple of 16 \\* num_warps"),
+    (dict(block_rows=24), "multiple of 16"),
+    (dict(num_stages=1), "num_stages"),
+    (dict(num_splits=0), "num_splits"),
+    (dict(block_k=256, num_warps=4, num_stages=6), "shared memory"),
+])
+def test_bad_decode_configs_are_refused(change, reason):
+    spec = _decode_spec()
+    with pytest.raises(ConfigError, match=reason):
+        cuda.validate_config(spec, dataclasses.replace(cuda.default_config(spec), **change), "sm_90a")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("name,dtype,shapes", [
+    ("decode", "bf16", {"B": 2, "T": 4096}),
+    ("decode", "f16", {"B": 3, "S": 3, "T": 3001, "D": 64}),
+    ("decode_window", "bf16", {}),
+    ("decode_alibi", "f16", {}),
+    ("decode_softcap_strided", "bf16", {"D": 64, "T": 2500}),
+])
+def test_decode_variants_compile(name, dtype, shapes, arch):
+    k = compile_variant(VARIANTS, target="cuda", dtype=dtype, variant_name=name, shapes=shapes,
+                        target_options={"arch": arch})
+    assert isinstance(k.config, cuda.DecodeConfig)
+    src = k.source()
+    ptx_t = "bf16" if dtype == "bf16" else "f16"
+    assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ptx_t}.{ptx_t}.f32" in src
+    assert "cp.async.cg.shared.global" in src
+    assert src.count("__global__ void") == (4 if k.config.num_splits > 1 else 2)   # declaration + definition
+
+
+@needs_nvcc
+def test_nvcc_compiles_the_decode_source_without_spills(tmp_path):
+    import subprocess
+
+    k = compile_variant(VARIANTS, target="cuda", dtype="bf16", variant_name="decode",
+                        shapes={"B": 2, "S": 3, "T": 3001}, target_options={"arch": "sm_90a"})
+    src = tmp_path / "k.cu"
+    src.write_text(k.source())
+    p = subprocess.run(["nvcc", "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", str(src),
+                        "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "spill stores" in p.stdout + p.stderr
+    assert not re.search(r"[1-9]\d* bytes spill stores", p.stdout + p.stderr)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name,dtype,shapes,config", [
+    ("decode", "bf16", {"B": 2, "T": 4096}, None),
+    ("decode", "f16", {"B": 3, "S": 3, "T": 3001, "D": 64}, None),
+    ("decode", "bf16", {"B": 2, "S": 2, "T": 3001}, {"num_splits": 1}),
+    ("decode", "bf16", {"B": 1, "Hq": 32, "Hkv": 2, "S": 3, "T": 1500, "D": 64}, None),
+    ("decode_window", "bf16", {}, None),
+    ("decode_alibi", "f16", {"T": 3333}, None),
+    ("decode_softcap_strided", "f16", {}, None),
+    ("decode_causal_topleft", "bf16", {}, None),
+    ("decode_empty_rows", "bf16", {}, None),
+])
+def test_decode_matches_the_reference(name, dtype, shapes, config):
+    k = compile_variant(VARIANTS, target="cuda", dtype=dtype, variant_name=name, shapes=shapes, config=config)
+    report = verify(k, seed=1)
+    assert report.passed, report

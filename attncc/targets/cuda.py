@@ -45,6 +45,9 @@ import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
+from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
+from attncc.targets import _cuda_wgmma as _wgmma  # Hopper wgmma prefill kernel (mma="wgmma")
 
 NAME = "cuda"
 
@@ -85,6 +88,9 @@ class CudaConfig:
     num_stages      shared-memory slots of (K, V) tiles; loads run num_stages - 1 blocks ahead
     q_in_registers  keep the Q fragments in registers for the whole key loop (else re-read
                     them from shared memory with ldmatrix at every key block)
+    mma             "sync": mma.sync m16n8k16 (sm_80 and newer, this file); "wgmma": Hopper
+                    warpgroup wgmma.mma_async (sm_90a, _cuda_wgmma.py; block_q = 16 *
+                    num_warps, q_in_registers unused)
     """
 
     block_q: int = 128
@@ -92,6 +98,7 @@ class CudaConfig:
     num_warps: int = 8
     num_stages: int = 2
     q_in_registers: bool = True
+    mma: str = "sync"
 
 
 Config = CudaConfig
@@ -106,6 +113,10 @@ def _round_up(x: int, m: int) -> int:
 
 def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
     """Dynamic shared memory of one thread block, in bytes."""
+    if isinstance(config, DecodeConfig):
+        return _decode.shared_memory_bytes(spec, config)
+    if config.mma == "wgmma":
+        return _wgmma.shared_memory_bytes(spec, config)
     q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
     return 2 * (q_tile + kv)
@@ -121,14 +132,28 @@ def registers_estimate(spec: FlashKernelSpec, config: CudaConfig) -> int:
     return acc + scores + probs + q + 8 * m_tiles
 
 
-def default_config(spec: FlashKernelSpec) -> CudaConfig:
-    """A good config for ``spec`` without tuning.
+def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaConfig:
+    """A good config for ``spec`` without tuning (``arch``: the GPU it is for, when known).
+
+    On Hopper (``arch`` sm_90a) the wgmma kernel when it can take the shape: block_q 128 (two
+    warpgroups), block_k 128 (64 when the registers would not hold D_v = 256), 2 stages --
+    1.01-1.47x FA2 and 0.92-1.42x FlexAttention on H100 (benchmarks/gpu/RESULTS.md, run 3).
 
     Measured on H100 (bf16, D=128, S=4k; benchmarks/gpu/RESULTS.md): 4 warps of two m16
     row tiles each (block_q 128) beat 8 warps of one (each K/V fragment read from shared
     memory feeds two mma), with Q re-read from shared memory when the fragments would not
     fit in registers beside the accumulators.
     """
+    if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
+        return _decode.default_config(spec)
+    if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
+        for block_k in (128, 64):
+            cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=2, mma="wgmma")
+            try:
+                validate_config(spec, cfg, arch)
+                return cfg
+            except (ConfigError, ShapeError):
+                continue
     d = max(spec.head_dim, spec.head_dim_v)
     if spec.q_len <= 64:
         block_q, num_warps = 64, 4
@@ -146,6 +171,8 @@ def default_config(spec: FlashKernelSpec) -> CudaConfig:
 
 def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[str] = None) -> None:
     """Raise :class:`ConfigError` with the reason if ``config`` cannot build ``spec``."""
+    if isinstance(config, DecodeConfig):
+        return _decode.validate_config(spec, config, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     c = config
 
     def bad(msg):
@@ -157,6 +184,10 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
             bad(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(c.q_in_registers, bool):
         bad(f"q_in_registers must be a bool, got {c.q_in_registers!r}")
+    if c.mma not in ("sync", "wgmma"):
+        bad(f"mma must be 'sync' or 'wgmma', got {c.mma!r}")
+    if c.mma == "wgmma":
+        return _wgmma.validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     if c.num_warps not in (1, 2, 4, 8, 16):
         bad(f"num_warps must be 1, 2, 4, 8 or 16, got {c.num_warps}")
     if c.block_q % (16 * c.num_warps):
@@ -248,6 +279,12 @@ def _swizzle_width(row_elems: int) -> int:
 
 def lower(spec: FlashKernelSpec, config: CudaConfig):
     """The kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
+    if isinstance(config, DecodeConfig):
+        return _decode.lower_decode(spec, config)
+    if config.mma == "wgmma":
+        _validate_spec(spec)
+        validate_config(spec, config)
+        return _wgmma.lower(spec, config)
     import tvm
     from tvm import tirx
     from tvm.script import tirx as T
@@ -692,13 +729,13 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
     nvcc must be on PATH; no GPU is needed to build."""
     import tvm
 
-    if config is None:
-        config = default_config(spec)
     if arch is None:
         arch = local_arch()
         if arch is None:
             raise TargetError("cuda target: no CUDA device here, so the architecture must be given "
                               "(arch='sm_90a' for H100, 'sm_80' for A100)", variant=spec.name or None)
+    if config is None:
+        config = default_config(spec, arch)
     if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:5].isdigit() and int(arch[3:5]) >= 80):
         raise TargetError(f"cuda target: arch {arch!r} is not supported (needs sm_80 or newer: "
                           "mma.sync m16n8k16 with bf16, cp.async)", variant=spec.name or None)

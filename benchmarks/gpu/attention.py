@@ -13,6 +13,8 @@ kernel's fatbin was not prebuilt, and the folder made by build.py + gpu-bundle:
 verify: the kernel on random inputs against the float64 numpy reference of the unfused IR
         (attncc.reference, pure numpy); DESIGN.md's tolerance (2 x naive error + floor);
         outputs poisoned with NaN first, so an unwritten element fails.
+decode: (manifests with "decode": the split-KV kernel) bandwidth in TB/s beside SDPA (default
+        and each backend) and a 1 GiB device-to-device copy; output vs a float64 reference.
 bench:  median time (triton.testing.do_bench) of the kernel and of torch SDPA with the cuDNN
         and flash (FlashAttention-2) backends (and FlexAttention with --flex) on the same
         inputs; TFLOP/s counted on the kept (query, key) pairs; the kernel's output compared
@@ -28,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -225,11 +228,85 @@ def bench_one(man, fn, dev, flex=False):
     return res
 
 
+_COPY_TBS = {}
+
+
+def copy_bandwidth(dev, nbytes=1 << 30):
+    """Device-to-device copy bandwidth (bytes read + bytes written per second), measured once."""
+    import torch
+
+    if "tbs" not in _COPY_TBS:
+        src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=dev)
+        dst = torch.empty_like(src)
+        t = _bench(lambda: dst.copy_(src))
+        _COPY_TBS["tbs"] = 2 * nbytes / t / 1e12
+        del src, dst
+    return _COPY_TBS["tbs"]
+
+
+def bench_decode(man, fn, dev):
+    """Decode (split-KV kernel): memory bandwidth beside SDPA and a device copy, and the
+    output checked against a float64 reference computed on the GPU at the benchmark shape."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dt = _torch_dtype(man["dtype"])
+    shp = man["input_shapes"]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shp[n], dtype=dt, device=dev) for n in man["inputs"])
+    out = torch.full(man["out_shape"], float("nan"), dtype=dt, device=dev)
+    lse = torch.full(man["lse_shape"], float("nan"), dtype=torch.float32, device=dev)
+    fn(q, k, v, out, lse)
+    torch.cuda.synchronize()
+    res = {"bytes": man["bytes"]}
+    res["nan"] = bool(torch.isnan(out).any().item() or torch.isnan(lse).any().item())
+    # float64 reference, one batch at a time (GQA: kv head h // group)
+    scale = man["spec"]["scale"]
+    group = q.shape[1] // k.shape[1]
+    num = den = lse_err = 0.0
+    for b in range(q.shape[0]):
+        kb = k[b].double().repeat_interleave(group, 0)
+        vb = v[b].double().repeat_interleave(group, 0)
+        s = (q[b].double() @ kb.transpose(-1, -2)) * scale
+        ref_lse = torch.logsumexp(s, -1)
+        ref = torch.softmax(s, -1) @ vb
+        num += float((out[b].double() - ref).norm() ** 2)
+        den += float(ref.norm() ** 2)
+        lse_err = max(lse_err, float((lse[b].double() - ref_lse).abs().max()))
+        del kb, vb, s, ref
+    res["rel64"] = (num / den) ** 0.5
+    res["lse_err64"] = lse_err
+    res["attncc_s"] = _bench(lambda: fn(q, k, v, out, lse))
+    gqa = q.shape[1] != k.shape[1]
+    for label, backend in (("sdpa", None), ("flash", SDPBackend.FLASH_ATTENTION),
+                           ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            def call():
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+            if backend is None:
+                o = call()
+                torch.cuda.synchronize()
+                res["sdpa_s"] = _bench(call)
+                d = o.float() - out.float()
+                res["rel_vs_sdpa"] = float(d.norm() / o.float().norm())
+            else:
+                with sdpa_kernel([backend]):
+                    call()
+                    torch.cuda.synchronize()
+                    res[f"{label}_s"] = _bench(call)
+        except Exception as exc:  # a backend may refuse GQA or the shape
+            res[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    res["copy_tbs"] = copy_bandwidth(dev)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=os.path.join(ROOT, ".gpu"))
     ap.add_argument("--kind", choices=("verify", "bench"))
-    ap.add_argument("--match", default="", help="only kernels whose id contains this")
+    ap.add_argument("--match", default="", help="only kernels whose id matches this regular expression "
+                    "(a plain substring works)")
     ap.add_argument("--flex", action="store_true", help="also time FlexAttention (torch.compile)")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args(argv)
@@ -246,7 +323,7 @@ def main(argv=None):
             man = json.load(f)
         if args.kind and man["kind"] != args.kind:
             continue
-        if args.match and args.match not in man["id"]:
+        if args.match and not re.search(args.match, man["id"]):
             continue
         manifests.append(man)
     results = []
@@ -263,6 +340,19 @@ def main(argv=None):
                 print(f"{'PASS' if row['ok'] else 'FAIL'} {man['id']:<78} err {row['err']:.2e} "
                       f"(tol {row['tol']:.2e}) lse {row['lse_err']:.2e} (tol {row['lse_tol']:.2e}) "
                       f"rel {row['rel']:.1e}", flush=True)
+            elif man.get("decode"):
+                row.update(bench_decode(man, fn, dev))
+                tbs = lambda key: man["bytes"] / row[key] / 1e12 if row.get(key) else float("nan")  # noqa: E731
+                row["attncc_tbs"] = tbs("attncc_s")
+                sdpa_best = max((tbs(x + "_s") for x in ("sdpa", "flash", "efficient", "cudnn")
+                                 if row.get(x + "_s")), default=float("nan"))
+                row["sdpa_tbs"], row["sdpa_best_tbs"] = tbs("sdpa_s"), sdpa_best
+                print(f"DECODE {man['id']:<68} TB/s attncc {row['attncc_tbs']:5.2f}  sdpa {row['sdpa_tbs']:5.2f} "
+                      f"(best backend {sdpa_best:5.2f})  copy {row['copy_tbs']:5.2f}  "
+                      f"attncc/copy {row['attncc_tbs'] / row['copy_tbs']:.2f}  attncc/sdpa "
+                      f"{row['attncc_tbs'] / row['sdpa_tbs']:.2f}  {row['attncc_s'] * 1e6:7.1f} us  "
+                      f"rel64 {row['rel64']:.1e} lse64 {row['lse_err64']:.1e} vs-sdpa {row.get('rel_vs_sdpa', float('nan')):.1e}"
+                      + (" NAN!" if row.get("nan") else ""), flush=True)
             else:
                 row.update(bench_one(man, fn, dev, flex=args.flex and man.get("compare_flex", False)))
                 tf = lambda key: row[key] and man["flops"] / row[key] / 1e12  # noqa: E731
@@ -281,6 +371,13 @@ def main(argv=None):
     ver = [r for r in results if r["kind"] == "verify"]
     if ver:
         print(f"verify: {sum(1 for r in ver if r.get('ok'))}/{len(ver)} passed")
+    dec = [r for r in results if "attncc_tbs" in r]
+    if dec:
+        print("decode (B=16, 32/8 heads, D=128, bf16; TB/s = (q + k + v + out + lse bytes) / time):")
+        for r in sorted(dec, key=lambda r: (r["id"].split("_T")[1], -r["attncc_tbs"])):
+            print(f"  {r['id']:<66} attncc {r['attncc_tbs']:5.2f}  sdpa {r['sdpa_tbs']:5.2f}  "
+                  f"copy {r['copy_tbs']:5.2f}  x copy {r['attncc_tbs'] / r['copy_tbs']:.2f}  "
+                  f"x sdpa {r['attncc_tbs'] / r['sdpa_tbs']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": props.name, "torch": torch.__version__, "results": results}, f, indent=1)

@@ -1,6 +1,6 @@
 """Build the CUDA kernels for the GPU machine (run HERE, where TVM and nvcc are).
 
-    python benchmarks/gpu/build.py --out .gpu/kernels [--arch sm_90a] [--only verify|bench]
+    python benchmarks/gpu/build.py --out .gpu/kernels [--arch sm_90a] [--only verify|bench|decode]
 
 For every kernel it writes into --out:
 
@@ -15,7 +15,10 @@ Kinds:
           multiples of the blocks), plus the benchmark variants at D=128 (small, ragged) with
           non-default configs: checked on the GPU against the float64 numpy reference.
   bench   benchmarks/gpu/variants.py at the issue's shapes (bf16, D=128, H=16, B*S = 16k):
-          timed on the GPU beside SDPA (cuDNN, FlashAttention-2) and FlexAttention.
+          timed on the GPU beside SDPA (cuDNN, FlashAttention-2) and FlexAttention; and decode
+          (B=16, 32/8 heads, 4k and 32k keys, the split-KV kernel) timed as memory bandwidth
+          beside SDPA and a device-to-device copy.
+  --only decode builds only the decode kernels (verify and bench).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
 
 from attncc.compiler import compile_variant  # noqa: E402
 from attncc.targets import cuda  # noqa: E402
@@ -66,6 +71,10 @@ def _entries(only):
                 out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16",
                                 shapes={"B": 1, "S": 700}, config=cfg))
         out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="f16", shapes=small, config=None))
+    if only in (None, "verify", "decode"):
+        out.extend(_decode_verify_entries())
+    if only in (None, "bench", "decode"):
+        out.extend(_decode_bench_entries())
     if only in (None, "bench"):
         for s in (1024, 4096, 16384):
             for name in ("full", "causal"):
@@ -81,7 +90,96 @@ def _entries(only):
             for cfg in sweep:
                 out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
                                 shapes={"B": 4, "S": 4096}, config=cfg))
+    out.extend(_wgmma_entries(only))
     return out
+
+
+# the Hopper wgmma kernel (CudaConfig(mma="wgmma"), attncc/targets/_cuda_wgmma.py)
+WGMMA = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
+WGMMA_SWEEP = (dict(block_k=64), dict(block_k=64, num_stages=3), dict(block_k=128, num_stages=3),
+               dict(block_q=192, num_warps=12, block_k=64), dict(block_q=64, num_warps=4, block_k=128),
+               dict(block_k=96))
+
+
+def _wgmma_entries(only):
+    """The wgmma kernel: every example and benchmark variant checked (ragged shapes, the
+    other configs, f16), and the benchmark shapes timed (FlexAttention beside it at S=4k)."""
+    out = []
+    if only in (None, "verify"):
+        for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+            rel = os.path.relpath(path, ROOT)
+            for dt, shapes in (("bf16", "ragged"), ("f16", {})):
+                out.append(dict(kind="verify", path=rel, name=None, dtype=dt, shapes=shapes, config=WGMMA))
+        small = {"B": 1, "S": 517}
+        for name in ("full", "causal", "sliding_window", "alibi", "softcap", "gqa"):
+            out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=small, config=WGMMA))
+        for cfg in WGMMA_SWEEP:
+            for name in ("causal", "sliding_window"):
+                out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 1, "S": 700}, config=dict(WGMMA, **cfg)))
+        out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="f16", shapes=small, config=WGMMA))
+    if only in (None, "bench"):
+        for s in (1024, 4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s, "S": s}, config=WGMMA, flex=s == 4096))
+        for name in ("sliding_window", "alibi", "softcap", "gqa"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                            shapes={"B": 4, "S": 4096}, config=WGMMA, flex=True))
+        for name in ("full", "causal"):
+            for cfg in WGMMA_SWEEP:
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 4, "S": 4096}, config=dict(WGMMA, **cfg)))
+    return out
+
+
+def _decode_verify_entries():
+    """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
+    GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
+    D 64/128/256, f16/bf16, score_mod, band and non-band masks, empty rows, the config paths."""
+    e = []
+
+    def add(name, dtype, shapes, config=None):
+        e.append(dict(kind="verify", path=VARIANTS, name=name, dtype=dtype, shapes=shapes, config=config))
+
+    add("decode", "bf16", {"B": 2, "T": 4096})
+    add("decode", "f16", {"B": 3, "S": 3, "T": 3001, "D": 64})
+    add("decode", "bf16", {"B": 2, "Hq": 8, "Hkv": 8, "S": 1, "T": 5000})
+    add("decode", "bf16", {"B": 1, "Hq": 32, "Hkv": 4, "S": 4, "T": 2049})
+    add("decode", "bf16", {"B": 1, "Hq": 32, "Hkv": 2, "S": 3, "T": 1500, "D": 64})
+    add("decode", "bf16", {"B": 1, "S": 2, "T": 1111, "D": 256})
+    add("decode", "f16", {"B": 16, "S": 3, "T": 999, "D": 64})      # default: one split, no merge kernel
+    add("decode_window", "bf16", {})
+    add("decode_window", "f16", {"T": 4000})
+    add("decode_alibi", "bf16", {})
+    add("decode_alibi", "f16", {"T": 3333})
+    add("decode_softcap_strided", "f16", {})
+    add("decode_softcap_strided", "bf16", {"T": 2500, "D": 64})
+    add("decode_causal_topleft", "bf16", {})
+    add("decode_causal_topleft", "f16", {"S": 16, "T": 33})
+    add("decode_empty_rows", "bf16", {})
+    small = {"B": 2, "S": 2, "T": 3001}
+    for cfg in (dict(num_splits=1), dict(num_splits=7), dict(num_splits=40),
+                dict(block_k=32, num_warps=2, num_stages=4), dict(block_k=128, num_warps=8),
+                dict(block_k=128, num_warps=4, num_stages=2), dict(num_stages=5), dict(block_rows=32),
+                dict(block_k=16, num_warps=1, num_stages=6)):
+        add("decode", "bf16", small, cfg)
+    return e
+
+
+# decode bench: B=16, 32/8 heads, D=128, bf16, 4k and 32k keys; default config + a sweep
+DECODE_SWEEP = (dict(num_splits=2), dict(num_splits=4), dict(num_splits=16),
+                dict(num_stages=4), dict(num_stages=2), dict(block_k=32, num_warps=2, num_stages=4),
+                dict(block_k=128, num_warps=4, num_stages=3), dict(block_k=128, num_warps=8, num_stages=3))
+
+
+def _decode_bench_entries():
+    e = []
+    for t in (4096, 32768):
+        for cfg in (None,) + DECODE_SWEEP:
+            e.append(dict(kind="bench", path=VARIANTS, name="decode", dtype="bf16",
+                          shapes={"B": 16, "S": 1, "T": t}, config=cfg))
+    return e
 
 
 def _ident(e, k):
@@ -89,7 +187,12 @@ def _ident(e, k):
     name = e["name"] or k.variant
     dims = "_".join(f"{a}{b}" for a, b in sorted(k.env.items()))
     cfg = k.config
-    c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}{'r' if cfg.q_in_registers else 'm'}"
+    if isinstance(cfg, cuda.DecodeConfig):
+        c = f"dk{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}p{cfg.num_splits}r{cfg.block_rows}"
+    else:
+        c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}{'r' if cfg.q_in_registers else 'm'}"
+        if getattr(cfg, "mma", "sync") == "wgmma":
+            c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}g"
     text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
@@ -112,7 +215,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -156,7 +259,12 @@ def main(argv=None):
             "shared_memory_bytes": cuda.shared_memory_bytes(k.spec, k.config),
             "source_sha256": sha,
             # FlexAttention is timed (attention.py --flex) on the default config at S=4k
-            "compare_flex": e["kind"] == "bench" and e["config"] is None and k.env.get("S") == 4096,
+            "compare_flex": e["kind"] == "bench" and (e["config"] is None or e.get("flex", False))
+            and k.env.get("S") == 4096,
+            # decode (split-KV kernel): attention.py reports memory bandwidth (q, k, v read, out written once)
+            "decode": isinstance(k.config, cuda.DecodeConfig),
+            "bytes": sum(int(np.prod(s)) for s in k.input_shapes().values()) * 2
+            + k.spec.batch * k.spec.q_heads * k.spec.q_len * (k.spec.head_dim_v * 2 + 4),
         }
         manifests.append(man)
         jobs.append((src_path, os.path.join(fatdir, sha + ".fatbin"), man))

@@ -45,3 +45,52 @@ def softcap(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Ten
 @variant(defaults=dict(B=4, Hq=32, Hkv=8, S=4096, D=128))
 def gqa(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "S", "D"], v: Tensor["B", "Hkv", "S", "D"]):
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: kv_idx <= q_idx)
+
+
+# ---- decode (issue 3): a few query tokens against a long KV cache, GQA 32/8, split-KV kernel.
+# Query i of q_len sits at position T - S + i of the cache; the masks below say so explicitly
+# (attncc's index space is top-left aligned: a plain `kv_idx <= q_idx` would keep only the
+# first keys).  DECODE_KEYS is the cache length the windowed variants are written for.
+DECODE_KEYS = 4096
+DECODE_WINDOW = 1000
+
+
+@variant(defaults=dict(B=16, Hq=32, Hkv=8, S=1, T=4096, D=128))
+def decode(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"], v: Tensor["B", "Hkv", "T", "D"]):
+    return attention(q, k, v)
+
+
+@variant(defaults=dict(B=2, Hq=32, Hkv=8, S=4, T=DECODE_KEYS, D=128))
+def decode_window(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"], v: Tensor["B", "Hkv", "T", "D"]):
+    # query i at position DECODE_KEYS - S + i (S = 4): causal within the cache, last DECODE_WINDOW keys
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx:
+                     (kv_idx <= q_idx + (DECODE_KEYS - 4))
+                     & (kv_idx > q_idx + (DECODE_KEYS - 4) - DECODE_WINDOW))
+
+
+@variant(defaults=dict(B=2, Hq=32, Hkv=8, S=1, T=4096, D=128))
+def decode_alibi(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"], v: Tensor["B", "Hkv", "T", "D"]):
+    # ALiBi slopes per query head (the head mapping of the packed GQA rows matters here)
+    return attention(q, k, v, score_mod=lambda s, b, h, q_idx, kv_idx:
+                     s - 2.0 ** (-8.0 * (h + 1) / 32) * (DECODE_KEYS - 1 + q_idx - kv_idx))
+
+
+@variant(defaults=dict(B=2, Hq=32, Hkv=8, S=2, T=4096, D=128))
+def decode_softcap_strided(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"],
+                           v: Tensor["B", "Hkv", "T", "D"]):
+    # score_mod plus a mask that is no band (element mask on every tile)
+    return attention(q, k, v, score_mod=lambda s, b, h, q_idx, kv_idx: SOFTCAP * tanh(s / SOFTCAP),
+                     mask_mod=lambda b, h, q_idx, kv_idx: ((kv_idx + q_idx + h) % 3) != 0)
+
+
+@variant(defaults=dict(B=2, Hq=8, Hkv=2, S=3, T=600, D=64))
+def decode_causal_topleft(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"],
+                          v: Tensor["B", "Hkv", "T", "D"]):
+    # the IR's plain causal mask: query i keeps keys 0..i (a 3-key range; the rest is skipped)
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: kv_idx <= q_idx)
+
+
+@variant(defaults=dict(B=2, Hq=8, Hkv=2, S=2, T=700, D=64))
+def decode_empty_rows(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"], v: Tensor["B", "Hkv", "T", "D"]):
+    # query 0 keeps no key (out 0, lse -inf); query 1 keeps the keys of even heads
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (q_idx * (1 - h % 2)) > 0)
