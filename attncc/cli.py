@@ -1,4 +1,4 @@
-"""``attncc compile`` and ``attncc opt``.  All logic lives in the library
+"""``attncc compile``, ``attncc export`` and ``attncc opt``.  All logic lives in the library
 (``attncc.compiler``, ``attncc.passes``); this file parses arguments and prints.
 
 Exit codes: 0 success, 1 verification failed, 2 a user error (one line, no traceback).
@@ -44,12 +44,14 @@ def cmd_compile(args) -> int:
 
     shapes = compiler.parse_assignments(args.shape, "--shape")
     config = compiler.parse_assignments(args.config, "--config")
+    from attncc.schedules.db import plain_warnings
+    plain_warnings()                      # a damaged tuning record: one warning line, not a traceback
     emit = args.emit
     k = compiler.compile_variant(
-        args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config,
+        args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config or None,
         print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant,
         target_options={"arch": args.arch} if args.arch else None,
-        quantize=_quant_options(args))
+        quantize=_quant_options(args), tuning_db=args.db)
     if emit == "ir":
         sys.stdout.write(print_ir(k.ir))
         if k.tile_summary():
@@ -81,6 +83,7 @@ def cmd_compile(args) -> int:
         print(f"tiles      {k.tile_summary()}")
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
     print(f"target     {k.target_name}  config {cfg}")
+    print(f"           config from {k.config_source}")
     t = k.times
     print(f"compile    {_fmt_time(t['total'])}  (load target {_fmt_time(t['target'])}, trace {_fmt_time(t['trace'])}, "
           f"passes {_fmt_time(t['passes'])}, TVM build {_fmt_time(t['build'])})")
@@ -103,6 +106,31 @@ def cmd_compile(args) -> int:
                   f"reference; max error vs the unquantized float64 reference {rep.unquantized_error:.3g}")
         status = 0 if ok else 1
     return status
+
+
+def cmd_export(args) -> int:
+    from attncc import compiler
+    from attncc.export import export
+
+    shapes = compiler.parse_assignments(args.shape, "--shape")
+    config = compiler.parse_assignments(args.config, "--config")
+    k = compiler.compile_variant(
+        args.file, target=args.target, shapes=shapes, dtype=args.dtype, config=config or None, variant_name=args.variant,
+        target_options={"arch": args.arch} if args.arch else None, quantize=_quant_options(args))
+    man = export(k, args.output, bundle_runtime=args.bundle_runtime, fatbin=not args.no_fatbin)
+    dims = " ".join(f"{n}={v}" for n, v in k.env.items())
+    print(f"variant    {k.variant}  ({args.file}; {k.spec.dtype}; {dims})")
+    arch = f" {man['target']['arch']}" if man["target"].get("arch") else ""
+    print(f"target     {k.target_name}{arch}  config "
+          + ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__))
+    print(f"block map  {man['block_map']['mode']}")
+    for role, entry in man["files"].items():
+        size = os.path.getsize(os.path.join(args.output, entry["path"]))
+        print(f"wrote      {os.path.join(args.output, entry['path'])}  ({role}, {size} bytes)")
+    print(f"wrote      {os.path.join(args.output, 'manifest.json')}")
+    print(f"load with  attncc.runtime.load({args.output!r})(" + ", ".join(i["name"] for i in man["inputs"])
+          + ") -> (out, lse)")
+    return 0
 
 
 def cmd_opt(args) -> int:
@@ -135,6 +163,38 @@ def cmd_opt(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """Tune a variant's schedule knobs (all logic in attncc.schedules), or --show a database."""
+    from attncc import compiler
+    from attncc.schedules import report, tuner
+    from attncc.schedules.db import plain_warnings
+    from attncc.schedules.lookup import user_db_path
+
+    plain_warnings()
+    db = args.db or user_db_path()
+    if args.file is None:
+        if not args.show:
+            raise AttnccError("give a variant file to tune, or --show to list the best tuning records")
+        print(report.show(db))
+        return 0
+    if args.plot:
+        report.require_matplotlib()          # before a long tuning session, not after it
+    settings = tuner.TuneSettings(
+        trials=args.trials, budget_s=tuner.parse_duration(args.budget) if args.budget else None,
+        strategy=args.strategy, overlap=args.overlap, seed=args.seed)
+    result = tuner.tune(args.file, args.target, compiler.parse_assignments(args.shape, "--shape"), args.dtype,
+                        db=db, settings=settings, variant_name=args.variant,
+                        target_options={"arch": args.arch} if args.arch else None,
+                        on_event=None if args.quiet else report.RichProgress())
+    print(report.summary(result))
+    if args.plot:
+        report.plot(result, args.plot)
+        print(f"plot       {args.plot}")
+    if args.show:
+        print(report.show(db, key=result.key))
+    return 0 if result.best is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attncc.passes.pipeline import DEFAULT_PIPELINE
     p = argparse.ArgumentParser(prog="attncc", description="A compiler for attention kernels.")
@@ -147,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda); default: the local GPU")
     c.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
     c.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
-    c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64")
+    c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64 (default: the best tuned "
+                   "record for this device and shape, else the target's default)")
+    c.add_argument("--db", help="tuning database to look in first (then ~/.cache/attncc/tuning.jsonl, "
+                   "then the packaged defaults)")
     c.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
     c.add_argument("--verify", action="store_true", help="check against the numpy float64 reference")
     c.add_argument("--quantize", choices=["fp8", "fp8_e5m2", "int8"], help="quantize Q·Kᵀ (FP8 e4m3/e5m2 or INT8)")
@@ -161,6 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     c.set_defaults(fn=cmd_compile)
 
+    e = sub.add_parser("export", help="compile a variant into a folder that runs without the compiler "
+                       "(attncc.runtime.load)")
+    e.add_argument("file", help="variant file (.py)")
+    e.add_argument("-o", "--output", required=True, help="folder to write (kernel.so, manifest.json, ...)")
+    e.add_argument("--variant", help="which variant, if the file defines several")
+    e.add_argument("--target", default="cpu", help="cpu (default), cuda")
+    e.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda)")
+    e.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
+    e.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16)")
+    e.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=128")
+    e.add_argument("--quantize", choices=["fp8", "fp8_e5m2", "int8"], help="quantize Q·Kᵀ (FP8 e4m3/e5m2 or INT8)")
+    e.add_argument("--quantize-pv", action="store_true", help="quantize P·V too")
+    e.add_argument("--quantize-granularity", help="scales per tensor, head (default) or block[:ROWS]")
+    e.add_argument("--bundle-runtime", action="store_true",
+                   help="copy TVM's runtime libraries (about 5 MB) into DIR/lib for machines without TVM")
+    e.add_argument("--no-fatbin", action="store_true", help="cuda: ship the source only (loading then needs nvcc)")
+    e.set_defaults(fn=cmd_export)
+
     o = sub.add_parser("opt", help="run passes on textual IR (.attn) and print the result")
     o.add_argument("file", help=".attn file ('-' for stdin), or a variant .py to trace")
     o.add_argument("--pass", "--passes", dest="passes", default="",
@@ -170,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output")
     o.add_argument("--print-after-all", action="store_true")
     o.set_defaults(fn=cmd_opt)
+
+    t = sub.add_parser("tune", help="search a variant's schedule knobs for this device; records go to a database")
+    t.add_argument("file", nargs="?", help="variant file (.py); omit with --show to list the database")
+    t.add_argument("--variant", help="which variant, if the file defines several")
+    t.add_argument("--target", default="cpu", help="cpu (default), cuda, ...")
+    t.add_argument("--arch", help="GPU architecture (cuda; default: the local GPU)")
+    t.add_argument("--shape", help="dimension values, e.g. S=4096 (default: the variant's)")
+    t.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
+    t.add_argument("--budget", help="wall-clock budget, e.g. 60s, 5m")
+    t.add_argument("--trials", type=int, help="configs to measure (default 64 without --budget)")
+    t.add_argument("--db", help="tuning database (default ~/.cache/attncc/tuning.jsonl)")
+    t.add_argument("--strategy", default="auto", choices=["auto", "exhaustive", "guided", "random"],
+                   help="auto: exhaustive for small spaces, else cost-model-guided")
+    t.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the next candidates while timing (default: off on cpu, on for GPUs)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--show", action="store_true", help="list the best records (of this variant, after tuning)")
+    t.add_argument("--plot", help="draw best-so-far vs trial and time vs each knob into this image (matplotlib)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_tune)
     return p
 
 

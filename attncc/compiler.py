@@ -69,8 +69,17 @@ def resolve_dims(func: Function, shapes: dict) -> dict:
     return {k: env[k] for k in symbols}
 
 
-def make_config(target, spec: FlashKernelSpec, overrides: Optional[dict] = None):
-    cfg = target.default_config(spec)
+def make_config(target, spec: FlashKernelSpec, overrides: Optional[dict] = None, arch: Optional[str] = None):
+    """The target's default config with ``overrides``.  Without overrides, a target whose
+    default_config takes ``arch`` gets it (CUDA picks its Hopper wgmma kernel for sm_90a);
+    overrides apply to the architecture-neutral default, as they always did."""
+    cfg = None
+    if arch and not overrides:
+        import inspect
+        if "arch" in inspect.signature(target.default_config).parameters:
+            cfg = target.default_config(spec, arch=arch)
+    if cfg is None:
+        cfg = target.default_config(spec)
     if overrides:
         fields = {f.name: f for f in dataclasses.fields(cfg)}
         for k in overrides:
@@ -99,6 +108,7 @@ class CompiledKernel:
     env: dict
     built: object
     times: dict = field(default_factory=dict)
+    config_source: str = "target default"     # where the config came from (a tuned record, --config)
 
     @property
     def flash_op(self):
@@ -206,8 +216,13 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
                     passes: str = DEFAULT_PIPELINE, config: Optional[dict] = None,
                     print_after_all: Optional[TextIO] = None, variant_name: Optional[str] = None,
                     build: bool = True, target_options: Optional[dict] = None,
-                    quantize: Optional[dict] = None) -> CompiledKernel:
-    """Compile a variant (a path, a Variant or an unfused Function) for ``target``."""
+                    quantize: Optional[dict] = None, tuning_db=None) -> CompiledKernel:
+    """Compile a variant (a path, a Variant or an unfused Function) for ``target``.
+
+    ``config`` None: the best tuned record for this variant, shape bucket and device (from
+    ``tuning_db``, else the user's database, else the packaged defaults; see
+    attncc/schedules/lookup.py), else the target's default; ``tuning_db=False`` skips the
+    lookup.  A ``config`` dict (even empty) is the target default with those overrides."""
     times: dict = {}
     t0 = time.perf_counter()
     tgt = get_target(target)
@@ -235,7 +250,11 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
     result = run_pipeline(work, passes, print_after_all)
     times["passes"] = time.perf_counter() - t1
     spec = kernel_spec(result.func, env)
-    cfg = make_config(tgt, spec, config)
+    config_source = "target default" + (" + overrides" if config else "")
+    if config is None and tuning_db is not False:
+        from attncc.schedules.lookup import tuned_config
+        config, config_source = tuned_config(target, spec, source_ir, target_options, tuning_db)
+    cfg = make_config(tgt, spec, config, (target_options or {}).get("arch"))
     built = None
     if build:
         t2 = time.perf_counter()
@@ -243,7 +262,7 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
         times["build"] = time.perf_counter() - t2
     times["total"] = time.perf_counter() - t0
     return CompiledKernel(func.name, source_ir, result.func, result.applied, target, tgt, spec, cfg, env,
-                          built, times)
+                          built, times, config_source)
 
 
 @dataclass

@@ -1,0 +1,229 @@
+"""Schedule family of the CUDA target (``attncc/targets/cuda.py``).
+
+Knobs are the fields of the config the target picks for the kernel (``CudaConfig`` for
+prefill, the decode kernel's own config for q_len <= 16), searched over these values;
+a field not listed here keeps its default, so a knob added to the target is searched
+once it is listed:
+
+    block_q         64, 128, 256    query rows per thread block
+    block_k         32, 64, 128     keys per pipelined K/V tile
+    num_warps       2 .. 8          warps per block (decode: 1 .. 8)
+    num_stages      2, 3, 4         cp.async pipeline depth (shared-memory slots)
+    q_in_registers  True, False     Q fragments kept in registers
+    mma             sync, wgmma     mma.sync or Hopper wgmma (sm_90a)
+    num_splits      1 .. 16         decode: key ranges per (batch, kv head)
+    block_rows      16, 32, 64      decode: packed (head, query) rows per block
+
+Configs that cannot fit are rejected before building by the target's
+``validate_config(spec, config, arch)``: shared memory per block against the arch's
+limit, fragment registers per thread, warp/tile divisibility.
+
+Builds overlap measurement by default (``OVERLAP_BUILDS``): nvcc/LLVM run on host
+cores while the GPU times the previous candidate.  Tuning measures kernels, so it needs
+a GPU; ``arch`` defaults to the local one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from attncc.errors import AttnccError
+from attncc.schedules.space import Knob
+
+TARGET = "cuda"
+OVERLAP_BUILDS = True
+REQUIRED_OPTIONS = ("arch",)
+
+VALUES = {
+    "block_q": (64, 128, 256),
+    "block_k": (32, 64, 128),
+    "num_warps": (2, 4, 8),
+    "num_stages": (2, 3, 4),
+    "q_in_registers": (True, False),
+    "mma": ("sync", "wgmma"),
+    "num_splits": (1, 2, 4, 8, 16),
+    "block_rows": (16, 32, 64),
+}
+DECODE_VALUES = {"num_warps": (1, 2, 4, 8)}
+
+# what a record's device is called when no GPU is present to ask (compile --arch on a host)
+ARCH_NAMES = {
+    "sm_80": "NVIDIA A100", "sm_86": "NVIDIA A10", "sm_87": "NVIDIA Jetson Orin", "sm_89": "NVIDIA L40S",
+    "sm_90": "NVIDIA H100", "sm_90a": "NVIDIA H100", "sm_100": "NVIDIA B200", "sm_100a": "NVIDIA B200",
+}
+_FAMILIES = ("GH200", "H200", "H100", "H800", "H20", "B200", "B100", "A100", "A800", "A10G", "A10", "A30",
+             "L40S", "L40", "L4", "RTX 6000", "RTX 4090", "RTX 3090", "A6000", "V100", "T4")
+# streaming multiprocessors and dense fp16 tensor throughput (FLOP/s) for the cost model
+_SPECS = {"NVIDIA H100": (132, 990e12), "NVIDIA H200": (132, 990e12), "NVIDIA A100": (108, 312e12),
+          "NVIDIA L40S": (142, 362e12), "NVIDIA A10": (72, 125e12), "NVIDIA B200": (148, 2250e12)}
+
+
+def _target():
+    from attncc.targets import cuda
+
+    return cuda
+
+
+def default_arch(options: Optional[dict] = None) -> str:
+    arch = _target().local_arch()
+    if arch is None:
+        raise AttnccError("cuda tuning measures kernels and there is no CUDA device here "
+                          "(tune on the GPU machine; compile --arch sm_90a uses its records)")
+    return arch
+
+
+def _pow2_ceil(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def knobs(spec, options: Optional[dict] = None) -> list:
+    default = _target().default_config(spec)
+    decode = not isinstance(default, _target().CudaConfig)
+    out = []
+    for f in dataclasses.fields(default):
+        vals = (DECODE_VALUES if decode else {}).get(f.name) or VALUES.get(f.name)
+        if vals is None:
+            continue
+        if f.name == "block_q":
+            vals = tuple(v for v in vals if v <= max(64, _pow2_ceil(spec.q_len)))
+        if f.name == "mma" and not str((options or {}).get("arch", "")).startswith("sm_90"):
+            vals = ("sync",)
+        out.append(Knob(f.name, tuple(vals)))
+    return out
+
+
+def validate(spec, config, options: Optional[dict] = None) -> None:
+    _target().validate_config(spec, config, (options or {}).get("arch"))
+
+
+# --------------------------------------------------------------------------- the device
+
+
+def _normalize(name: str) -> str:
+    for fam in _FAMILIES:
+        if fam in name:
+            return f"NVIDIA {fam}"
+    return name.strip()
+
+
+def device_name(options: Optional[dict] = None) -> str:
+    """The GPU's name from the runtime ('NVIDIA H100 80GB HBM3' -> 'NVIDIA H100') when the
+    local GPU is the arch asked for, else from the arch ('sm_90a' -> 'NVIDIA H100')."""
+    arch = (options or {}).get("arch")
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        if dev.exist:
+            local = _target().local_arch()
+            if arch is None or arch == local:
+                return _normalize(str(dev.device_name))
+    except Exception:  # pragma: no cover - depends on the machine
+        pass
+    if arch is None:
+        return "no CUDA device"
+    return ARCH_NAMES.get(arch, f"NVIDIA {arch}")
+
+
+# --------------------------------------------------------------------------- the cost model
+
+
+def cost_model(spec, config, options: Optional[dict] = None) -> float:
+    """Predicted seconds: tensor-core time of the visited tiles at an efficiency set by
+    latency hiding (resident warps per SM, pipeline depth, Q re-reads from shared memory),
+    plus the softmax's exponentials, over waves of thread blocks on the SMs (occupancy
+    from shared memory, registers and threads; the last wave's tail counted whole)."""
+    from attncc.schedules.space import key_blocks
+
+    cuda = _target()
+    name = device_name(options)
+    sms, peak = _SPECS.get(name, (132, 990e12))
+    clock = 1.7e9
+    c = config
+    B, H, D, DV = spec.batch, spec.q_heads, spec.head_dim, spec.head_dim_v
+    if not isinstance(c, cuda.CudaConfig):                       # decode: split-KV
+        splits = getattr(c, "num_splits", 1)
+        bk = getattr(c, "block_k", 64)
+        blocks = B * spec.kv_heads * splits
+        keys = -(-spec.kv_len // splits)
+        per_block = (-(-keys // bk)) * (bk * (D + DV) * 2 * 2 / 1.0e3 + 200) / clock
+        waves = -(-blocks // (sms * 4))
+        return waves * per_block + (3e-6 if splits > 1 else 0.0) + 4e-6
+    bq, bk = c.block_q, c.block_k
+    warps = c.num_warps
+    try:
+        smem = cuda.shared_memory_bytes(spec, c)
+    except Exception:  # noqa: BLE001
+        smem = 2 * (bq * max(D, DV) + c.num_stages * bk * (D + DV))
+    try:
+        regs = cuda.registers_estimate(spec, c) + 40
+    except Exception:  # noqa: BLE001
+        regs = 128
+    per_sm = max(1, min(228 * 1024 // max(smem, 1), 65536 // max(warps * 32 * min(regs, 255), 1),
+                        64 // warps, 32))
+    resident_warps = per_sm * warps
+    hide = min(1.0, 0.35 + 0.065 * resident_warps) * (0.8 + 0.1 * min(c.num_stages, 4) / 2)
+    if not getattr(c, "q_in_registers", True):
+        hide *= 0.92
+    if getattr(c, "mma", "sync") == "wgmma":
+        hide *= 1.3
+    visited, full = key_blocks(spec, bq, bk)
+    flops_tile = 2.0 * bq * bk * (D + DV)
+    mma_s = flops_tile / (peak / sms * min(hide, 1.0))
+    soft_s = bq * bk / (16 * 4 * clock) + bq * bk / (32 * clock)   # ex2 on the SFUs + the rest
+    tile_s = mma_s + soft_s
+    block_s = visited * tile_s + (visited - full) * bq * bk / (64 * clock) + 2e-6
+    costs = np.sort(np.tile(block_s, B * H))[::-1]
+    slots = sms * per_sm
+    # heaviest-first greedy over the slots approximates the scheduler
+    if costs.size <= slots:
+        span = float(costs.max())
+    else:
+        loads = np.zeros(slots)
+        for x in costs:
+            i = int(np.argmin(loads))
+            loads[i] += x
+        span = float(loads.max())
+    return span + 3e-6
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def sampler(built, spec, number: int = 5):
+    """fn(n) -> n times (seconds, each the mean of ``number`` launches) by TVM's time_evaluator."""
+    import tvm
+
+    cuda = _target()
+    if type(built.config) is not cuda.CudaConfig:   # another kernel (decode): time it the target's way
+        return lambda n: [cuda.measure(built, spec, repeat=1, number=number) for _ in range(n)]
+    dev = tvm.cuda(0)
+    dt = cuda._np_dtype(spec.dtype)
+    rng = np.random.default_rng(0)
+    shapes = cuda._shapes(spec)
+    args = [tvm.runtime.tensor(rng.standard_normal(s, dtype=np.float32).astype(dt), device=dev)
+            for s in shapes[:3]]
+    args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt), device=dev))
+    args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
+    mod = getattr(built.executable, "mod", built.executable)
+
+    def run(n: int) -> list:
+        timer = mod.time_evaluator("main", dev, number=number, repeat=n, min_repeat_ms=0)
+        return [float(x) for x in timer(*args).results]
+
+    return run
+
+
+def load_built(spec, config, path: str, options: Optional[dict] = None, compile_seconds: float = 0.0):
+    import tvm
+
+    cuda = _target()
+    return cuda.CudaKernel(spec, config, (options or {}).get("arch"), tvm.runtime.load_module(path),
+                           compile_seconds)
+

@@ -1,0 +1,104 @@
+"""Which config ``compile`` uses: the best tuned record for this variant, shape bucket,
+dtype, target and device, looked up in order in
+
+1. the database given (``attncc compile --db``, ``compile_variant(tuning_db=)``),
+2. the user's database: ``$ATTNCC_TUNING_DB``, else ``$XDG_CACHE_HOME/attncc/tuning.jsonl``
+   (``~/.cache/attncc/tuning.jsonl``), where ``attncc tune`` writes by default,
+3. the packaged defaults (``attncc/schedules/defaults.jsonl``, shipped with attncc),
+
+the first that has a record whose config is valid for this kernel; else the target's
+default config.  The reason is returned with the config so that ``compile`` can say
+which one it used and why.  A lookup never makes a compile fail.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from attncc.schedules.db import TuningDB, make_key
+
+_DBS: dict = {}
+
+
+def user_db_path() -> str:
+    env = os.environ.get("ATTNCC_TUNING_DB")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "attncc", "tuning.jsonl")
+
+
+def packaged_db_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.jsonl")
+
+
+def open_db(path: str) -> TuningDB:
+    """A TuningDB for ``path``, shared per path (its parsed records are cached until the
+    file changes)."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    db = _DBS.get(path)
+    if db is None:
+        db = _DBS[path] = TuningDB(path)
+    return db
+
+
+def sources(db=None) -> list:
+    """[(label, path)] in lookup order, without repeats."""
+    out, seen = [], set()
+    for label, path in (("given", db), ("user", user_db_path()), ("packaged", packaged_db_path())):
+        if not path:
+            continue
+        path = os.path.abspath(os.path.expanduser(str(getattr(path, "path", path))))
+        if path not in seen:
+            seen.add(path)
+            out.append((label, path))
+    return out
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def find_record(target: str, spec, func, target_options: Optional[dict] = None, db=None):
+    """(record, path, key) of the best valid tuned record, or (None, None, key)."""
+    import dataclasses
+
+    from attncc.errors import ConfigError
+    from attncc.schedules import get_family
+    from attncc.targets import get_target
+
+    family = get_family(target)
+    tgt = get_target(target)
+    options = dict(target_options or {})
+    key = make_key(func, spec, target, family.device_name(options))
+    fields = {f.name for f in dataclasses.fields(tgt.Config)}
+    for _, path in sources(db):
+        if not os.path.exists(path):
+            continue
+        for rec in open_db(path).ranked(key):          # fastest first; skip what no longer fits
+            if set(rec.config) - fields:
+                continue
+            try:
+                cfg = dataclasses.replace(tgt.default_config(spec), **rec.config)
+                family.validate(spec, cfg, options)
+            except (ConfigError, TypeError, ValueError):
+                continue
+            return rec, path, key
+    return None, None, key
+
+
+def tuned_config(target: str, spec, func, target_options: Optional[dict] = None, db=None):
+    """(config overrides or None, why) for ``compile``."""
+    try:
+        rec, path, key = find_record(target, spec, func, target_options, db)
+    except Exception as exc:  # no knobs declared for the target, an unreadable file, ...
+        text = str(exc).strip().splitlines()
+        return None, f"target default (no tuning lookup: {text[0] if text else type(exc).__name__})"
+    if rec is None:
+        return None, f"target default (no tuned record for this variant at {key.bucket} {key.dtype} on {key.device})"
+    which = ("packaged defaults" if path == packaged_db_path() else
+             "your tuning database" if path == user_db_path() else "--db")
+    spread = f" (IQR {rec.spread * 100:.1f}%)" if rec.spread is not None else ""
+    return dict(rec.config), (f"tuned record from {path} ({which}): {_fmt_time(rec.time_s)}{spread} at "
+                              f"{key.bucket} on {key.device}, measured {rec.date[:10]} by attncc {rec.attncc}")
