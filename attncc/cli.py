@@ -91,7 +91,14 @@ def cmd_compile(args) -> int:
         k.export_library(args.output)
         print(f"wrote      {args.output}  (load with tvm_ffi.load_module; main(q, k, v, out, lse))")
     status = 0
-    if not args.no_run:
+    why_not = k.not_runnable()
+    if why_not is not None and not args.no_run:
+        print(f"kernel     not run: {why_not}")
+    if why_not is not None and args.verify:
+        print(f"verify     not run: {why_not}")
+        print(f"attncc: error: --verify needs a device that runs the kernel ({why_not})", file=sys.stderr)
+        return 2
+    if not args.no_run and why_not is None:
         sec = k.measure()
         note = "" if k.density() is not None else ", counting all pairs: the mask depends on data"
         print(f"kernel     {_fmt_time(sec)}  ({k.flops() / sec / 1e9:.1f} GFLOP/s{note})")
@@ -163,6 +170,16 @@ def cmd_opt(args) -> int:
     return 0
 
 
+def _knob_value(text: str):
+    text = text.strip()
+    if text in ("True", "true", "False", "false"):
+        return text in ("True", "true")
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def cmd_tune(args) -> int:
     """Tune a variant's schedule knobs (all logic in attncc.schedules), or --show a database."""
     from attncc import compiler
@@ -172,10 +189,46 @@ def cmd_tune(args) -> int:
 
     plain_warnings()
     db = args.db or user_db_path()
+    if args.ingest:
+        if args.file is not None or args.export_candidates:
+            raise AttnccError("--ingest takes a results file only (no variant, no --export-candidates)")
+        from attncc.schedules.db import ingest
+
+        res = ingest(args.ingest, db)
+        print(f"ingested   {res['added']} record(s) from {args.ingest} into {res['db']}"
+              + (f" ({res['duplicates']} already there)" if res["duplicates"] else ""))
+        for key, info in res["keys"].items():
+            best = info["best"]
+            line = f"           {key.short()}: {info['ok']} config(s) measured, {info['failed']} failed"
+            if best is not None:
+                cfg = ",".join(f"{k}={v}" for k, v in best.config.items())
+                line += f"; best {best.time_s * 1e6:.1f} us ({cfg})"
+                if info["default_s"]:
+                    line += f"; default {info['default_s'] * 1e6:.1f} us (tuned x{info['default_s'] / best.time_s:.2f})"
+            print(line)
+        if args.show:
+            print(report.show(db))
+        return 0
     if args.file is None:
         if not args.show:
-            raise AttnccError("give a variant file to tune, or --show to list the best tuning records")
+            raise AttnccError("give a variant file to tune, or --show to list the best tuning records "
+                              "(or --ingest a results file)")
         print(report.show(db))
+        return 0
+    if args.export_candidates:
+        from attncc.schedules.candidates import export_candidates, summary
+
+        knobs = None
+        if args.knobs:
+            knobs = {}
+            for part in args.knobs.split(";"):
+                name, _, values = part.partition("=")
+                knobs[name.strip()] = tuple(_knob_value(v) for v in values.split("|") if v.strip())
+        m = export_candidates(args.file, args.export_candidates, args.target,
+                              compiler.parse_assignments(args.shape, "--shape"), args.dtype,
+                              variant_name=args.variant, target_options={"arch": args.arch} if args.arch else None,
+                              knobs=knobs, fatbin=args.fatbin, jobs=args.jobs, dry_run=args.dry_run)
+        print(summary(m))
         return 0
     if args.plot:
         report.require_matplotlib()          # before a long tuning session, not after it
@@ -270,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--show", action="store_true", help="list the best records (of this variant, after tuning)")
     t.add_argument("--plot", help="draw best-so-far vs trial and time vs each knob into this image (matplotlib)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--export-candidates", metavar="DIR",
+                   help="split flow for a GPU without TVM (cuda): build every valid candidate here and export it "
+                   "with a manifest into DIR; measure there with python -m attncc.schedules.measure_candidates")
+    t.add_argument("--knobs", help="with --export-candidates: narrow knob values, e.g. 'mma=wgmma;block_k=64|128'")
+    t.add_argument("--dry-run", action="store_true", help="with --export-candidates: enumerate and write the "
+                   "manifest (rejections counted), build nothing")
+    t.add_argument("--fatbin", action="store_true", help="with --export-candidates: also compile each candidate "
+                   "with nvcc here (default: the GPU machine compiles them, in parallel)")
+    t.add_argument("--jobs", type=int, help="with --export-candidates: build processes (default: all cores)")
+    t.add_argument("--ingest", metavar="RESULTS",
+                   help="add a results file (JSONL from measure_candidates) to the database (--db)")
     t.set_defaults(fn=cmd_tune)
     return p
 

@@ -159,6 +159,11 @@ class CompiledKernel:
     def run_inputs(self, inputs: dict):
         return self.target.run(self.built, *self.flash_operands(inputs))
 
+    def not_runnable(self) -> Optional[str]:
+        """Why this kernel cannot run on this machine (no device of its kind), or None."""
+        check = getattr(self.target, "not_runnable", None)
+        return check(self.built) if check is not None and self.built is not None else None
+
     def measure(self, **kw) -> float:
         return self.target.measure(self.built, self.spec, **kw)
 
@@ -230,6 +235,12 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
     if isinstance(variant, str):
         variant = load_variant(variant, variant_name)
     if isinstance(variant, Variant):
+        if dtype is None:
+            # the variant's declared dtype, unless the target cannot run it (f32 on tensor-core
+            # targets): then the target's own default (bf16), which the report prints
+            supported = getattr(tgt, "SUPPORTED_DTYPES", None)
+            if supported and str(variant.dtype) not in supported and str(parse_dtype(variant.dtype)) not in supported:
+                dtype = tgt.DEFAULT_DTYPE
         func = variant.trace(parse_dtype(dtype) if dtype is not None else None)
     else:
         func = variant

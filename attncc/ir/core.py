@@ -301,7 +301,7 @@ def _matmul(types, attrs, regions):
     if a.rank != b.rank or a.rank < 2:
         _err("matmul", f"operands must have the same rank >= 2, got {a} and {b}")
     if a.dtype != b.dtype:
-        _err("matmul", f"operand dtypes differ: {a.dtype} vs {b.dtype}", DTypeError)
+        _err("matmul", f"operand dtypes differ: {a.dtype} vs {b.dtype} (cast one operand, e.g. cast(p, v.dtype): matmul results are f32 accumulators)", DTypeError)
     if a.dtype.is_bool:
         _err("matmul", "matmul of i1 values", DTypeError)
     tb = bool(attrs.get("transpose_b", False))

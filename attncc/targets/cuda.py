@@ -69,6 +69,9 @@ __all__ = [
 ]
 
 _SUPPORTED_DTYPES = ("float16", "bfloat16")
+# the IR names of those, and the dtype a variant declared in f32 is traced in for this target
+SUPPORTED_DTYPES = ("f16", "bf16")
+DEFAULT_DTYPE = "bf16"
 _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
 # Largest dynamic shared memory per block (bytes), by compute capability major.minor.
 _SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_87": 163 * 1024, "sm_89": 99 * 1024,
@@ -705,6 +708,16 @@ def local_arch() -> Optional[str]:
         return None
 
 
+def not_runnable(built: "CudaKernel") -> Optional[str]:
+    """Why ``built`` cannot run on this machine, or None when it can."""
+    here = local_arch()
+    if here is None:
+        return f"no CUDA device here (compiled for {built.arch})"
+    if here.rstrip("a") != built.arch.rstrip("a"):
+        return f"the local GPU is {here}, the kernel was compiled for {built.arch}"
+    return None
+
+
 @dataclass
 class CudaKernel:
     """A built kernel: the TVM executable plus what ``run`` needs to allocate outputs."""
@@ -733,7 +746,7 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
         arch = local_arch()
         if arch is None:
             raise TargetError("cuda target: no CUDA device here, so the architecture must be given "
-                              "(arch='sm_90a' for H100, 'sm_80' for A100)", variant=spec.name or None)
+                              "(--arch sm_90a for H100/H200, --arch sm_80 for A100; arch='sm_90a' in target_options from Python)", variant=spec.name or None)
     if config is None:
         config = default_config(spec, arch)
     if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:5].isdigit() and int(arch[3:5]) >= 80):
