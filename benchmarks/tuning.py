@@ -42,6 +42,144 @@ VARIANTS = {"sdpa": os.path.join(ROOT, "examples", "sdpa.py"),
             "causal": os.path.join(ROOT, "examples", "causal_mha.py")}
 
 
+# the GPU benchmark shapes (bf16, D=128, H=16, B*S = 16k; GQA 32/8 at S=4k; decode B=16, 32/8 heads)
+GPU_SHAPES = [(name, S, os.path.join(ROOT, "examples", f"{name}.py"), None, {"B": 16384 // S, "H": 16, "S": S, "D": 128})
+              for name in ("sdpa", "causal_mha") for S in (1024, 4096, 16384)]
+GPU_SHAPES.append(("causal_gqa", 4096, os.path.join(ROOT, "examples", "causal_gqa.py"), None,
+                   {"B": 4, "Hq": 32, "Hkv": 8, "S": 4096, "D": 128}))
+GPU_SHAPES += [("decode", T, os.path.join(ROOT, "benchmarks", "gpu", "variants.py"), "decode",
+                {"B": 16, "Hq": 32, "Hkv": 8, "S": 1, "T": T, "D": 128}) for T in (4096, 32768)]
+
+
+def part_export(args) -> None:
+    """Split flow, step 1 (here, TVM; no GPU): every candidate of every GPU benchmark shape,
+    exported with its manifest into --export-dir (the same as ``attncc tune ...
+    --export-candidates DIR`` once per shape)."""
+    from attncc.schedules.candidates import export_candidates, summary
+
+    t0 = time.perf_counter()
+    n = 0
+    for name, S, path, vname, shapes in GPU_SHAPES:
+        m = export_candidates(path, args.export_dir, "cuda", shapes, args.dtype or "bf16", variant_name=vname,
+                              target_options={"arch": args.arch or "sm_90a"}, fatbin=args.fatbin)
+        n += len(m["candidates"])
+        print(summary(m), flush=True)
+    print(f"# exported {n} candidates of {len(GPU_SHAPES)} kernels in {time.perf_counter() - t0:.0f} s "
+          f"(TVM lowering + export{' + nvcc' if args.fatbin else ''}, {os.cpu_count()} cores)")
+
+
+def part_gpu(args) -> None:
+    """Split flow, step 3 (here, after the GPU run): default vs tuned per shape from the
+    confirmation rounds (default and the fastest candidates timed again, interleaved, on the
+    GPU), and trials-to-within-5%-of-best of random and guided search, REPLAYED over the
+    exhaustively measured table of each space (no kernel is run here)."""
+    import numpy as np
+
+    from attncc.compiler import compile_variant
+    from attncc.schedules import get_family
+    from attncc.schedules.db import TuningDB, record_for
+    from attncc.schedules.search import Exhaustive, Guided, RandomSearch
+    from attncc.schedules.space import SearchSpace
+
+    if not args.results:
+        raise SystemExit("--part gpu needs --results FILE (from attncc.schedules.measure_candidates)")
+    recs = TuningDB(args.results).records()
+    by_key: dict = {}
+    for r in recs:
+        by_key.setdefault(r.key, []).append(r)
+    fam = get_family("cuda")
+    devices = sorted({r.extra.get("device_full", r.key.device) for r in recs})
+    print(f"# GPU tuning from {os.path.relpath(args.results)} ({len(recs)} records; device {', '.join(devices)}); "
+          f"search counts are a replay over the measured times ({args.seeds} random orders, "
+          f"{args.guided_seeds} guided seeds)")
+    print(f"{'kernel':<34} {'cands':>5} {'fail':>4} | {'default us':>10} {'tuned us':>9} {'speedup':>7} {'range':>11} | "
+          f"{'random med':>10} {'p90':>4} {'guided med':>10} {'p90':>4} {'model':>5} {'within5%':>8} | tuned config")
+    rows = []
+    best_records = []
+    for key, rs in by_key.items():
+        ex = rs[0].extra
+        name = ex.get("variant")
+        env = ex.get("shape", {})
+        entry = next((g for g in GPU_SHAPES if _same_shape(g, name, env)), None)
+        search = [r for r in rs if r.extra.get("phase") == "search"]
+        conf = [r for r in rs if r.extra.get("phase") == "confirm" and r.ok]
+        cid = lambda r: r.config_id()  # noqa: E731
+        table = {}
+        for r in search:
+            table[cid(r)] = r.time_s if r.ok else math.inf
+        dflt = next((cid(r) for r in search if r.extra.get("default")), None)
+        per_round: dict = {}
+        for r in conf:
+            per_round.setdefault(r.extra.get("round"), {})[cid(r)] = r.time_s
+        conf_med = {}
+        for r in conf:
+            conf_med.setdefault(cid(r), []).append(r.time_s)
+        conf_med = {k: statistics.median(v) for k, v in conf_med.items()}
+        pool = conf_med or {k: v for k, v in table.items() if math.isfinite(v)}
+        tuned = min(pool, key=pool.get)
+        ratios = [rd[dflt] / rd[tuned] for rd in per_round.values() if dflt in rd and tuned in rd]
+        d_s, t_s = pool.get(dflt, table.get(dflt)), pool[tuned]
+        label = f"{name} " + ",".join(f"{k}={v}" for k, v in env.items() if k in ("B", "S", "T", "Hq", "H"))
+        # ---- the replay
+        cells = ["", "", "", "", "", ""]
+        if entry is not None:
+            _, _, path, vname, shapes = entry
+            k = compile_variant(path, target="cuda", dtype=key.dtype, variant_name=vname, shapes=shapes, build=False,
+                                tuning_db=False, target_options={"arch": ex.get("arch", "sm_90a")})
+            opts = {"arch": ex.get("arch", "sm_90a")}
+            space = SearchSpace("cuda", k.spec, opts)
+            times = {}
+            for c in space.valid_configs():
+                times[c] = table.get(json.dumps(space.as_dict(c), sort_keys=True), math.inf)
+            finite = [t for t in times.values() if math.isfinite(t)]
+            best = min(finite)
+            target = best * 1.05
+            n = len(times)
+            good = sum(1 for t in finite if t <= target)
+            model = lambda c: fam.cost_model(k.spec, c, opts)  # noqa: E731
+            rand = [trials_to(RandomSearch(space, seed=i), times, target, n) for i in range(args.seeds)]
+            guided = [trials_to(Guided(space, model, seed=i), times, target, n) for i in range(args.guided_seeds)]
+            ranked = trials_to(Exhaustive(space, model=model), times, target, n)
+            cells = [f"{np.median(rand):10.0f}", f"{np.percentile(rand, 90):4.0f}", f"{np.median(guided):10.0f}",
+                     f"{np.percentile(guided, 90):4.0f}", f"{ranked:5d}", f"{good:4d}/{n:<3d}"]
+            rows.append(dict(kernel=label, n=n, good=good, random=rand, guided=guided, ranked=ranked))
+        rng = f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
+        fails = sum(1 for v in table.values() if not math.isfinite(v))
+        tcfg = json.loads(tuned)
+        print(f"{label:<34} {len(table):5d} {fails:4d} | {_us(d_s)} {_us(t_s, 9)} {d_s / t_s if d_s else float('nan'):6.3f}x "
+              f"{rng:>11} | {cells[0]} {cells[1]} {cells[2]} {cells[3]} {cells[4]} {cells[5]:>8} | "
+              + ",".join(f"{a}={b}" for a, b in tcfg.items()), flush=True)
+        src = [r for r in (conf or search) if cid(r) == tuned and r.ok]
+        src.sort(key=lambda r: r.time_s)
+        rep = src[(len(src) - 1) // 2]
+        extra = {k2: v for k2, v in rep.extra.items() if k2 in ("variant", "shape", "arch", "candidate", "device_full",
+                                                                 "sm_count", "timer", "min_s", "err", "tol")}
+        extra.update(source="benchmarks/tuning.py --part gpu", confirm_rounds=len(ratios),
+                     default_s=d_s, speedup_vs_default=round(d_s / t_s, 4) if d_s else None)
+        best_records.append(record_for(key, rep.config, t_s, spread=rep.spread, runs=rep.runs, extra=extra))
+    if rows:
+        r_all = np.array([np.median(r["random"]) for r in rows])
+        g_all = np.array([np.median(r["guided"]) for r in rows])
+        print(f"# trials to within 5% of the best (median over replays): random {r_all.mean():.1f}, guided "
+              f"{g_all.mean():.1f} on average over {len(rows)} kernels ({r_all.mean() / g_all.mean():.1f}x fewer)")
+    if args.write_defaults:
+        db = TuningDB(args.write_defaults)
+        have = {(r.key, r.config_id()) for r in db.records()}
+        new = [r for r in best_records if (r.key, r.config_id()) not in have]
+        db.append_many(new)
+        print(f"wrote {len(new)} record(s) to {args.write_defaults}")
+
+
+def _same_shape(entry, name, env) -> bool:
+    label, _, path, vname, shapes = entry
+    base = vname or os.path.splitext(os.path.basename(path))[0]
+    return base == name and all(env.get(k) == v for k, v in shapes.items())
+
+
+def _us(s, width=10) -> str:
+    return f"{'n/a':>{width}}" if s is None else f"{s * 1e6:{width}.1f}"
+
+
 def loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -315,7 +453,12 @@ def main():
     ap.add_argument("--B", type=int, default=1)
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--D", type=int, default=64)
-    ap.add_argument("--part", choices=["speedup", "search", "all"], default="all")
+    ap.add_argument("--part", choices=["speedup", "search", "all", "export", "gpu"], default="all",
+                    help="export: build the GPU candidates here (split flow); gpu: report default vs tuned "
+                    "and the search replay from measured results (--results)")
+    ap.add_argument("--export-dir", default=os.path.join(ROOT, ".gpuT", "cands"))
+    ap.add_argument("--fatbin", action="store_true", help="export: compile the fatbins here with nvcc too")
+    ap.add_argument("--results", help="gpu: results JSONL written by attncc.schedules.measure_candidates")
     ap.add_argument("--shapes", default="sdpa:1024,sdpa:2048,sdpa:4096,causal:1024,causal:2048,causal:4096")
     ap.add_argument("--space", default="causal:1024,sdpa:2048", help="shapes whose whole space is measured")
     ap.add_argument("--budget", type=float, default=60.0, help="tuning budget per shape (s)")
@@ -333,6 +476,12 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.cache, exist_ok=True)
 
+    if args.part == "export":
+        part_export(args)
+        return
+    if args.part == "gpu":
+        part_gpu(args)
+        return
     from attncc.schedules import get_family
 
     fam = get_family(args.target)

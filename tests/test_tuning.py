@@ -447,7 +447,16 @@ def test_packaged_defaults_are_readable_and_used():
     with warnings.catch_warnings():
         warnings.simplefilter("error", TuningDBWarning)
         recs = TuningDB(path).records()
-    assert recs and all(r.ok and r.key.target == "cpu" for r in recs)
+    assert recs and all(r.ok and r.key.target in ("cpu", "cuda") for r in recs)
+    # the H200 records (split flow, benchmarks/tuning_results/): every GPU benchmark shape
+    gpu = [r for r in recs if r.key.target == "cuda"]
+    assert {r.key.device for r in gpu} == {"NVIDIA H200"} and len(gpu) == 9
+    assert {r.extra["variant"] for r in gpu} == {"sdpa", "causal_mha", "causal_gqa", "decode"}
+    k = compile_variant(SDPA, target="cuda", dtype="bf16", shapes={"B": 4, "H": 16, "S": 4096, "D": 128},
+                        build=False, tuning_db=str(REPO / "nonexistent.jsonl"), target_options={"arch": "sm_90a"})
+    if "your tuning database" not in k.config_source:
+        assert "packaged defaults" in k.config_source and "on NVIDIA H200" in k.config_source, k.config_source
+        assert k.config.mma == "wgmma" and k.config.block_q == 192
     device = get_family("cpu").device_name()
     if not any(r.key.device == device for r in recs):
         pytest.skip(f"no packaged records for this cpu ({device})")
@@ -475,3 +484,152 @@ def test_progress_bar_shows_the_best_so_far():
     bar("done", res)
     out = buf.getvalue()
     assert "tune sdpa" in out and "3/3" in out and "best 1.000 ms, 1 failed" in out
+
+
+# --------------------------------------------------------------------------- the split flow (GPU without TVM)
+
+RESULTS = REPO / "tests" / "data" / "tuning" / "h200_results.jsonl"     # what measure_candidates writes
+SMALL_CUDA = ["--target", "cuda", "--arch", "sm_90a", "--dtype", "bf16", "--shape", "B=1,H=2,S=256,D=64"]
+FIXTURE_BEST = {"block_q": 64, "block_k": 64, "num_warps": 4, "num_stages": 2, "q_in_registers": True,
+                "mma": "wgmma"}
+
+
+def _manifest(folder) -> dict:
+    (mpath,) = list(folder.glob("*/manifest.json"))
+    return json.loads(mpath.read_text())
+
+
+def test_hopper_space_is_the_wgmma_and_mma_sync_grids():
+    from attncc.compiler import compile_variant
+    from attncc.schedules.space import SearchSpace
+
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 4, "H": 16, "S": 4096, "D": 128},
+                        build=False, tuning_db=False, target_options={"arch": "sm_90a"})
+    space = SearchSpace("cuda", k.spec, {"arch": "sm_90a"})
+    valid = space.valid_configs()
+    assert 20 <= len(valid) <= 48 and space.default() in valid
+    wg = [c for c in valid if c.mma == "wgmma"]
+    assert {(c.block_q, c.num_warps) for c in wg} == {(64, 4), (128, 8), (192, 12)}
+    assert {c.block_k for c in wg} == {64, 96, 128} and {c.num_stages for c in wg} == {2, 3}
+    assert all(c.q_in_registers for c in wg)            # unused by the wgmma kernel: one value searched
+    assert {c.block_q for c in valid if c.mma == "sync"} == {64, 128}
+    reasons = " | ".join(space.rejected)
+    assert "shared memory" in reasons and "registers" in reasons and "is searched with" in reasons
+
+
+def test_export_candidates_writes_manifests_and_counts_rejections(tmp_path):
+    import hashlib
+
+    out = tmp_path / "cands"
+    # a narrowed space: two wgmma candidates and the default are built (a few seconds of TVM each)
+    r = _cli("tune", CAUSAL, *SMALL_CUDA, "--export-candidates", str(out), "--knobs",
+             "mma=wgmma;block_k=64;num_stages=2;block_q=64|128", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    m = _manifest(out)
+    assert m["format"] == "attncc-candidates/1" and m["arch"] == "sm_90a" and m["built"]
+    assert m["key"]["target"] == "cuda" and m["key"]["dtype"] == "bfloat16" and m["key"]["bucket"].startswith("B=1,Hq=2")
+    assert m["reference"] == {"kind": "sdpa", "causal": True, "scale": 0.125}
+    assert m["input_shapes"]["q"] == [1, 2, 256, 64] and m["out_shape"] == [1, 2, 256, 64]
+    ids = {c["id"] for c in m["candidates"]}
+    assert ids == {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2", "wgmma-q128-k128-w8-s2"}   # + the default
+    assert sum(c["default"] for c in m["candidates"]) == 1 and not m["build_failed"]
+    for c in m["candidates"]:
+        so = out / os.path.basename(os.path.dirname(next(out.glob("*/manifest.json")))) / c["file"]
+        assert so.stat().st_size > 10_000
+        src = (out / "src" / (c["source_sha256"] + ".cu")).read_text()
+        assert hashlib.sha256(src.encode()).hexdigest() == c["source_sha256"] and "__global__" in src
+        assert c["predicted_s"] > 0
+    # block_q 64 with 8 warps or 128 with 4: impossible for wgmma, rejected with the reason, never built
+    assert any("block_q must be" in reason for reason in m["space"]["rejected"])
+    assert "Kernel" not in r.stdout and "rejected" in r.stdout
+
+
+def test_export_candidates_dry_run_rejects_impossible_configs_with_reasons(tmp_path):
+    out = tmp_path / "cands"
+    r = _cli("tune", CAUSAL, "--target", "cuda", "--arch", "sm_90a", "--dtype", "bf16", "--shape",
+             "B=1,H=2,S=256,D=256", "--export-candidates", str(out), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    m = _manifest(out)
+    assert not m["built"] and m["candidates"] and not list(out.glob("*/*.so"))
+    rej = m["space"]["rejected"]
+    assert sum(rej.values()) + m["space"]["valid"] == m["space"]["size"]
+    assert any("shared memory" in r for r in rej) and any("registers" in r for r in rej)
+    # every candidate listed is valid for the target
+    from attncc.compiler import compile_variant
+    from attncc.targets import cuda
+
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 256},
+                        build=False, tuning_db=False, target_options={"arch": "sm_90a"})
+    for c in m["candidates"]:
+        cuda.validate_config(k.spec, cuda.CudaConfig(**c["config"]), "sm_90a")
+    # a CPU target or no --arch is a clear error
+    r = _cli("tune", CAUSAL, "--target", "cpu", "--export-candidates", str(out))
+    assert r.returncode == 2 and "cuda" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("tune", CAUSAL, "--target", "cuda", "--dtype", "bf16", "--export-candidates", str(out))
+    assert r.returncode == 2 and "--arch" in r.stderr
+
+
+def test_ingest_results_makes_compile_for_sm90a_pick_the_record(tmp_path):
+    from attncc.compiler import compile_variant
+    from attncc.schedules.db import ingest
+
+    db = tmp_path / "t.jsonl"
+    with pytest.warns(TuningDBWarning, match=r"h200_results.jsonl:3: skipping a damaged tuning record"):
+        res = ingest(str(RESULTS), str(db))
+    assert res["added"] == 4                                   # 3 ok (one a timeout) + the sync one; corrupt skipped
+    (info,) = res["keys"].values()
+    assert info["ok"] == 3 and info["failed"] == 1 and info["best"].config == FIXTURE_BEST
+    assert info["default_s"] == pytest.approx(9e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TuningDBWarning)
+        assert ingest(str(RESULTS), str(db))["added"] == 0     # ingesting twice adds nothing
+    # no GPU here: --arch sm_90a means 'NVIDIA H100'; the H200's record is the same chip
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
+                        build=False, tuning_db=str(db), target_options={"arch": "sm_90a"})
+    assert dataclasses.asdict(k.config) == FIXTURE_BEST
+    assert "on NVIDIA H200 (a record of the same chip: none of NVIDIA H100 itself)" in k.config_source
+    # a record of the H100 itself wins over the H200's, even a slower one
+    h100 = record_for(dataclasses.replace(info["best"].key, device="NVIDIA H100"),
+                      dict(FIXTURE_BEST, block_k=128, block_q=128, num_warps=8), 2e-5)
+    TuningDB(db).append(h100)
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
+                        build=False, tuning_db=str(db), target_options={"arch": "sm_90a"})
+    assert k.config.block_k == 128 and "on NVIDIA H100, measured" in k.config_source
+    # another arch (A100) does not use Hopper records
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
+                        build=False, tuning_db=str(tmp_path / "only_h200.jsonl"), target_options={"arch": "sm_80"})
+    assert k.config_source.startswith("target default")
+
+
+def test_cli_ingest_then_compile_with_arch(tmp_path):
+    db = tmp_path / "t.jsonl"
+    env = {"ATTNCC_TUNING_DB": str(tmp_path / "user.jsonl")}
+    r = _cli("tune", "--ingest", str(RESULTS), "--db", str(db), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "attncc: warning:" in r.stderr and "skipping a damaged tuning record" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "ingested   4 record(s)" in r.stdout and "3 config(s) measured, 1 failed" in r.stdout
+    assert "tuned x1.38" in r.stdout                               # 9.0 us default / 6.5 us best
+    r = _cli("compile", CAUSAL, *SMALL_CUDA, "--db", str(db), "--no-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "block_q=64, block_k=64, num_warps=4" in r.stdout and "mma=wgmma" in r.stdout
+    assert "on NVIDIA H200 (a record of the same chip" in r.stdout
+
+
+def test_measuring_side_imports_no_tvm():
+    code = ("import sys, attncc.schedules.measure_candidates, attncc.schedules.candidates, "
+            "attncc.schedules.db, attncc.schedules.cuda, attncc.runtime; "
+            "assert 'tvm' not in sys.modules, 'tvm imported'; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_device_names_and_same_chip_rule():
+    from attncc.schedules import cuda as fam
+
+    assert fam.normalize_device_name("NVIDIA H200") == "NVIDIA H200"
+    assert fam.normalize_device_name("NVIDIA H100 80GB HBM3") == "NVIDIA H100"
+    assert fam.device_name({"arch": "sm_90a"}) == "NVIDIA H100"
+    assert fam.equivalent_devices("NVIDIA H100")[0] == "NVIDIA H200"
+    assert "NVIDIA H100" in fam.equivalent_devices("NVIDIA H200")
+    assert fam.equivalent_devices("NVIDIA L40S") == []

@@ -24,6 +24,10 @@ The rest of the package is target-independent:
     tuner.py    tune(): measurement in worker processes with time limits
     lookup.py   which tuned record ``compile`` uses
     report.py   progress bar, --show table, --plot figure
+    candidates.py        the split flow, build side: every candidate of a space built and
+                         exported with a manifest (``attncc tune --export-candidates``)
+    measure_candidates.py  the split flow, measuring side: runs on a GPU machine with only
+                         TVM's runtime and tvm-ffi; writes results JSONL for ``--ingest``
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import pkgutil
 
 from attncc.errors import TargetError
 
-_NOT_FAMILIES = {"space", "search", "db", "tuner", "lookup", "report"}
+_NOT_FAMILIES = {"space", "search", "db", "tuner", "lookup", "report", "candidates", "measure_candidates"}
 
 
 def available() -> list[str]:

@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from attncc.errors import AttnccError
+from attncc.errors import AttnccError, ConfigError
 from attncc.schedules.space import Knob
 
 TARGET = "cuda"
@@ -48,6 +48,29 @@ VALUES = {
     "block_rows": (16, 32, 64),
 }
 DECODE_VALUES = {"num_warps": (1, 2, 4, 8)}
+
+# Hopper (sm_90*): the space is the union of two grids, one per kernel: the wgmma kernel's
+# knobs (block_k; warpgroups through block_q = 16 * num_warps: 1, 2 or 3; stages) and
+# mma.sync's main knobs.  Knob values are the union; ``searched`` rejects a config outside
+# its kernel's grid (with the reason counted, like a config that cannot fit), so the
+# guided search's mutations stay inside the grids.  A few dozen candidates per shape.
+HOPPER_VALUES = {
+    "block_q": (64, 128, 192),
+    "block_k": (64, 96, 128),
+    "num_warps": (4, 8, 12),
+    "num_stages": (2, 3),
+    "q_in_registers": (True, False),
+    "mma": ("wgmma", "sync"),
+}
+HOPPER_GRIDS = {
+    "wgmma": {"block_q": (64, 128, 192), "block_k": (64, 96, 128), "num_stages": (2, 3),
+              "q_in_registers": (True,)},          # the wgmma kernel keeps Q in shared memory: one value
+    "sync": {"block_q": (64, 128), "num_warps": (4, 8), "block_k": (64, 128), "num_stages": (2, 3),
+             "q_in_registers": (True, False)},
+}
+# decode (split-KV kernel) on any arch
+DECODE_SEARCH = {"block_k": (64, 128), "num_warps": (2, 4, 8), "num_stages": (2, 3),
+                 "num_splits": (1, 2, 4, 8, 16), "block_rows": (16, 32)}
 
 # what a record's device is called when no GPU is present to ask (compile --arch on a host)
 ARCH_NAMES = {
@@ -82,15 +105,27 @@ def _pow2_ceil(n: int) -> int:
     return p
 
 
+def _hopper(options: Optional[dict]) -> bool:
+    return str((options or {}).get("arch", "")).startswith("sm_90")
+
+
 def knobs(spec, options: Optional[dict] = None) -> list:
     default = _target().default_config(spec)
     decode = not isinstance(default, _target().CudaConfig)
+    hopper = _hopper(options) and not decode
     out = []
     for f in dataclasses.fields(default):
-        vals = (DECODE_VALUES if decode else {}).get(f.name) or VALUES.get(f.name)
+        if decode:
+            vals = DECODE_SEARCH.get(f.name)
+            if f.name == "block_rows":          # rows per block past the packed rows are idle
+                vals = tuple(v for v in vals if v <= max(16, _pow2_ceil(spec.group * spec.q_len)))
+        elif hopper:
+            vals = HOPPER_VALUES.get(f.name)
+        else:
+            vals = VALUES.get(f.name)
         if vals is None:
             continue
-        if f.name == "block_q":
+        if f.name == "block_q" and not decode:
             vals = tuple(v for v in vals if v <= max(64, _pow2_ceil(spec.q_len)))
         if f.name == "mma" and not str((options or {}).get("arch", "")).startswith("sm_90"):
             vals = ("sync",)
@@ -99,17 +134,56 @@ def knobs(spec, options: Optional[dict] = None) -> list:
 
 
 def validate(spec, config, options: Optional[dict] = None) -> None:
+    """Whether ``config`` can build this kernel (the target's ``validate_config``)."""
     _target().validate_config(spec, config, (options or {}).get("arch"))
+
+
+def searched(spec, config, options: Optional[dict] = None) -> None:
+    """Raise ConfigError if a buildable ``config`` is outside the searched grid of its kernel
+    (Hopper: HOPPER_GRIDS).  Only the search space asks; a tuned record or --config outside
+    the grid is still used."""
+    cuda = _target()
+    if not _hopper(options) or not isinstance(config, cuda.CudaConfig):
+        return
+    grid = HOPPER_GRIDS.get(config.mma, {})
+    for name, values in grid.items():
+        value = getattr(config, name)
+        if value not in values:
+            raise ConfigError(f"cuda config {config}: mma={config.mma} is searched with {name} in "
+                              f"{{{', '.join(str(v) for v in values)}}}, not {value}", variant=spec.name or None)
 
 
 # --------------------------------------------------------------------------- the device
 
 
-def _normalize(name: str) -> str:
+# GPUs built on the same chip with the same SM count and clocks (they differ in memory: size,
+# and for the H200 bandwidth).  The tuned config of a compute-bound kernel measured on one is
+# the tuned config on the others; lookup (``compile``) uses such a record when no record of
+# the device itself exists, and says which device measured it.
+SAME_CHIP = (
+    ("NVIDIA H100", "NVIDIA H200", "NVIDIA GH200", "NVIDIA H800"),     # GH100, 132 SMs, sm_90
+    ("NVIDIA A100", "NVIDIA A800"),                                    # GA100, 108 SMs, sm_80
+    ("NVIDIA B200", "NVIDIA B100"),
+)
+
+
+def normalize_device_name(name: str) -> str:
+    """'NVIDIA H200' from torch's or TVM's 'NVIDIA H200 141GB HBM3e' (the record's device)."""
     for fam in _FAMILIES:
         if fam in name:
             return f"NVIDIA {fam}"
     return name.strip()
+
+
+_normalize = normalize_device_name
+
+
+def equivalent_devices(name: str) -> list:
+    """The other devices whose records apply to ``name`` (SAME_CHIP), in that order."""
+    for group in SAME_CHIP:
+        if name in group:
+            return [d for d in group if d != name]
+    return []
 
 
 def device_name(options: Optional[dict] = None) -> str:

@@ -308,6 +308,40 @@ def config_medians(records: list) -> dict:
     return {k: statistics.median_low(v) for k, v in by.items()}
 
 
+def ingest(results_path: str, db) -> dict:
+    """Append the records of a results file (``measure_candidates`` writes one on the GPU
+    machine) to ``db`` (a path or TuningDB): damaged lines are skipped with a
+    TuningDBWarning, records already in ``db`` are not appended twice.  Returns
+    {"added", "duplicates", "keys": {TuningKey: {"ok", "failed", "best", "default_s"}}}."""
+    if not os.path.exists(results_path):
+        from attncc.errors import AttnccError
+
+        raise AttnccError(f"no results file {results_path}")
+    tdb = db if isinstance(db, TuningDB) else TuningDB(db)
+    incoming = TuningDB(results_path).records()
+    have = {r.to_json() for r in tdb.records()}
+    new, dup = [], 0
+    for r in incoming:
+        text = r.to_json()
+        if text in have:
+            dup += 1
+            continue
+        have.add(text)
+        new.append(r)
+    tdb.append_many(new)
+    keys: dict = {}
+    for r in incoming:
+        keys.setdefault(r.key, []).append(r)
+    out = {}
+    for key, recs in keys.items():
+        configs = {r.config_id() for r in recs}
+        ok_configs = {r.config_id() for r in recs if r.ok}
+        dflt = [r.time_s for r in recs if r.ok and r.extra.get("default")]
+        out[key] = {"ok": len(ok_configs), "failed": len(configs - ok_configs), "best": best_of(recs),
+                    "default_s": statistics.median(dflt) if dflt else None}
+    return {"added": len(new), "duplicates": dup, "keys": out, "db": tdb.path}
+
+
 def plain_warnings() -> None:
     """Show TuningDBWarnings as one 'attncc: warning: ...' line on stderr (for the CLI);
     other warnings keep Python's format."""

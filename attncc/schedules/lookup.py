@@ -7,7 +7,11 @@ dtype, target and device, looked up in order in
 3. the packaged defaults (``attncc/schedules/defaults.jsonl``, shipped with attncc),
 
 the first that has a record whose config is valid for this kernel; else the target's
-default config.  The reason is returned with the config so that ``compile`` can say
+default config.  The device is the local GPU's name when it is the architecture asked for,
+else the architecture's usual GPU (cuda: ``--arch sm_90a`` -> 'NVIDIA H100'); records of
+that device come first, then records of a device on the same chip (the family's
+``equivalent_devices``; cuda: H100, H200, GH200 and H800 are one GH100 chip with the same SMs
+and clocks), and ``config_source`` names the device that measured the record used.  The reason is returned with the config so that ``compile`` can say
 which one it used and why.  A lookup never makes a compile fail.
 """
 
@@ -72,19 +76,23 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
     tgt = get_target(target)
     options = dict(target_options or {})
     key = make_key(func, spec, target, family.device_name(options))
-    fields = {f.name for f in dataclasses.fields(tgt.Config)}
-    for _, path in sources(db):
-        if not os.path.exists(path):
-            continue
-        for rec in open_db(path).ranked(key):          # fastest first; skip what no longer fits
-            if set(rec.config) - fields:
+    base = tgt.default_config(spec)                 # the kernel's config class (cuda: prefill or decode)
+    fields = {f.name for f in dataclasses.fields(base)}
+    devices = [key.device] + list(getattr(family, "equivalent_devices", lambda d: [])(key.device))
+    for device in devices:                           # the device itself first, then the same chip
+        dkey = dataclasses.replace(key, device=device)
+        for _, path in sources(db):
+            if not os.path.exists(path):
                 continue
-            try:
-                cfg = dataclasses.replace(tgt.default_config(spec), **rec.config)
-                family.validate(spec, cfg, options)
-            except (ConfigError, TypeError, ValueError):
-                continue
-            return rec, path, key
+            for rec in open_db(path).ranked(dkey):     # fastest first; skip what no longer fits
+                if set(rec.config) - fields:
+                    continue
+                try:
+                    cfg = dataclasses.replace(base, **rec.config)
+                    family.validate(spec, cfg, options)
+                except (ConfigError, TypeError, ValueError):
+                    continue
+                return rec, path, dkey
     return None, None, key
 
 
@@ -100,5 +108,17 @@ def tuned_config(target: str, spec, func, target_options: Optional[dict] = None,
     which = ("packaged defaults" if path == packaged_db_path() else
              "your tuning database" if path == user_db_path() else "--db")
     spread = f" (IQR {rec.spread * 100:.1f}%)" if rec.spread is not None else ""
+    wanted = _device_wanted(target, target_options)
+    same = (f" (a record of the same chip: none of {wanted} itself)"
+            if wanted is not None and wanted != key.device else "")
     return dict(rec.config), (f"tuned record from {path} ({which}): {_fmt_time(rec.time_s)}{spread} at "
-                              f"{key.bucket} on {key.device}, measured {rec.date[:10]} by attncc {rec.attncc}")
+                              f"{key.bucket} on {key.device}{same}, measured {rec.date[:10]} by attncc {rec.attncc}")
+
+
+def _device_wanted(target: str, target_options: Optional[dict]) -> Optional[str]:
+    try:
+        from attncc.schedules import get_family
+
+        return get_family(target).device_name(dict(target_options or {}))
+    except Exception:  # noqa: BLE001
+        return None

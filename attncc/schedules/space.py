@@ -88,6 +88,9 @@ class SearchSpace:
             return self._verdict[config]
         try:
             self.family.validate(self.spec, config, self.options)
+            searched = getattr(self.family, "searched", None)    # the family's own grid, if any
+            if searched is not None:
+                searched(self.spec, config, self.options)
             verdict = None
         except ConfigError as exc:
             verdict = reason_of(exc)
