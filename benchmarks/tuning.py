@@ -78,7 +78,7 @@ def part_gpu(args) -> None:
     from attncc.compiler import compile_variant
     from attncc.schedules import get_family
     from attncc.schedules.db import TuningDB, record_for
-    from attncc.schedules.search import Exhaustive, Guided, RandomSearch
+    from attncc.schedules.search import Exhaustive, Guided, RandomSearch, transfer_from_records
     from attncc.schedules.space import SearchSpace
 
     if not args.results:
@@ -93,7 +93,8 @@ def part_gpu(args) -> None:
           f"search counts are a replay over the measured times ({args.seeds} random orders, "
           f"{args.guided_seeds} guided seeds)")
     print(f"{'kernel':<34} {'cands':>5} {'fail':>4} | {'default us':>10} {'tuned us':>9} {'speedup':>7} {'range':>11} | "
-          f"{'random med':>10} {'p90':>4} {'guided med':>10} {'p90':>4} {'model':>5} {'within5%':>8} | tuned config")
+          f"{'random med':>10} {'p90':>4} {'guided med':>10} {'p90':>4} {'+transfer':>9} {'p90':>4} {'model':>5} "
+          f"{'rho':>5} {'within5%':>8} | tuned config")
     rows = []
     best_records = []
     for key, rs in by_key.items():
@@ -121,7 +122,7 @@ def part_gpu(args) -> None:
         d_s, t_s = pool.get(dflt, table.get(dflt)), pool[tuned]
         label = f"{name} " + ",".join(f"{k}={v}" for k, v in env.items() if k in ("B", "S", "T", "Hq", "H"))
         # ---- the replay
-        cells = ["", "", "", "", "", ""]
+        cells = [""] * 9
         if entry is not None:
             _, _, path, vname, shapes = entry
             k = compile_variant(path, target="cuda", dtype=key.dtype, variant_name=vname, shapes=shapes, build=False,
@@ -140,14 +141,21 @@ def part_gpu(args) -> None:
             rand = [trials_to(RandomSearch(space, seed=i), times, target, n) for i in range(args.seeds)]
             guided = [trials_to(Guided(space, model, seed=i), times, target, n) for i in range(args.guided_seeds)]
             ranked = trials_to(Exhaustive(space, model=model), times, target, n)
+            # leave-one-kernel-out: the correction learned from the OTHER kernels' measurements
+            transfer = transfer_from_records(recs, [kn.name for kn in space.knobs], exclude=key)
+            trans = [trials_to(Guided(space, model, seed=i, transfer=transfer), times, target, n)
+                     for i in range(args.guided_seeds)]
+            rho = spearman([model(c) for c in times if math.isfinite(times[c])], finite)
             cells = [f"{np.median(rand):10.0f}", f"{np.percentile(rand, 90):4.0f}", f"{np.median(guided):10.0f}",
-                     f"{np.percentile(guided, 90):4.0f}", f"{ranked:5d}", f"{good:4d}/{n:<3d}"]
-            rows.append(dict(kernel=label, n=n, good=good, random=rand, guided=guided, ranked=ranked))
+                     f"{np.percentile(guided, 90):4.0f}", f"{np.median(trans):9.0f}", f"{np.percentile(trans, 90):4.0f}",
+                     f"{ranked:5d}", f"{rho:5.2f}", f"{good:4d}/{n:<3d}"]
+            rows.append(dict(kernel=label, n=n, good=good, random=rand, guided=guided, transfer=trans, ranked=ranked,
+                             rho=rho, transfer_rows=len(transfer)))
         rng = f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
         fails = sum(1 for v in table.values() if not math.isfinite(v))
         tcfg = json.loads(tuned)
         print(f"{label:<34} {len(table):5d} {fails:4d} | {_us(d_s)} {_us(t_s, 9)} {d_s / t_s if d_s else float('nan'):6.3f}x "
-              f"{rng:>11} | {cells[0]} {cells[1]} {cells[2]} {cells[3]} {cells[4]} {cells[5]:>8} | "
+              f"{rng:>11} | {' '.join(cells[:8])} {cells[8]:>8} | "
               + ",".join(f"{a}={b}" for a, b in tcfg.items()), flush=True)
         src = [r for r in (conf or search) if cid(r) == tuned and r.ok]
         src.sort(key=lambda r: r.time_s)
@@ -160,8 +168,10 @@ def part_gpu(args) -> None:
     if rows:
         r_all = np.array([np.median(r["random"]) for r in rows])
         g_all = np.array([np.median(r["guided"]) for r in rows])
-        print(f"# trials to within 5% of the best (median over replays): random {r_all.mean():.1f}, guided "
-              f"{g_all.mean():.1f} on average over {len(rows)} kernels ({r_all.mean() / g_all.mean():.1f}x fewer)")
+        t_all = np.array([np.median(r["transfer"]) for r in rows])
+        print(f"# trials to within 5% of the best (median over replays, then the mean over {len(rows)} kernels): "
+              f"random {r_all.mean():.1f}, guided (analytic model + this kernel's measurements) {g_all.mean():.1f}, "
+              f"guided + transfer from the other kernels (leave-one-out) {t_all.mean():.1f}")
     if args.write_defaults:
         db = TuningDB(args.write_defaults)
         have = {(r.key, r.config_id()) for r in db.records()}

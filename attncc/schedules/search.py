@@ -18,6 +18,11 @@ count trials-to-within-5%-of-best).
   config is scored instead, which is what the evolution converges to.  Each batch
   measures the best predicted unmeasured configs, plus, with probability
   ``explore``, one drawn at random from the top quarter (so a wrong model is found out).
+  ``transfer``: measurements of *other* kernels on the same device, as (knob values,
+  log(measured / predicted) centred per kernel) pairs: the correction is fitted on them
+  too (weight ``transfer_weight``), from the first proposal on, so what the model got
+  wrong on earlier kernels (e.g. that three warpgroups beat one on Hopper) is known before
+  this kernel's first measurement (transfer learning, as AutoTVM's).
 """
 
 from __future__ import annotations
@@ -98,8 +103,11 @@ class Guided(Strategy):
 
     def __init__(self, space, model: Callable, seed: int = 0, first: Optional[list] = None,
                  explore: float = 0.15, enumerate_limit: int = 5000, population: int = 64,
-                 generations: int = 6, ridge: float = 1.0, pairs: bool = True):
+                 generations: int = 6, ridge: float = 1.0, pairs: bool = True,
+                 transfer: Optional[list] = None, transfer_weight: float = 0.5):
         super().__init__(space, seed)
+        self.transfer = list(transfer or [])
+        self.transfer_weight = transfer_weight
         self.model = model
         self.first = list(first or [])
         self.explore = explore
@@ -136,18 +144,21 @@ class Guided(Strategy):
     def _phi(self, config) -> np.ndarray:
         f = self._features.get(config)
         if f is None:
-            d = self.space.as_dict(config)
-            f = np.zeros(len(self._feature_index))
-            for k in self.space.knobs:
-                i = self._feature_index.get((k.name, d[k.name]))
+            f = self._features[config] = self._phi_values(self.space.as_dict(config))
+        return f
+
+    def _phi_values(self, d: dict) -> np.ndarray:
+        """One-hot features of knob values (and pairs of them); values not in this space count nothing."""
+        f = np.zeros(len(self._feature_index))
+        for k in self.space.knobs:
+            i = self._feature_index.get((k.name, d.get(k.name)))
+            if i is not None:
+                f[i] = 1.0
+        if self.pairs:
+            for a, b in itertools.combinations(self.space.knobs, 2):
+                i = self._feature_index.get((a.name, d.get(a.name), b.name, d.get(b.name)))
                 if i is not None:
                     f[i] = 1.0
-            if self.pairs:
-                for a, b in itertools.combinations(self.space.knobs, 2):
-                    i = self._feature_index.get((a.name, d[a.name], b.name, d[b.name]))
-                    if i is not None:
-                        f[i] = 1.0
-            self._features[config] = f
         return f
 
     def prior(self, config) -> float:
@@ -168,13 +179,21 @@ class Guided(Strategy):
 
     def _refit(self) -> None:
         ok = [(c, t) for c, t in self.measured.items() if math.isfinite(t)]
-        if len(ok) < 3:
+        if len(ok) < 3 and not self.transfer:
             self._weights = None
             return
-        X = np.array([self._phi(c) for c, _ in ok])
-        y = np.array([math.log(t) - self.prior(c) for c, t in ok])
-        b0 = float(np.median(y))
-        r = y - b0
+        rows = [self._phi(c) for c, _ in ok]
+        y = [math.log(t) - self.prior(c) for c, t in ok]
+        b0 = float(np.median(y)) if y else 0.0
+        r = [v - b0 for v in y]
+        wts = [1.0] * len(r)
+        for values, resid in self.transfer:          # other kernels' residuals, already centred
+            rows.append(self._phi_values(values))
+            r.append(float(resid))
+            wts.append(self.transfer_weight)
+        sw = np.sqrt(np.array(wts))
+        X = np.array(rows) * sw[:, None]
+        r = np.array(r) * sw
         # ridge: w = (XᵀX + λI)⁻¹ Xᵀ r  (solved in the smaller of the two dimensions)
         n, m = X.shape
         if n < m:
@@ -248,6 +267,33 @@ class Guided(Strategy):
 
     def exhausted(self) -> bool:
         return self.enumerated and all(c in self.measured for c in self.pool)
+
+
+def transfer_from_records(records, knob_names, exclude=None) -> list:
+    """Transfer rows for :class:`Guided` from tuning records of other kernels: for each key
+    (but ``exclude``) whose configs have exactly ``knob_names`` and whose records carry the
+    cost model's prediction (extra ``predicted_s``), each config's log(median measured time /
+    predicted), less the key's median, so that only what the model gets wrong *relative to
+    other configs* transfers, not its absolute error on that kernel."""
+    import statistics
+
+    names = set(knob_names)
+    by_key: dict = {}
+    for r in records:
+        if not r.ok or r.key == exclude or set(r.config) != names:
+            continue
+        pred = r.extra.get("predicted_s")
+        if not isinstance(pred, (int, float)) or not pred > 0:
+            continue
+        by_key.setdefault(r.key, {}).setdefault(r.config_id(), (r.config, pred, []))[2].append(r.time_s)
+    rows = []
+    for configs in by_key.values():
+        if len(configs) < 4:                      # too few configs to say anything relative
+            continue
+        res = [(cfg, math.log(statistics.median(ts) / pred)) for cfg, pred, ts in configs.values()]
+        mid = statistics.median(v for _, v in res)
+        rows += [(dict(cfg), v - mid) for cfg, v in res]
+    return rows
 
 
 STRATEGIES = {"exhaustive": Exhaustive, "random": RandomSearch, "guided": Guided}

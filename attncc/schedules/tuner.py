@@ -92,6 +92,7 @@ class TuneSettings:
                                           # database) are not measured again: the search starts from them
     guided_options: dict = field(default_factory=dict)
     knobs: Optional[dict] = None          # {knob: values} replacing the family's ranges for some knobs
+    transfer: bool = True                 # guided: learn from this device's records of other kernels
     hook: Optional[str] = None            # "module:function(config, phase)" run in the worker before
                                           # each build ("build") and timing ("run"): fault injection in tests
 
@@ -725,8 +726,14 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     if name != "guided" and not enumerable:
         raise AttnccError(f"{name} search needs the space enumerated, and it has {space.size} configs "
                           f"(more than {s.enumerate_max}): use the guided search")
-    strategy = make_strategy(name, space, model, seed=s.seed, first=first,
-                             **(s.guided_options if name == "guided" else {}))
+    guided_options = dict(s.guided_options) if name == "guided" else {}
+    if name == "guided" and s.transfer and "transfer" not in guided_options:
+        from attncc.schedules.search import transfer_from_records
+
+        devices = {key.device, *getattr(family, "equivalent_devices", lambda d: [])(key.device)}
+        others = [r for r in tdb.records() if r.key.target == target and r.key.device in devices]
+        guided_options["transfer"] = transfer_from_records(others, [k.name for k in space.knobs], exclude=key)
+    strategy = make_strategy(name, space, model, seed=s.seed, first=first, **guided_options)
 
     result = TuneResult(key=key, variant=kernel.variant, env=dict(kernel.env), db_path=tdb.path, strategy=name,
                         overlap=overlap, space_size=space.size, valid=len(valid), rejected=Counter(space.rejected),
