@@ -668,3 +668,76 @@ def test_guided_search_transfers_what_other_kernels_measured():
     model = lambda c: get_family("cuda").cost_model(k.spec, c, opts)  # noqa: E731
     assert trials(Guided(space, model, seed=0, transfer=transfer)) <= 2
     assert trials(Guided(space, model, seed=0)) > 4
+
+
+def _cpu_candidates(folder) -> None:
+    """A candidates folder as --export-candidates writes it, but of CPU kernels, so that the
+    measuring side (worker process, check, timing, failures, records) runs without a GPU."""
+    from attncc.compiler import compile_variant
+    from attncc.schedules.candidates import reference_of
+
+    kdir = folder / "causal_mha-cpu"
+    for sub in (kdir, folder / "src", folder / "fatbin"):
+        sub.mkdir(parents=True, exist_ok=True)
+    cands = []
+    for i, cfg in enumerate((None, {"block_q": 32, "block_k": 64})):
+        k = compile_variant(CAUSAL, shapes={"B": 1, "H": 2, "S": 128, "D": 64}, config=cfg, tuning_db=False)
+        k.export_library(str(kdir / f"c{i}.so"))
+        sha = f"{i:064d}"
+        (folder / "fatbin" / f"{sha}.fatbin").write_bytes(b"")      # nothing for nvcc to do
+        cands.append({"id": f"c{i}", "config": dataclasses.asdict(k.config), "file": f"c{i}.so",
+                      "default": i == 0, "source_sha256": sha, "predicted_s": 1e-3})
+    cands.append(dict(cands[1], id="gone", file="gone.so", default=False,
+                      config=dict(cands[1]["config"], block_q=64)))      # its library is missing
+    spec = k.spec
+    man = {"format": "attncc-candidates/1", "arch": "sm_90a", "variant": k.variant, "env": k.env,
+           "key": {"fingerprint": "f" * 16, "bucket": "b", "dtype": spec.dtype, "target": "cpu"},
+           "dtype": spec.dtype, "inputs": ["q", "k", "v"],
+           "input_shapes": {n: list(s) for n, s in k.input_shapes().items()},
+           "out_shape": [1, 2, 128, 64], "lse_shape": [1, 2, 128], "reference": reference_of(spec),
+           "candidates": cands, "build_failed": [{"id": "nobuild", "config": dict(cands[1]["config"], block_k=32),
+                                                  "error": "TargetError: x"}]}
+    (kdir / "manifest.json").write_text(json.dumps(man))
+
+
+def _tvm_lib_dir() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("tvm")
+    return os.path.join(list(spec.submodule_search_locations)[0], "lib")
+
+
+def test_measuring_side_end_to_end_without_a_gpu(tmp_path):
+    pytest.importorskip("torch")
+    _cpu_candidates(tmp_path / "cands")
+    out = tmp_path / "results.jsonl"
+    r = subprocess.run([sys.executable, "-m", "attncc.schedules.measure_candidates", str(tmp_path / "cands"),
+                        "--out", str(out), "--lib-dir", _tvm_lib_dir(), "--device", "cpu", "--rep-ms", "20",
+                        "--rounds", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "tvm imported: False" in r.stdout and "2/3 ok" in r.stdout
+    recs = TuningDB(out).records()
+    by = {(rec.extra["candidate"], rec.extra["phase"]): rec for rec in recs}
+    assert by[("c0", "search")].ok and by[("c0", "search")].extra["default"]
+    assert by[("c1", "search")].ok and by[("c1", "search")].extra["err"] <= by[("c1", "search")].extra["tol"]
+    assert by[("gone", "search")].status == "run-failed" and "gone.so" in by[("gone", "search")].error
+    assert by[("nobuild", "search")].status == "build-failed"
+    assert sum(rec.extra["phase"] == "confirm" for rec in recs) == 4      # 2 configs x 2 rounds
+    db = tmp_path / "db.jsonl"
+    from attncc.schedules.db import ingest
+
+    res = ingest(str(out), str(db))
+    (info,) = res["keys"].values()
+    assert res["added"] == len(recs) and info["ok"] == 2 and info["failed"] == 2
+
+
+def test_a_hung_candidate_is_killed_and_recorded(tmp_path):
+    pytest.importorskip("torch")
+    _cpu_candidates(tmp_path / "cands")
+    out = tmp_path / "results.jsonl"
+    r = subprocess.run([sys.executable, "-m", "attncc.schedules.measure_candidates", str(tmp_path / "cands"),
+                        "--out", str(out), "--lib-dir", _tvm_lib_dir(), "--device", "cpu", "--timeout", "0.001",
+                        "--confirm", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    recs = [rec for rec in TuningDB(out).records() if rec.extra["candidate"] != "nobuild"]
+    assert recs and all(rec.status == "timeout" and "killed" in rec.error for rec in recs)

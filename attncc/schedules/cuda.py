@@ -14,9 +14,20 @@ once it is listed:
     num_splits      1 .. 16         decode: key ranges per (batch, kv head)
     block_rows      16, 32, 64      decode: packed (head, query) rows per block
 
+On Hopper (``arch`` sm_90*) prefill searches HOPPER_GRIDS instead: the wgmma kernel's grid
+(block_k 64/96/128; 1-3 warpgroups as block_q 64/128/192; 2/3 stages) and mma.sync's
+(block_q 64/128, 4/8 warps, block_k 64/128, 2/3 stages, Q in registers or not) -- 35 valid
+configs at D=128.  Decode searches DECODE_SEARCH (50 valid at D=128).
+
 Configs that cannot fit are rejected before building by the target's
 ``validate_config(spec, config, arch)``: shared memory per block against the arch's
-limit, fragment registers per thread, warp/tile divisibility.
+limit, fragment registers per thread, warp/tile divisibility; a config outside its
+kernel's Hopper grid by ``searched`` (each reason counted).
+
+A GPU machine without TVM tunes by the split flow: candidates.py exports every valid
+config here, measure_candidates.py times them there, ``attncc tune --ingest`` records them.
+Records of one GPU serve the others of the same chip (SAME_CHIP) when compile finds none
+of the device itself.
 
 Builds overlap measurement by default (``OVERLAP_BUILDS``): nvcc/LLVM run on host
 cores while the GPU times the previous candidate.  Tuning measures kernels, so it needs
