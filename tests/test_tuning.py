@@ -741,3 +741,12 @@ def test_a_hung_candidate_is_killed_and_recorded(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     recs = [rec for rec in TuningDB(out).records() if rec.extra["candidate"] != "nobuild"]
     assert recs and all(rec.status == "timeout" and "killed" in rec.error for rec in recs)
+
+
+def test_cuda_tuning_without_a_gpu_points_to_the_split_flow():
+    from attncc.targets import cuda
+
+    if cuda.local_arch() is not None:
+        pytest.skip("a GPU is here: tuning measures in process")
+    r = _cli("tune", CAUSAL, *SMALL_CUDA, "--trials", "2", "-q")
+    assert r.returncode == 2 and "--export-candidates" in r.stderr and "Traceback" not in r.stderr

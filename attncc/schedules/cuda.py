@@ -109,6 +109,20 @@ def default_arch(options: Optional[dict] = None) -> str:
     return arch
 
 
+def check_can_measure(options: Optional[dict] = None) -> None:
+    """Raise unless this machine can time kernels for ``options['arch']`` (the tuner asks
+    before measuring): without the GPU, the split flow is the way."""
+    local = _target().local_arch()
+    arch = (options or {}).get("arch")
+    if local is None:
+        raise AttnccError("cuda tuning measures kernels and there is no CUDA device here: export the "
+                          "candidates with --export-candidates DIR, time them on the GPU machine with "
+                          "python -m attncc.schedules.measure_candidates, then attncc tune --ingest (README, Tuning)")
+    if arch and arch != local:
+        raise AttnccError(f"cannot time {arch} kernels on this GPU ({local}): tune on a {arch} GPU, or use "
+                          "--export-candidates for one")
+
+
 def _pow2_ceil(n: int) -> int:
     p = 1
     while p < n:

@@ -691,6 +691,8 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     family = get_family(target)
     if "arch" in getattr(family, "REQUIRED_OPTIONS", ()) and not options.get("arch"):
         options["arch"] = family.default_arch(options)
+    if getattr(family, "check_can_measure", None) is not None:
+        family.check_can_measure(options)
     space = SearchSpace(target, kernel.spec, options)
     if s.knobs:
         from attncc.schedules.space import Knob
