@@ -3,7 +3,17 @@
     python benchmarks/tuning.py                       # both parts, CPU, the benchmark shapes
     python benchmarks/tuning.py --part speedup --budget 60 [--write-defaults attncc/schedules/defaults.jsonl]
     python benchmarks/tuning.py --part search [--space causal:1024,sdpa:2048]
-    python benchmarks/tuning.py --target cuda --arch sm_90a --dtype bf16 --D 128   # on the GPU machine
+    python benchmarks/tuning.py --target cuda --arch sm_90a --dtype bf16 --D 128   # a GPU machine WITH TVM
+
+    # a GPU machine without TVM (the split flow; README "Tuning"):
+    python benchmarks/tuning.py --part export --export-dir .gpuT/cands       # here: the 9 GPU benchmark kernels
+    python -m attncc.schedules.measure_candidates .gpuT/cands --out results.jsonl --lib-dir RT/lib   # there
+    python benchmarks/tuning.py --part gpu --results results.jsonl [--write-defaults attncc/schedules/defaults.jsonl]
+
+Part "gpu": default vs tuned per kernel from the GPU's confirmation rounds (default and the
+fastest three timed again, interleaved), and trials-to-within-5%-of-best of random search,
+the guided search, and the guided search with transfer from the other kernels' records
+(leave-one-out), each REPLAYED over the exhaustively measured table (no kernel runs here).
 
 Part "speedup": for each shape (B=1, H=8, D=64 by default, S in 1024/2048/4096, causal
 and not) tune with the given budget (attncc.schedules.tuner.tune, the same session as
