@@ -119,6 +119,28 @@ def test_runtime_tile_map_feeds_the_kernel_arguments():
     assert table[0, 2] == 0 and table[2, 0] == 0          # other documents: skipped
 
 
+@needs_nvcc
+def test_export_carries_the_tile_map_and_the_captures(tmp_path):
+    """The exported wgmma kernel takes the tile map and the document ids the way the CPU
+    target's export does (attncc.runtime computes the map per call); the mma.sync kernel,
+    which masks every tile instead, takes no table."""
+    import json
+
+    from attncc.export import export as export_kernel
+
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options=H100)
+    export_kernel(k, str(tmp_path / "doc"))
+    m = json.loads((tmp_path / "doc" / "manifest.json").read_text())
+    assert [a["role"] for a in m["kernel_args"]] == ["input"] * 3 + ["output"] * 2 + ["table", "capture"]
+    assert m["block_map"]["mode"] == "runtime"
+    k = compile_variant(os.path.join(ROOT, "examples", "prefix_lm.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options={"arch": "sm_80"})
+    export_kernel(k, str(tmp_path / "pl"))
+    m = json.loads((tmp_path / "pl" / "manifest.json").read_text())
+    assert m["block_map"]["mode"] == "none" and not (tmp_path / "pl" / "tile_map.npy").exists()
+
+
 # --------------------------------------------------------------------------- fp8
 
 
@@ -163,6 +185,16 @@ def test_fp8_with_a_runtime_block_mask_compiles():
                         target_options=H100, quantize={"dtype": "fp8", "pv": True})
     src = k.source()
     assert "__ballot_sync" in src and src.count("m64n128k32.f32.e4m3.e4m3") == 2
+
+
+def test_fp8_pv_export_is_refused_until_the_runtime_applies_the_v_layout():
+    from attncc.export import ExportError, export as export_kernel
+
+    from attncc.export import build_manifest
+
+    k = _fp8(quant={"dtype": "fp8", "pv": True}, build=False)
+    with pytest.raises(ExportError, match="fp8 P·V"):
+        build_manifest(k)
 
 
 def test_int8_on_cuda_is_one_clear_error():
