@@ -100,8 +100,11 @@ def cost_model(spec, config, options: Optional[dict] = None) -> float:
     vec = math.ceil(n / lanes) * (2 * hw.vector_reduce_cycles + 4 * hw.vector_alu_cycles
                                   + hw.vector_transcendental_cycles) + math.ceil(BQ * DV / lanes)
     dma = math.ceil(BK * (D + DV) * 2 / hw.dma_bytes_per_cycle)
-    kinds = t.tile_kinds(spec, BQ, BK) if (spec.runtime_tile_map is None or spec.tile_map is not None) \
-        else np.ones((-(-spec.q_len // BQ), -(-spec.kv_len // BK)), np.int8)
+    if spec.mask_mod is None or spec.runtime_tile_map is None:
+        kinds = t.tile_kinds(spec, BQ, BK)
+    else:                                       # a runtime block map: assume the compile-time proof
+        kinds = (np.asarray(spec.tile_map(BQ, BK), np.int8) if spec.tile_map is not None
+                 else np.ones((-(-spec.q_len // BQ), -(-spec.kv_len // BK)), np.int8))
     partial = int((kinds == 1).sum())
     tiles = int((kinds != 0).sum())
     mask = math.ceil(n / lanes) * 4 * hw.vector_alu_cycles

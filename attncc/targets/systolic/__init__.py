@@ -198,20 +198,22 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
 
 
 def tile_kinds(spec: FlashKernelSpec, block_q: int, block_k: int, captures=None) -> np.ndarray:
-    """[NQB, NKB] int8 of 0 empty / 1 partial / 2 full: prune-sparsity's tile map, the
-    runtime map from captured data, or the key bound; the ragged last key block is never
+    """[NQB, NKB] int8 of 0 empty / 1 partial / 2 full: the runtime map from captured
+    data (masks that read it), prune-sparsity's tile map, or the key bound; the ragged last key block is never
     full (its padding keys are masked)."""
     S, TK = spec.q_len, spec.kv_len
     nqb, nkb = -(-S // block_q), -(-TK // block_k)
     if spec.mask_mod is None:
         t = np.full((nqb, nkb), 2, dtype=np.int8)
-    elif spec.tile_map is not None:
-        t = np.array(spec.tile_map(block_q, block_k), dtype=np.int8)
     elif spec.runtime_tile_map is not None:
+        # the mask reads runtime data: classify from the data (the whole mask, evaluated on
+        # every element, like FlexAttention's create_block_mask)
         if captures is None:
             raise TargetError("this mask reads runtime data: the block table needs the captured inputs",
                               variant=spec.name or None)
         t = np.array(spec.runtime_tile_map(list(captures), block_q, block_k), dtype=np.int8)
+    elif spec.tile_map is not None:
+        t = np.array(spec.tile_map(block_q, block_k), dtype=np.int8)
     else:
         t = _band_tiles(spec, block_q, block_k)
     if nkb * block_k != TK:
@@ -328,7 +330,7 @@ def build(spec: FlashKernelSpec, config: Optional[SystolicConfig] = None, **opti
         raise TargetError(f"systolic target: TVM failed to build the program with {config}: {_last_line(exc)}",
                           variant=spec.name or None) from exc
     kinds = None
-    if spec.mask_mod is None or spec.tile_map is not None or spec.runtime_tile_map is None:
+    if spec.mask_mod is None or spec.runtime_tile_map is None:
         kinds = tile_kinds(spec, config.block_q, config.block_k)
     return SystolicKernel(spec, config, resolve(config.accelerator), executable, time.perf_counter() - t0, kinds)
 
