@@ -1,6 +1,7 @@
 """Cycles and array utilization of attention on the simulated systolic accelerator (issue 8).
 
     python benchmarks/systolic.py [--S 1024,4096,16384] [--D 64,128] [--preset default] [--top 3]
+    python benchmarks/systolic.py --exhaustive --S 1024 --D 64 --variants plain,causal
 
 For plain (sdpa), causal and sliding-window (WINDOW = 256, examples/sliding_window.py)
 attention, bf16, B=1, H=1, on a preset (default: the 128x128 one), prints the simulated
@@ -13,7 +14,8 @@ accumulator are rejected) is ranked by the family's analytic cost model and the 
 none beats it).
 
 Every number comes from the simulator executing the real schedule on random data (the
-output is computed too).  The array runs heads one after another, so cycles scale with B*H
+output is computed too).  ``--exhaustive`` simulates every valid config instead and prints
+how well the cost model ranks them (Spearman correlation, best of its top ``--top``).  The array runs heads one after another, so cycles scale with B*H
 and utilization does not: one head keeps the 16k runs short.
 """
 
@@ -55,7 +57,10 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="plain,causal,window")
     p.add_argument("--preset", default="default")
     p.add_argument("--top", type=int, default=3, help="cost-model-ranked configs to simulate when tuning")
+    p.add_argument("--exhaustive", action="store_true", help="simulate every valid config; check the cost model")
     args = p.parse_args(argv)
+    if args.exhaustive:
+        return exhaustive(args)
     options = {"systolic_config": args.preset}
     hw = systolic.resolve(args.preset)
     fam = get_family("systolic")
@@ -96,6 +101,41 @@ def main(argv=None) -> int:
                 print(f"{name:7} {S:>6} {D:>4} {rep_d['tile_density']:>6.3f} | {fmt_cfg(default):>16} {cols(rep_d)} | "
                       f"{fmt_cfg(best):>16} {cols(rep_b)} | {rep_d['total_cycles'] / rep_b['total_cycles']:>5.2f} "
                       f"{wall:>6.1f}", flush=True)
+    return 0
+
+
+def _ranks(xs):
+    import numpy as np
+
+    order = np.argsort(xs, kind="stable")
+    r = np.empty(len(xs))
+    r[order] = np.arange(len(xs))
+    return r
+
+
+def exhaustive(args) -> int:
+    import numpy as np
+
+    options = {"systolic_config": args.preset}
+    fam = get_family("systolic")
+    for S in (int(x) for x in args.S.split(",")):
+        for D in (int(x) for x in args.D.split(",")):
+            for name in args.variants.split(","):
+                k = compile_variant(os.path.join(ROOT, VARIANTS[name]), target="systolic",
+                                    shapes=dict(B=1, H=1, S=S, D=D), target_options=options, tuning_db=False,
+                                    build=False)
+                valid = SearchSpace("systolic", k.spec, options).valid_configs()
+                t0 = time.perf_counter()
+                sim = [simulate(k.spec, c, options)[0]["total_cycles"] for c in valid]
+                model = [fam.cost_model(k.spec, c, options) for c in valid]
+                rho = float(np.corrcoef(_ranks(sim), _ranks(model))[0, 1])
+                best = int(np.argmin(sim))
+                top = sorted(range(len(valid)), key=lambda i: model[i])[:args.top]
+                top_best = min(sim[i] for i in top)
+                print(f"{name} S={S} D={D}: {len(valid)} valid configs simulated in {time.perf_counter() - t0:.0f} s; "
+                      f"best {sim[best]:,} cycles ({fmt_cfg(valid[best])}); cost model's top {args.top}: best "
+                      f"{top_best:,} cycles ({top_best / sim[best]:.3f}x); Spearman rank correlation {rho:.3f}",
+                      flush=True)
     return 0
 
 

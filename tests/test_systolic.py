@@ -324,3 +324,16 @@ def test_tune_inline(tmp_path):
     k = compile_variant(str(example("causal_mha")), target="systolic", shapes=dict(B=1, H=1, S=256, D=64),
                         tuning_db=str(tmp_path / "db.jsonl"))
     assert "tuned record" in k.config_source
+
+
+def test_library_entry_point_and_no_export(tmp_path):
+    import attncc
+    from attncc.export import ExportError, export
+
+    k = attncc.compile(str(example("causal_mha")), target="systolic", shapes=dict(B=1, H=1, S=64, D=16),
+                       tuning_db=False)
+    inputs = k.random_inputs(0)
+    out, lse = k(*inputs.values())
+    assert out.shape == (1, 1, 64, 16) and lse.shape == (1, 1, 64)
+    with pytest.raises(ExportError, match="systolic target cannot be exported"):
+        export(k, str(tmp_path / "x"))

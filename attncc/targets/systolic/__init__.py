@@ -49,6 +49,9 @@ SUPPORTED_DTYPES = ("bf16", "bfloat16")
 DEFAULT_DTYPE = "bf16"
 OPTIONS = ("systolic_config",)
 SIMULATED = True          # measure() returns simulated time (cycles / clock), not wall time
+NOT_EXPORTABLE = ("its kernels drive the accelerator simulator inside this process (run them with "
+                  "attncc.compile(..., target='systolic'), which returns the compiled kernel, or "
+                  "attncc compile --target systolic)")
 
 
 @dataclass(frozen=True)
@@ -460,4 +463,4 @@ def source(built: SystolicKernel, kind: str = "ll") -> str:
 
 
 def export_library(built: SystolicKernel, path: str) -> None:
-    raise TargetError("the systolic target runs in the simulator in this process; it has nothing to export")
+    raise TargetError(f"the systolic target cannot be exported: {NOT_EXPORTABLE}")
