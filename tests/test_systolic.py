@@ -337,3 +337,35 @@ def test_library_entry_point_and_no_export(tmp_path):
     assert out.shape == (1, 1, 64, 16) and lse.shape == (1, 1, 64)
     with pytest.raises(ExportError, match="systolic target cannot be exported"):
         export(k, str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("preset", ["gemmini", "default"])
+def test_every_valid_schedule_fits_by_construction(preset):
+    """validate_config's memory plan is what the runtime allocates: every config it accepts
+    allocates without overflow, and each one it rejects for memory would overflow."""
+    from attncc.schedules.space import SearchSpace
+    from attncc.targets.systolic.kernel import AttentionRun
+
+    t = get_target("systolic")
+    kernel = build(example("cross_attention"), shapes=dict(B=1, H=1, S=1024, T=1024, D=128), config=None,
+                   options={"systolic_config": preset})
+    spec = kernel.spec
+    hw = resolve(preset)
+    zeros = [np.zeros(s, simmod.bf16()) for s in t._shapes(spec)]
+    space = SearchSpace("systolic", spec, {"systolic_config": preset})
+    accepted = rejected = 0
+    for cfg in space.all_configs():
+        plan = t.memory_plan(spec, cfg)
+        fits = all(sum(b for _, b in plan[m]) <= cap
+                   for m, cap in (("scratchpad", hw.scratchpad_bytes), ("accumulator", hw.accumulator_bytes)))
+        if space.is_valid(cfg):
+            run = AttentionRun(spec, cfg, hw, *zeros)
+            assert run.sim.used["scratchpad"] == sum(b for _, b in plan["scratchpad"])
+            assert run.sim.used["accumulator"] == sum(b for _, b in plan["accumulator"])
+            accepted += 1
+        else:
+            assert not fits
+            with pytest.raises(simmod.CapacityError):
+                AttentionRun(spec, cfg, hw, *zeros)
+            rejected += 1
+    assert accepted and rejected
