@@ -270,8 +270,13 @@ def test_double_buffering_overlaps():
     on = build(example("sdpa"), shapes=shapes, config={"block_q": 128, "block_k": 128, "double_buffer": True})
     off = build(example("sdpa"), shapes=shapes, config={"block_q": 128, "block_k": 128, "double_buffer": False})
     r_on, r_off = on.target.report(on.built), off.target.report(off.built)
-    assert r_on["busy_cycles"] == r_off["busy_cycles"]            # the same work ...
-    assert r_on["total_cycles"] < r_off["total_cycles"]           # ... overlapped
+    # the same array and DMA work (the vector unit merges each P·V result into O: a little more) ...
+    for unit in ("array", "dma"):
+        assert r_on["busy_cycles"][unit] == r_off["busy_cycles"][unit]
+    assert r_off["busy_cycles"]["vector"] <= r_on["busy_cycles"]["vector"] < 1.1 * r_off["busy_cycles"]["vector"]
+    # ... overlapped (at these small tiles the 500-cycle DMA latency stays partly exposed: the
+    # prefetch distance is one tile)
+    assert r_on["total_cycles"] < 0.8 * r_off["total_cycles"]
     out_on, _ = on(*on.random_inputs(3).values())
     out_off, _ = off(*off.random_inputs(3).values())
     assert np.array_equal(np.asarray(out_on, np.float32), np.asarray(out_off, np.float32))

@@ -109,7 +109,8 @@ def cost_model(spec, config, options: Optional[dict] = None) -> float:
     tiles = int((kinds != 0).sum())
     mask = math.ceil(n / lanes) * 4 * hw.vector_alu_cycles
     if config.double_buffer:
-        per_tile = max(qk + pv, vec + pv + drain, dma)
+        merge = 2 * math.ceil(BQ * DV / lanes) * hw.vector_alu_cycles
+        per_tile = max(qk + pv, vec + merge, dma)
     else:
         per_tile = qk + pv + vec + dma + 2 * drain + hw.dma_latency_cycles
     nqb = kinds.shape[0]

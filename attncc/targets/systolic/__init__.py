@@ -62,8 +62,9 @@ class SystolicConfig:
     block_q        query rows per tile (rows streamed through the array for Q·Kᵀ and P·V)
     block_k        keys per tile
     dataflow       "ws" weight-stationary or "os" output-stationary
-    double_buffer  two buffers for K, V, S and P: the next tile's loads and Q·Kᵀ overlap
-                   the current tile's softmax
+    double_buffer  two buffers for K, V, S, P and the P·V result: the next tile's loads
+                   and Q·Kᵀ overlap the current tile's softmax, which does not wait for the
+                   previous P·V (merged into O one tile later)
     """
 
     accelerator: str = "default"
@@ -109,7 +110,8 @@ def memory_plan(spec: FlashKernelSpec, config: SystolicConfig) -> dict:
         "accumulator": [
             (f"S {x}{BQ}x{BK} fp32", n * BQ * BK * 4),
             (f"O {BQ}x{DV} fp32", BQ * DV * 4),
-            (f"row stats 3x{BQ} fp32", 3 * BQ * 4),
+        ] + ([(f"PV 2x {BQ}x{DV} fp32", 2 * BQ * DV * 4)] if config.double_buffer else []) + [
+            (f"row stats 5x{BQ} fp32", 5 * BQ * 4),
         ],
     }
 

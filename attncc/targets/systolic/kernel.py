@@ -13,9 +13,12 @@ the scratchpad as bf16), and ``O += P·V`` on the array; then ``out = O / l`` an
 operation and cost nothing.
 
 With double buffering the body is software-pipelined: the loads and the Q·Kᵀ of key
-block t+1 are issued (into the other buffer) before the softmax of block t, so the
-simulator's event schedule overlaps them; without it every tile runs load → Q·Kᵀ →
-softmax → P·V on one set of buffers.
+block t+1 are issued (into the other buffers) before the softmax of block t, and P·V of
+block t goes to its own accumulator buffer that the vector unit merges into O
+(``O = O·alpha + PV``) after the softmax of block t+1 -- so the softmax never waits for
+the array, and the simulator's event schedule overlaps DMA, array and vector unit.
+Without it every tile runs load → Q·Kᵀ → softmax (which rescales O) → P·V (accumulating
+into O) on one set of buffers.
 
 Packed functions (``tvm_ffi.register_global_func``), all arguments integers:
 
@@ -23,7 +26,8 @@ Packed functions (``tvm_ffi.register_global_func``), all arguments integers:
     attncc.systolic.matmul(a, b, c, transpose_b, accumulate)
     attncc.systolic.vector_init()
     attncc.systolic.vector_score(s, b, h, q0, k0, kind)
-    attncc.systolic.vector_softmax(s, p)
+    attncc.systolic.vector_softmax(s, p, alpha_slot)
+    attncc.systolic.vector_merge(pv, alpha_slot)
     attncc.systolic.vector_finalize()
     attncc.systolic.dma_store(tensor, b, h, row0)
 
@@ -44,7 +48,7 @@ from attncc.targets.systolic.sim import Simulator, bf16
 Q_T, K_T, V_T, OUT_T, LSE_T = range(5)
 TENSOR_NAMES = ("q", "k", "v", "out", "lse")
 # on-chip buffers
-Q_B, K_B, V_B, P_B, S_B, O_B = 0, 1, 3, 5, 7, 9       # K, V, P, S have two slots each
+Q_B, K_B, V_B, P_B, S_B, O_B, PV_B = 0, 1, 3, 5, 7, 9, 10    # K, V, P, S, PV have two slots each
 
 PARTIAL, FULL = 1, 2
 
@@ -78,8 +82,11 @@ class AttentionRun:
             b[P_B + i] = s.alloc(f"P{i}", sp, (BQ, BK), bf16())
             b[S_B + i] = s.alloc(f"S{i}", acc, (BQ, BK), np.float32)
         b[O_B] = s.alloc("O", acc, (BQ, DV), np.float32)
+        if config.double_buffer:                 # P·V results, merged into O one tile later
+            for i in range(slots):
+                b[PV_B + i] = s.alloc(f"PV{i}", acc, (BQ, DV), np.float32)
         self.out_tile = s.alloc("out", sp, (BQ, DV), bf16())
-        self.row_stats = s.alloc("stats", acc, (3, BQ), np.float32)      # m, l, lse
+        self.row_stats = s.alloc("stats", acc, (5, BQ), np.float32)      # m, l, lse, alpha x2
         self.buffers = b
         s.bind("q", q)
         s.bind("k", k)
@@ -157,11 +164,15 @@ class AttentionRun:
         self.tiles[kind] = self.tiles.get(kind, 0) + 1
         sim.vector(cycles, reads=(S,), writes=(S,), label="score", elements=n)
 
-    def vector_softmax(self, s: int, p: int) -> None:
+    def vector_softmax(self, s: int, p: int, alpha_slot: int) -> None:
         """The online-softmax update of one key block (natural-log units):
-        m' = max(m, rowmax S), P = exp(S - m'), l = l·exp(m - m') + rowsum P, O *= exp(m - m')."""
+        m' = max(m, rowmax S), P = exp(S - m'), l = l·exp(m - m') + rowsum P, and
+        O *= exp(m - m') (``alpha_slot`` < 0), or keep alpha = exp(m - m') in slot
+        ``alpha_slot`` for :meth:`vector_merge` (double buffering: O is not touched, so
+        this does not wait for the previous tile's P·V)."""
         sim = self.sim
         S, P, O, st = self.buffer(s), self.buffer(p), self.buffers[O_B], self.row_stats
+        defer = alpha_slot >= 0
         x = S.data
         n, rows = x.size, x.shape[0]
         m, l = st.data[0], st.data[1]
@@ -172,7 +183,10 @@ class AttentionRun:
             e = np.exp(x - m_safe[:, None]).astype(np.float32)
             l[...] = l * alpha + e.sum(axis=1, dtype=np.float32)
             m[...] = m_new
-            O.data *= alpha[:, None]
+            if defer:
+                st.data[3 + alpha_slot] = alpha
+            else:
+                O.data *= alpha[:, None]
             P.data[...] = e.astype(bf16())
         cycles = (sim.vector_op_cycles("reduce", n)            # rowmax
                   + sim.vector_op_cycles("alu", 2 * rows)      # m', finite m'
@@ -181,9 +195,21 @@ class AttentionRun:
                   + sim.vector_op_cycles("transcendental", n)  # exp
                   + sim.vector_op_cycles("reduce", n)          # rowsum
                   + sim.vector_op_cycles("alu", 2 * rows)      # l
-                  + sim.vector_op_cycles("alu", O.data.size)   # O *= alpha
+                  + (0 if defer else sim.vector_op_cycles("alu", O.data.size))   # O *= alpha
                   + sim.vector_op_cycles("alu", n))            # P -> bf16
-        sim.vector(cycles, reads=(S, st, O), writes=(P, st, O), label="softmax", elements=5 * n)
+        if defer:
+            sim.vector(cycles, reads=(S, st), writes=(P, st), label="softmax", elements=5 * n)
+        else:
+            sim.vector(cycles, reads=(S, st, O), writes=(P, st, O), label="softmax", elements=5 * n)
+
+    def vector_merge(self, pv: int, alpha_slot: int) -> None:
+        """O = O · alpha + PV: a P·V result merged into the output accumulator."""
+        sim, O, st = self.sim, self.buffers[O_B], self.row_stats
+        PV = self.buffer(pv)
+        O.data *= st.data[3 + alpha_slot][:, None]
+        O.data += PV.data
+        cycles = 2 * sim.vector_op_cycles("alu", O.data.size)
+        sim.vector(cycles, reads=(PV, O, st), writes=(O,), label="merge", elements=2 * O.data.size)
 
     def vector_finalize(self) -> None:
         """out = O / l (0 on rows without a kept key), lse = m + log l (-inf there)."""
@@ -222,6 +248,7 @@ _PACKED = {
     "attncc.systolic.vector_init": AttentionRun.vector_init,
     "attncc.systolic.vector_score": AttentionRun.vector_score,
     "attncc.systolic.vector_softmax": AttentionRun.vector_softmax,
+    "attncc.systolic.vector_merge": AttentionRun.vector_merge,
     "attncc.systolic.vector_finalize": AttentionRun.vector_finalize,
 }
 
@@ -274,6 +301,7 @@ def program(double_buffer: bool):
     LOAD, STORE, MM = "attncc.systolic.dma_load", "attncc.systolic.dma_store", "attncc.systolic.matmul"
     INIT, SCORE = "attncc.systolic.vector_init", "attncc.systolic.vector_score"
     SOFTMAX, FINAL = "attncc.systolic.vector_softmax", "attncc.systolic.vector_finalize"
+    MERGE = "attncc.systolic.vector_merge"
 
     @T.prim_func(check_well_formed=False)
     def main(count_handle: T.handle, index_handle: T.handle, kind_handle: T.handle, B: T.int32, H: T.int32,
@@ -306,8 +334,16 @@ def program(double_buffer: bool):
                                                          S_B + T.floormod(t + 1, 2), 1, 0))
                             T.evaluate(T.call_packed(SCORE, S_B + T.floormod(t, 2), b, h, qb * BQ,
                                                      kv_index[qb, t] * BK, kv_kind[qb, t]))
-                            T.evaluate(T.call_packed(SOFTMAX, S_B + T.floormod(t, 2), P_B + T.floormod(t, 2)))
-                            T.evaluate(T.call_packed(MM, P_B + T.floormod(t, 2), V_B + T.floormod(t, 2), O_B, 0, 1))
+                            T.evaluate(T.call_packed(SOFTMAX, S_B + T.floormod(t, 2), P_B + T.floormod(t, 2),
+                                                     T.floormod(t, 2)))
+                            T.evaluate(T.call_packed(MM, P_B + T.floormod(t, 2), V_B + T.floormod(t, 2),
+                                                     PV_B + T.floormod(t, 2), 0, 0))
+                            # block t-1's P·V, finished meanwhile, into O
+                            if t > 0:
+                                T.evaluate(T.call_packed(MERGE, PV_B + T.floormod(t - 1, 2), T.floormod(t - 1, 2)))
+                        if kv_count[qb] > 0:
+                            T.evaluate(T.call_packed(MERGE, PV_B + T.floormod(kv_count[qb] - 1, 2),
+                                                     T.floormod(kv_count[qb] - 1, 2)))
                     else:
                         for t in T.serial(kv_count[qb]):
                             T.evaluate(T.call_packed(LOAD, K_T, b, h // G, kv_index[qb, t] * BK, K_B))
@@ -315,7 +351,7 @@ def program(double_buffer: bool):
                             T.evaluate(T.call_packed(MM, Q_B, K_B, S_B, 1, 0))
                             T.evaluate(T.call_packed(SCORE, S_B, b, h, qb * BQ, kv_index[qb, t] * BK,
                                                      kv_kind[qb, t]))
-                            T.evaluate(T.call_packed(SOFTMAX, S_B, P_B))
+                            T.evaluate(T.call_packed(SOFTMAX, S_B, P_B, -1))
                             T.evaluate(T.call_packed(MM, P_B, V_B, O_B, 0, 1))
                     T.evaluate(T.call_packed(FINAL))
                     T.evaluate(T.call_packed(STORE, OUT_T, b, h, qb * BQ))
