@@ -271,12 +271,10 @@ def lower(spec: FlashKernelSpec, config: SystolicConfig):
     batch, q_heads, group, block_q, block_k)`` drives the simulator."""
     import tvm
 
-    from attncc.targets.systolic.kernel import program
-
     _validate_spec(spec)
     validate_config(spec, config)
     try:
-        main = program(config.double_buffer)
+        main = _program(bool(config.double_buffer))
         tvm.tirx.analysis.verify_well_formed(main)
     except Exception as exc:  # pragma: no cover - a bug in this lowering
         raise TargetError(f"systolic target: cannot generate the program: {_last_line(exc)}",
@@ -285,14 +283,20 @@ def lower(spec: FlashKernelSpec, config: SystolicConfig):
 
 
 @lru_cache(maxsize=None)
+def _program(double_buffer: bool):
+    """The PrimFunc, parsed from TVMScript once per process and double-buffering mode."""
+    from attncc.targets.systolic.kernel import program
+
+    return program(double_buffer)
+
+
+@lru_cache(maxsize=None)
 def _compile(double_buffer: bool):
     """The compiled program (one per process and double-buffering mode: shapes and block
     tables are arguments)."""
     import tvm
 
-    from attncc.targets.systolic.kernel import program
-
-    return tvm.compile(tvm.IRModule({"main": program(double_buffer)}), target=tvm.target.Target("llvm"))
+    return tvm.compile(tvm.IRModule({"main": _program(double_buffer)}), target=tvm.target.Target("llvm"))
 
 
 def _last_line(exc: BaseException) -> str:

@@ -62,10 +62,11 @@ is free and its data hazards are resolved:
 
 ``start = max(unit_free, ready(reads), ready(writes), last_read(writes))``,
 ``end = start + cycles + latency`` (latency: the DMA's memory latency, the array's
-drain); the unit is free again at ``start + cycles``.  Busy cycles (occupancy) are
-summed per unit; the total is the last end (the critical path).  With one buffer per operand the hazards serialise DMA,
-array and vector; with two (double buffering, chosen by the schedule) the loads of
-the next tile and its Q·Kᵀ overlap the softmax of the current one.
+drain); the unit is free again at ``start + cycles``, when it has also finished reading
+its operands (``last_read``).  Busy cycles (occupancy) are summed per unit; the total
+is the last end (the critical path).  With one buffer per operand the hazards
+serialise DMA, array and vector; with two (double buffering, chosen by the schedule)
+the loads of the next tile and its Q·Kᵀ overlap the softmax of the current one.
 """
 
 from __future__ import annotations
@@ -176,8 +177,8 @@ class Simulator:
             start = max(start, b.ready, b.last_read)
         self.unit_free[unit] = start + int(cycles)
         end = start + int(cycles) + int(latency)
-        for b in reads:
-            b.last_read = max(b.last_read, end)
+        for b in reads:                 # operands are consumed while the unit is occupied
+            b.last_read = max(b.last_read, start + int(cycles))
         for b in writes:
             b.ready = end
         self.stats.busy[unit] += int(cycles)
