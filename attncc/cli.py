@@ -38,6 +38,18 @@ def _quant_options(args):
     return opts
 
 
+def _target_options(args):
+    """Target options from the command line: --arch (GPU targets), --systolic-config."""
+    opts = {}
+    if getattr(args, "arch", None):
+        opts["arch"] = args.arch
+    if getattr(args, "systolic_config", None):
+        if args.target != "systolic":
+            raise AttnccError(f"--systolic-config is an option of --target systolic, not {args.target}")
+        opts["systolic_config"] = args.systolic_config
+    return opts or None
+
+
 def cmd_compile(args) -> int:
     from attncc import compiler
     from attncc.ir.printer import print_ir
@@ -50,8 +62,10 @@ def cmd_compile(args) -> int:
     k = compiler.compile_variant(
         args.file, target=args.target, shapes=shapes, dtype=args.dtype, passes=args.passes, config=config or None,
         print_after_all=sys.stdout if args.print_after_all else None, variant_name=args.variant,
-        target_options={"arch": args.arch} if args.arch else None,
+        target_options=_target_options(args),
         quantize=_quant_options(args), tuning_db=args.db)
+    if args.report and not hasattr(k.target, "format_report"):
+        raise AttnccError(f"--report prints the cycle report of a simulated target; {k.target_name} has none")
     if emit == "ir":
         sys.stdout.write(print_ir(k.ir))
         if k.tile_summary():
@@ -101,7 +115,14 @@ def cmd_compile(args) -> int:
     if not args.no_run and why_not is None:
         sec = k.measure()
         note = "" if k.density() is not None else ", counting all pairs: the mask depends on data"
-        print(f"kernel     {_fmt_time(sec)}  ({k.flops() / sec / 1e9:.1f} GFLOP/s{note})")
+        sim = " simulated (cycles / clock)" if getattr(k.target, "SIMULATED", False) else ""
+        print(f"kernel     {_fmt_time(sec)}{sim}  ({k.flops() / sec / 1e9:.1f} GFLOP/s{note})")
+        if args.report:
+            for line in k.target.format_report(k.target.report(k.built)):
+                print("           " + line)
+    if args.report and (args.no_run or why_not is not None):
+        for line in k.target.format_report(k.target.report(k.built)):
+            print("           " + line)
     if args.verify:
         rep = compiler.verify(k, seed=args.seed)
         ok = rep.passed
@@ -237,7 +258,7 @@ def cmd_tune(args) -> int:
         strategy=args.strategy, overlap=args.overlap, seed=args.seed)
     result = tuner.tune(args.file, args.target, compiler.parse_assignments(args.shape, "--shape"), args.dtype,
                         db=db, settings=settings, variant_name=args.variant,
-                        target_options={"arch": args.arch} if args.arch else None,
+                        target_options=_target_options(args),
                         on_event=None if args.quiet else report.RichProgress())
     print(report.summary(result))
     if args.plot:
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a variant file into a kernel, run and verify it")
     c.add_argument("file", help="variant file (.py)")
     c.add_argument("--variant", help="which variant, if the file defines several")
-    c.add_argument("--target", default="cpu", help="cpu (default), cuda, ...")
+    c.add_argument("--target", default="cpu", help="cpu (default), cuda, systolic, ...")
     c.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda); default: the local GPU")
     c.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
     c.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
@@ -266,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "then the packaged defaults)")
     c.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
     c.add_argument("--verify", action="store_true", help="check against the numpy float64 reference")
+    c.add_argument("--systolic-config", metavar="NAME|FILE.json",
+                   help="systolic target: the simulated accelerator (presets default, tpu_v1, gemmini; or a JSON "
+                   "file of AcceleratorConfig fields)")
+    c.add_argument("--report", action="store_true", help="systolic target: print the simulator's cycle report "
+                   "(cycles, array utilization, vector and DMA time, bytes moved, tile density)")
     c.add_argument("--quantize", choices=["fp8", "fp8_e5m2", "int8"], help="quantize Q·Kᵀ (FP8 e4m3/e5m2 or INT8)")
     c.add_argument("--quantize-pv", action="store_true", help="quantize P·V too")
     c.add_argument("--quantize-granularity", help="scales per tensor, head (default) or block[:ROWS]")
@@ -310,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", help="which variant, if the file defines several")
     t.add_argument("--target", default="cpu", help="cpu (default), cuda, ...")
     t.add_argument("--arch", help="GPU architecture (cuda; default: the local GPU)")
+    t.add_argument("--systolic-config", metavar="NAME|FILE.json",
+                   help="systolic target: the simulated accelerator (default, tpu_v1, gemmini or a JSON file)")
     t.add_argument("--shape", help="dimension values, e.g. S=4096 (default: the variant's)")
     t.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
     t.add_argument("--budget", help="wall-clock budget, e.g. 60s, 5m")

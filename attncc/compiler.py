@@ -69,17 +69,21 @@ def resolve_dims(func: Function, shapes: dict) -> dict:
     return {k: env[k] for k in symbols}
 
 
-def make_config(target, spec: FlashKernelSpec, overrides: Optional[dict] = None, arch: Optional[str] = None):
+def make_config(target, spec: FlashKernelSpec, overrides: Optional[dict] = None, arch: Optional[str] = None,
+                options: Optional[dict] = None):
     """The target's default config with ``overrides``.  Without overrides, a target whose
     default_config takes ``arch`` gets it (CUDA picks its Hopper wgmma kernel for sm_90a);
-    overrides apply to the architecture-neutral default, as they always did."""
+    overrides apply to the architecture-neutral default, as they always did.  A target
+    whose default_config takes ``options`` gets the target options (the systolic
+    target's accelerator)."""
+    import inspect
+    params = inspect.signature(target.default_config).parameters
     cfg = None
     if arch and not overrides:
-        import inspect
-        if "arch" in inspect.signature(target.default_config).parameters:
+        if "arch" in params:
             cfg = target.default_config(spec, arch=arch)
     if cfg is None:
-        cfg = target.default_config(spec)
+        cfg = target.default_config(spec, options=options) if "options" in params else target.default_config(spec)
     if overrides:
         fields = {f.name: f for f in dataclasses.fields(cfg)}
         for k in overrides:
@@ -265,7 +269,7 @@ def compile_variant(variant, target: str = "cpu", shapes: Optional[dict] = None,
     if config is None and tuning_db is not False:
         from attncc.schedules.lookup import tuned_config
         config, config_source = tuned_config(target, spec, source_ir, target_options, tuning_db)
-    cfg = make_config(tgt, spec, config, (target_options or {}).get("arch"))
+    cfg = make_config(tgt, spec, config, (target_options or {}).get("arch"), target_options)
     built = None
     if build:
         t2 = time.perf_counter()

@@ -282,6 +282,10 @@ def export(kernel, directory: str, *, bundle_runtime: bool = False, fatbin: bool
     returns the manifest.  See the module docstring for the files."""
     if kernel.built is None:
         raise ExportError("the kernel was compiled with build=False; nothing to export", variant=kernel.variant)
+    not_exportable = getattr(kernel.target, "NOT_EXPORTABLE", None)     # a target's reason, if it has one
+    if not_exportable:
+        raise ExportError(f"the {kernel.target_name} target cannot be exported: {not_exportable}",
+                          variant=kernel.variant)
     manifest = build_manifest(kernel)
     _check_arg_count(kernel, manifest)
     try:
@@ -350,6 +354,10 @@ def runtime_kernel(kernel):
 
     if kernel.built is None:
         raise ExportError("the kernel was compiled with build=False", variant=kernel.variant)
+    not_exportable = getattr(kernel.target, "NOT_EXPORTABLE", None)
+    if not_exportable:
+        raise ExportError(f"the {kernel.target_name} target has no runtime kernel: {not_exportable}",
+                          variant=kernel.variant)
     manifest = build_manifest(kernel)
     built = kernel.built
     executable = getattr(built, "executable", None)

@@ -70,8 +70,11 @@ class SearchSpace:
         import inspect
 
         arch = self.options.get("arch")
-        if arch and "arch" in inspect.signature(self.target.default_config).parameters:
+        params = inspect.signature(self.target.default_config).parameters
+        if arch and "arch" in params:
             return self.target.default_config(self.spec, arch=arch)
+        if "options" in params:
+            return self.target.default_config(self.spec, options=self.options)
         return self.target.default_config(self.spec)
 
     def make(self, values: dict):

@@ -140,6 +140,22 @@ def _tir_op(tirx, op: Op, a: list, env: dict):
     raise TargetError(f"no TVM lowering for {op.name} in a region", op=op.name, line=op.line)
 
 
+def region_to_numpy(region: Optional[Region], env: dict):
+    """A callable evaluating the region on numpy arrays in float32 (the reference's
+    interpreter in its native precision), or None; ``.op_names`` lists the region's ops."""
+    if region is None:
+        return None
+    from attncc.reference import _Interp
+
+    interp = _Interp(dict(env), "native")
+
+    def run(*args):
+        return interp.region(region, list(args))
+
+    run.op_names = tuple(op.short for op in region.ops if op.name != "attn.yield")
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 # the simple key bound
 
@@ -273,7 +289,8 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
         key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map, captures=captures,
         runtime_tile_map=runtime_tile_map, quant_dtype=quant["dtype"].tvm if quant else None,
-        quant_pv=bool(quant and quant.get("pv", False)), scales=scales)
+        quant_pv=bool(quant and quant.get("pv", False)), scales=scales,
+        score_numpy=region_to_numpy(score, env), mask_numpy=region_to_numpy(mask, env))
 
 
 def runtime_tiles(mask: Region, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int,

@@ -82,6 +82,12 @@ class FlashKernelSpec:
     quant_dtype: Optional[str] = None
     quant_pv: bool = False
     scales: tuple = ()
+    # numpy twins of score_mod / mask_mod for targets that evaluate the regions on host
+    # arrays (the systolic simulator's vector unit): score_numpy(s, b, h, i, j, *captures)
+    # with float32 s and int64 index arrays that broadcast; mask_numpy(b, h, i, j, *captures)
+    # -> bool.  Each has ``op_names``: the region's ops, in order (for counting their cost).
+    score_numpy: Optional[Callable[..., object]] = None
+    mask_numpy: Optional[Callable[..., object]] = None
 
     @property
     def group(self) -> int:
