@@ -53,7 +53,8 @@ NAME = "rocm"
 
 __all__ = ["NAME", "RocmConfig", "Config", "RocmKernel", "ARCHS", "default_config", "validate_config",
            "lower", "build", "run", "measure", "assembly", "code_object", "export_library",
-           "kernel_arguments", "lds_bytes", "toolchain", "not_runnable"]
+           "kernel_arguments", "argument_specs", "kernel_metadata", "parse_metadata", "lds_bytes",
+           "toolchain", "not_runnable"]
 
 # the IR names of the dtypes the matrix cores take, and the dtype an f32 variant is traced in
 SUPPORTED_DTYPES = ("f16", "bf16")
@@ -98,11 +99,15 @@ class RocmConfig:
     block_q     query rows per work-group
     block_k     keys per key block (the K/V tile in LDS)
     num_waves   wavefronts per work-group; each owns block_q / num_waves rows (a multiple of 16)
+    q_in_registers  keep the Q fragments in registers for the whole key loop (else re-read them,
+                from global memory through the caches, at every key block: wide heads on gfx11,
+                whose WMMA operands take 16 elements per lane)
     """
 
     block_q: int = 128
     block_k: int = 64
     num_waves: int = 4
+    q_in_registers: bool = True
 
 
 Config = RocmConfig
@@ -125,7 +130,7 @@ def registers_estimate(spec: FlashKernelSpec, config: RocmConfig, arch: str = DE
     op = 4 if a.matrix == "mfma" else 16
     acc = mt * (spec.head_dim_v // 16) * c
     scores = mt * (config.block_k // 16) * c
-    q = mt * (spec.head_dim // 16) * op // 2
+    q = mt * (spec.head_dim // 16 if config.q_in_registers else 1) * op // 2
     return acc + scores + q + 4 * mt
 
 
@@ -139,6 +144,8 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> RocmCon
     cfg = RocmConfig(block_q=block_q, block_k=block_k, num_waves=4)
     if registers_estimate(spec, cfg, arch) > 192:
         cfg = RocmConfig(block_q=64, block_k=block_k, num_waves=4)
+    if registers_estimate(spec, cfg, arch) > 192:
+        cfg = RocmConfig(block_q=64, block_k=block_k, num_waves=4, q_in_registers=False)
     return cfg
 
 
@@ -154,6 +161,8 @@ def validate_config(spec: FlashKernelSpec, config: RocmConfig, arch: Optional[st
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             bad(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(c.q_in_registers, bool):
+        bad(f"q_in_registers must be a bool, got {c.q_in_registers!r}")
     if c.num_waves not in (1, 2, 4, 8):
         bad(f"num_waves must be 1, 2, 4 or 8, got {c.num_waves}")
     if c.num_waves * a.wave > 1024:
@@ -174,7 +183,7 @@ def validate_config(spec: FlashKernelSpec, config: RocmConfig, arch: Optional[st
     regs = registers_estimate(spec, c, a.name)
     if regs > 224:
         bad(f"holds about {regs} registers of fragments per lane on {a.name} (256 architected VGPRs): "
-            "lower block_q per wavefront or block_k")
+            "lower block_q per wavefront or block_k, or set q_in_registers=False")
 
 
 def _validate_spec(spec: FlashKernelSpec) -> None:
@@ -224,6 +233,12 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     # captured inputs (document ids, ...): kernel parameters after lse, read by score/mask
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(shape), cdt, name) for name, shape, cdt in spec.captures]
     ix = gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
+    Q_IN_REGS = config.q_in_registers
+
+    def qk(kd):
+        """Q fragment slot of k step kd: all of them in registers, else one reused."""
+        return kd if Q_IN_REGS else 0
+
     NQB = ix.q_blocks
     mfma = _matrix_intrinsic(a, dtype)
     op_vec = f"float16x{OPE}" if dtype == "float16" else f"int16x{OPE}"
@@ -295,7 +310,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                 for tx in T.thread_binding(NT, thread="threadIdx.x"):
                     k_lds = T.decl_buffer((BK * KS,), "int16", scope="shared")
                     v_lds = T.decl_buffer((BK * VS,), "int16", scope="shared")
-                    q_frag = T.decl_buffer((MT, KD, OPE), "int16", scope="local")
+                    q_frag = T.decl_buffer((MT, KD if Q_IN_REGS else 1, OPE), "int16", scope="local")
                     k_frag = T.decl_buffer((OPE,), "int16", scope="local")
                     v_frag = T.decl_buffer((OPE,), "int16", scope="local")
                     p_frag = T.decl_buffer((MT, NKT, OPE), "int16", scope="local")
@@ -316,11 +331,12 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                     kb_lo = ix.block_lo(q0)
                     kb_hi = ix.block_hi(q0)
                     # ---- Q fragments straight from global memory (the B operand of Sᵀ = K·Qᵀ)
-                    for mt in T.unroll(MT):
-                        for kd in T.unroll(KD):
-                            for e in T.vectorized(OPE):
-                                q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                        kd * 16 + a_k0(lane) + e]
+                    if Q_IN_REGS:
+                        for mt in T.unroll(MT):
+                            for kd in T.unroll(KD):
+                                for e in T.vectorized(OPE):
+                                    q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                            kd * 16 + a_k0(lane) + e]
                     # ---- running state: one query row per lane and 16-row tile
                     for mt in T.unroll(MT):
                         m_run[mt] = NEG_INF
@@ -350,13 +366,18 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                                 for e in T.unroll(ACE):
                                     s_acc[mt, nt, e] = T.float32(0)
                         for kd in T.unroll(KD):
+                            if not Q_IN_REGS:
+                                for mt in T.unroll(MT):
+                                    for e in T.vectorized(OPE):
+                                        q_frag[mt, 0, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                               kd * 16 + a_k0(lane) + e]
                             for nt in T.unroll(NKT):
                                 for e in T.vectorized(OPE):
                                     k_frag[e] = k_lds[(nt * 16 + lane % 16) * KS + kd * 16 + a_k0(lane) + e]
                                 for mt in T.unroll(MT):
                                     s_acc[mt, nt, T.ramp(0, 1, ACE)] = matmul(
                                         s_acc[mt, nt, T.ramp(0, 1, ACE)], operand(k_frag),
-                                        operand(q_frag, mt, kd))
+                                        operand(q_frag, mt, qk(kd)))
                         # ---- score_mod, mask (partial tiles only), log2 domain
                         if ix.tile_is_full(r0, kb):
                             for mt in T.unroll(MT):
@@ -650,13 +671,67 @@ def export_library(built: RocmKernel, path: str) -> None:
     built.executable.export_library(path)
 
 
+_ARG_NAMES = {"q16": "q", "k16": "k", "v16": "v", "o16": "out"}
+
+
+def parse_metadata(text: str) -> dict:
+    """The first kernel's entries of AMDGPU code object metadata (the YAML that LLVM prints
+    in the assembly's ``.amdgpu_metadata`` and ``llvm-readelf --notes`` prints from a code
+    object): integers and names as they are, ``args`` the kernel arguments' names in order."""
+    out: dict = {"args": []}
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "amdhsa.kernels:")
+    except StopIteration:
+        raise TargetError("rocm target: no amdhsa.kernels metadata found") from None
+    kernel_indent = None
+    for line in lines[start + 1:]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" -"))     # of the key, past a list's "- "
+        if not line.startswith(" ") and not line.startswith("-"):
+            if stripped.startswith("amdhsa.target:"):
+                out["target"] = stripped.split(":", 1)[1].strip()
+            if stripped.startswith("..."):
+                break
+            continue
+        if kernel_indent is not None and re.match(r"^\s*- \.", line) and indent == kernel_indent:
+            break                                   # a second kernel: the first is ours
+        m = re.match(r"^(\s*-?\s*)\.(\w+):\s*(.*)$", line)
+        if not m:
+            continue
+        key, value = m.group(2), m.group(3).strip()
+        if kernel_indent is None:
+            kernel_indent = len(m.group(1))
+        if len(m.group(1)) > kernel_indent:         # inside .args (or another nested list)
+            if key == "name":
+                out["args"].append(_ARG_NAMES.get(value, value))
+            continue
+        if value == "":
+            continue
+        out[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
+    for line in lines:
+        if line.strip().startswith("amdhsa.target:"):
+            out["target"] = line.split(":", 1)[1].strip()
+    return out
+
+
+def kernel_metadata(built: RocmKernel) -> dict:
+    """LDS (group_segment_fixed_size), VGPR/AGPR/SGPR counts, spills, wavefront size and the
+    argument order of the built kernel, from its code object metadata."""
+    return parse_metadata(assembly(built))
+
+
 def describe_output(built: RocmKernel, path: str) -> str:
     if path.endswith((".hsaco", ".co")):
-        return (f"AMD GPU code object for {built.arch}, {len(built.hsaco)} bytes; kernel main_kernel, "
-                f"grid ({built.spec.batch * built.spec.q_heads}, "
-                f"{-(-built.spec.q_len // built.config.block_q)}), "
-                f"{built.config.num_waves * ARCHS[built.arch].wave} work-items; args q, k, v, out, lse")
-    return "TVM module (host + code object); load with tvm_ffi.load_module on a TVM built with ROCm"
+        meta = kernel_metadata(built)
+        return (f"AMD GPU code object for {built.arch}, {len(built.hsaco)} bytes; kernel {meta.get('name')}, "
+                f"grid ({built.spec.batch * built.spec.q_heads}, {-(-built.spec.q_len // built.config.block_q)}), "
+                f"{built.config.num_waves * ARCHS[built.arch].wave} work-items, "
+                f"{meta.get('group_segment_fixed_size')} bytes LDS; pointer args in this order: "
+                + ", ".join(meta["args"]))
+    return "TVM module (host code + code object); load with tvm_ffi.load_module on a TVM built with ROCm"
 
 
 def _rocm_device():
