@@ -208,6 +208,128 @@ def test_score_mod_is_lowered_into_the_kernel():
     assert "T.tanh" in k.target.lower(k.spec, k.config, "gfx942").script()
 
 
+# --------------------------------------------------------------------------- fragment layouts
+# No AMD GPU here, so the lane bookkeeping is checked in numpy: the kernel's layouts
+# (rocm.LAYOUTS, the functions lower() indexes with) fed through the instructions as they are
+# defined elsewhere -- MFMA by TVM's tensor intrinsics, WMMA by AMD's RDNA3 documentation --
+# must compose to attention: Sᵀ = K·Qᵀ, row max/sum across row_xor lanes, Pᵀ as the B
+# operand (on gfx11 half from the partner lane, as the kernel exchanges it), Oᵀ = Vᵀ·Pᵀ.
+
+
+@functools.lru_cache(maxsize=None)
+def _tvm_mfma_layouts():
+    """The MFMA 16x16x16 lane layouts as TVM's rocm tensor intrinsics define them, read from
+    tvm/s_tir/tensor_intrin/rocm.py (importing that module parses every intrinsic: a minute)."""
+    import ast
+
+    path = os.path.join(os.path.dirname(tvm.__file__), "s_tir", "tensor_intrin", "rocm.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    wanted = {f"shared_16x16_to_local_64x4_layout_{x}" for x in "ABC"}
+    funcs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    assert len(funcs) == 3, "TVM's MFMA layout functions moved"
+    namespace = {"convert": lambda x: x}
+    exec(compile(ast.Module(body=funcs, type_ignores=[]), path, "exec"), namespace)
+    return namespace
+
+
+def _instruction_maps(matrix):
+    """(A, B, C) maps: (row, col) of the 16x16 tile -> [(lane, element), ...] holding it."""
+    if matrix == "mfma":
+        intrin = _tvm_mfma_layouts()
+        return (lambda i, k: [intrin["shared_16x16_to_local_64x4_layout_A"](i, k)],
+                lambda k, j: [intrin["shared_16x16_to_local_64x4_layout_B"](k, j)],
+                lambda i, j: [intrin["shared_16x16_to_local_64x4_layout_C"](i, j)])
+    return (lambda i, k: [(i, k), (i + 16, k)],          # 16-bit A: lane = row, both half-waves
+            lambda k, j: [(j, k), (j + 16, k)],          # 16-bit B: lane = column
+            lambda i, j: [(j + 16 * (i % 2), i // 2)])   # f32 C/D: element = row // 2
+
+
+@functools.lru_cache(maxsize=None)
+def _index_arrays(matrix):
+    """For A, B and C: (lanes, elements) index arrays [copies, 16, 16] of each tile element."""
+    out = []
+    for fmap in _instruction_maps(matrix):
+        places = [[fmap(r, c) for c in range(16)] for r in range(16)]
+        copies = len(places[0][0])
+        lanes = np.array([[[int(places[r][c][n][0]) for c in range(16)] for r in range(16)] for n in range(copies)])
+        elems = np.array([[[int(places[r][c][n][1]) for c in range(16)] for r in range(16)] for n in range(copies)])
+        out.append((lanes, elems))
+    return out
+
+
+def _emulate(matrix, a_frag, b_frag, c_frag):
+    """One 16x16x16 instruction on per-lane fragments [wave, elements]."""
+    (la, ea), (lb, eb), (lc, ec) = _index_arrays(matrix)
+    a, b = a_frag[la, ea], b_frag[lb, eb]
+    assert (a == a[0]).all() and (b == b[0]).all(), "the half-waves disagree on a WMMA operand"
+    d = a[0] @ b[0] + c_frag[lc[0], ec[0]]
+    out = np.full_like(c_frag, np.nan)
+    out[lc[0], ec[0]] = d
+    assert not np.isnan(out).any()            # C's map covers every accumulator element
+    return out
+
+
+@pytest.mark.parametrize("matrix", ["mfma", "wmma"])
+def test_fragment_layouts_compose_to_attention(matrix):
+    lay = rocm.LAYOUTS[matrix]
+    W, OPE, ACE = lay.wave, lay.operand_elems, lay.acc_elems
+    rng = np.random.default_rng(1)
+    D, DV, TK, BK = 32, 48, 64, 32
+    q, k, v = rng.standard_normal((16, D)), rng.standard_normal((TK, D)), rng.standard_normal((TK, DV))
+    keep = lambda i, j: j <= i + 20                     # noqa: E731  (partial tiles, a skipped tail)
+    lane = np.arange(W)
+    q_frag = [np.array([[q[l % 16, kd * 16 + lay.k0(l) + e] for e in range(OPE)] for l in lane])
+              for kd in range(D // 16)]
+    m, l_sum = np.full(W, -np.inf), np.zeros(W)
+    o = [np.zeros((W, ACE)) for _ in range(DV // 16)]
+    for kb in range(TK // BK):
+        s = []
+        for nt in range(BK // 16):
+            acc = np.zeros((W, ACE))
+            for kd in range(D // 16):
+                k_frag = np.array([[k[kb * BK + nt * 16 + l % 16, kd * 16 + lay.k0(l) + e] for e in range(OPE)]
+                                   for l in lane])
+                acc = _emulate(matrix, k_frag, q_frag[kd], acc)
+            key = np.array([[kb * BK + nt * 16 + lay.acc_row(l, e) for e in range(ACE)] for l in lane])
+            s.append(np.where(keep((lane % 16)[:, None], key), acc, -np.inf))
+        red = np.max([x.max(axis=1) for x in s], axis=0)
+        for x in lay.row_xor:
+            red = np.maximum(red, red[lane ^ x])
+        new_m = np.maximum(m, red)
+        m_use = np.where(new_m == -np.inf, 0.0, new_m)
+        alpha = np.exp(m - m_use)
+        l_sum, o, m = l_sum * alpha, [x * alpha[:, None] for x in o], new_m
+        p = [np.exp(x - m_use[:, None]) for x in s]
+        l_sum = l_sum + sum(x.sum(axis=1) for x in p)
+        for kk in range(BK // 16):
+            if matrix == "wmma":       # the kernel's exchange: keys of the other parity from lane ^ 16
+                other = p[kk][lane ^ 16]
+                lo = (lane < 16)[:, None]
+                p_frag = np.empty((W, OPE))
+                p_frag[:, 0::2] = np.where(lo, p[kk], other)
+                p_frag[:, 1::2] = np.where(lo, other, p[kk])
+            else:
+                p_frag = p[kk]
+            for nd in range(DV // 16):
+                v_frag = np.array([[v[kb * BK + kk * 16 + lay.k0(l) + e, nd * 16 + l % 16] for e in range(OPE)]
+                                   for l in lane])
+                o[nd] = _emulate(matrix, v_frag, p_frag, o[nd])
+    for x in lay.row_xor:
+        l_sum = l_sum + l_sum[lane ^ x]
+    out = np.full((16, DV), np.nan)
+    for nd in range(DV // 16):
+        for l in lane:
+            for e in range(ACE):
+                col = nd * 16 + lay.acc_row(l, e)
+                val = o[nd][l, e] / l_sum[l]
+                assert np.isnan(out[l % 16, col]) or out[l % 16, col] == val
+                out[l % 16, col] = val
+    scores = np.where(keep(np.arange(16)[:, None], np.arange(TK)[None, :]), q @ k.T, -np.inf)
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(out, probs / probs.sum(axis=1, keepdims=True) @ v, rtol=1e-10, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- code objects
 
 

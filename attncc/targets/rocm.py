@@ -53,7 +53,7 @@ NAME = "rocm"
 
 __all__ = ["NAME", "RocmConfig", "Config", "RocmKernel", "ARCHS", "default_config", "validate_config",
            "lower", "build", "run", "measure", "assembly", "code_object", "export_library",
-           "kernel_arguments", "argument_specs", "kernel_metadata", "parse_metadata", "lds_bytes",
+           "kernel_arguments", "argument_specs", "LAYOUTS", "kernel_metadata", "parse_metadata", "lds_bytes",
            "toolchain", "not_runnable"]
 
 # the IR names of the dtypes the matrix cores take, and the dtype an f32 variant is traced in
@@ -196,6 +196,36 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
 # --------------------------------------------------------------------------- lowering
 
 
+@dataclass(frozen=True)
+class FragmentLayout:
+    """Where the kernel keeps a 16x16x16 matrix instruction's tiles, lane by lane.
+
+    Operand element ``e`` of lane ``l`` (A: row ``l % 16``; B: column ``l % 16``) is at
+    ``k = k0(l) + e``; accumulator element ``e`` of lane ``l`` is column ``l % 16``, row
+    ``acc_row(l, e)``.  With Sᵀ = K·Qᵀ a lane's accumulators are one query row (``l % 16``)
+    and keys ``acc_row``; the lanes holding the rest of that row are ``l ^ x`` for x in
+    ``row_xor``.  These match the instructions' definitions: TVM's MFMA layouts
+    (``tvm.s_tir.tensor_intrin.rocm``) and AMD's RDNA3 WMMA layout (16-bit A/B: lane ``l``
+    holds row/column ``l % 16``, all 16 k, the half-waves alike; f32 C: element ``e`` is row
+    ``2e + l // 16``); ``tests/test_rocm.py`` composes them into attention in numpy."""
+
+    matrix: str
+    wave: int
+    operand_elems: int
+    acc_elems: int
+    row_xor: tuple
+
+    def k0(self, lane):
+        return 0 if self.matrix == "wmma" else lane // 16 * 4
+
+    def acc_row(self, lane, e):
+        return e * 2 + lane // 16 if self.matrix == "wmma" else lane // 16 * 4 + e
+
+
+LAYOUTS = {"mfma": FragmentLayout("mfma", 64, 4, 4, (16, 32)),
+           "wmma": FragmentLayout("wmma", 32, 16, 8, (16,))}
+
+
 def _matrix_intrinsic(arch: Arch, dtype: str) -> str:
     t = "f16" if dtype == "float16" else "bf16"
     if arch.matrix == "wmma":
@@ -225,8 +255,9 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     NKT = BK // 16                     # 16-key tiles per key block
     KD = D // 16                       # k16 steps of Q·Kᵀ
     NDV = DV // 16                     # 16-wide tiles of the output
-    OPE = 16 if WMMA else 4            # 16-bit operand elements per lane
-    ACE = 8 if WMMA else 4             # f32 accumulator elements per lane
+    LAYOUT = LAYOUTS[a.matrix]
+    OPE = LAYOUT.operand_elems         # 16-bit operand elements per lane
+    ACE = LAYOUT.acc_elems             # f32 accumulator elements per lane
     CQ, CV = D // 8, DV // 8           # 16-byte chunks per row of K and of V
     KS, VS = D + LDS_PAD, DV + LDS_PAD  # LDS row strides (16-bit elements)
     K_ITERS, V_ITERS = -(-(BK * CQ) // NT), -(-(BK * CV) // NT)
@@ -283,17 +314,9 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                              tirx.const(16, "uint32"))
         return tirx.Cast("int16", tirx.Cast("uint16", r))
 
-    def key_in_tile(lane, e):
-        """Key (within a 16-key tile) of accumulator element e of this lane (Sᵀ layout)."""
-        if WMMA:
-            return e * 2 + lane // 16
-        return lane // 16 * 4 + e
-
-    def a_k0(lane):
-        """First k (within a k16 step) of this lane's operand elements."""
-        return 0 if WMMA else lane // 16 * 4
-
-    XOR_STEPS = (16,) if WMMA else (16, 32)
+    key_in_tile = LAYOUT.acc_row       # key (in a 16-key tile) of accumulator element e (Sᵀ)
+    a_k0 = LAYOUT.k0                   # first k (in a k16 step) of a lane's operand elements
+    XOR_STEPS = LAYOUT.row_xor
 
     @T.prim_func(check_well_formed=False)   # checked below, once the captures are parameters
     def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
@@ -400,7 +423,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                                 for e in T.unroll(ACE):
                                     red[mt] = T.max(red[mt], s_acc[mt, nt, e])
                             for x in T.unroll(len(XOR_STEPS)):
-                                red[mt] = T.max(red[mt], shfl_xor(red[mt], lane, 16 << x))
+                                red[mt] = T.max(red[mt], shfl_xor(red[mt], lane, XOR_STEPS[0] << x))
                             red[mt] = T.max(m_run[mt], ix.to_log2(red[mt]))       # new running max
                             m_use[mt] = T.Select(red[mt] == NEG_INF, T.float32(0), red[mt])
                             m_run[mt] = T.exp2(m_run[mt] - m_use[mt])            # alpha
@@ -438,7 +461,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                     # ---- epilogue: out = acc / l (0 where no key was kept), lse = (m + log2 l) ln 2
                     for mt in T.unroll(MT):
                         for x in T.unroll(len(XOR_STEPS)):
-                            l_run[mt] = l_run[mt] + shfl_xor(l_run[mt], lane, 16 << x)
+                            l_run[mt] = l_run[mt] + shfl_xor(l_run[mt], lane, XOR_STEPS[0] << x)
                         red[mt] = T.Select(l_run[mt] > T.float32(0), T.float32(1) / l_run[mt], T.float32(0))
                         if r0 + mt * 16 + lane % 16 < S:
                             if lane < 16:
