@@ -465,3 +465,11 @@ def test_cli_module_entry_point_writes_the_code_object(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "Warning" not in res.stderr and "Traceback" not in res.stderr
     assert out.stat().st_size > 1000
+
+
+def test_export_refuses_rocm_with_the_way_out(tmp_path, capsys):
+    _needs_toolchain()
+    example = os.path.join(ROOT, "examples", "causal_gqa.py")
+    assert cli.main(["export", example, "--target", "rocm", "--arch", "gfx942", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "export --target rocm: not supported yet" in err and "-o k.hsaco" in err

@@ -272,6 +272,9 @@ def export(kernel, directory: str, *, bundle_runtime: bool = False, fatbin: bool
     returns the manifest.  See the module docstring for the files."""
     if kernel.built is None:
         raise ExportError("the kernel was compiled with build=False; nothing to export", variant=kernel.variant)
+    unsupported = getattr(kernel.target, "EXPORT_UNSUPPORTED", None)     # a target's own reason
+    if unsupported:
+        raise ExportError(f"export --target {kernel.target_name}: {unsupported}", variant=kernel.variant)
     manifest = build_manifest(kernel)
     _check_arg_count(kernel, manifest)
     try:

@@ -61,6 +61,10 @@ SUPPORTED_DTYPES = ("f16", "bf16")
 DEFAULT_DTYPE = "bf16"
 DEFAULT_ARCH = "gfx942"
 LDS_PAD = 8                      # 16-bit elements (16 bytes) of padding per LDS row
+# attncc export (a folder for attncc.runtime) would need TVM's ROCm runtime, which the wheel lacks
+EXPORT_UNSUPPORTED = ("not supported yet: loading it needs a TVM runtime built with ROCm, which the "
+                      "apache-tvm wheel is not; `attncc compile --target rocm --arch gfx942 -o k.hsaco` writes "
+                      "the code object (kernel main_kernel) for HIP's hipModuleLoad")
 
 
 @dataclass(frozen=True)
