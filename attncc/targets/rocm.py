@@ -775,18 +775,38 @@ def _rocm_device():
         return None
 
 
+def _rocminfo_arch() -> Optional[str]:
+    """The first GPU agent's gfx name from rocminfo (``gfx942:sramecc+:xnack-`` -> ``gfx942``)."""
+    candidates = [shutil.which("rocminfo")]
+    for root in (os.environ.get("ROCM_PATH"), "/opt/rocm"):
+        if root:
+            candidates.append(os.path.join(root, "bin", "rocminfo"))
+    for exe in candidates:
+        if exe and os.access(exe, os.X_OK):
+            try:
+                text = subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            m = re.search(r"Name:\s+(gfx[0-9a-f]+)", text)
+            if m:
+                return m.group(1)
+    return None
+
+
 def local_arch() -> Optional[str]:
-    """gfxNNN of the local AMD GPU, or None without one (or without a ROCm-enabled TVM)."""
-    dev = _rocm_device()
-    if dev is None:
+    """gfxNNN of the local AMD GPU, or None without one (or without a ROCm-enabled TVM).
+
+    From rocminfo: TVM's compute version of a ROCm device is only major.minor (9.4 is gfx940,
+    gfx941 or gfx942), so it names the architecture only where that is unambiguous."""
+    if _rocm_device() is None:
         return None
-    try:  # pragma: no cover - needs an AMD GPU
-        ver = str(dev.compute_version)
-        if ver.startswith("gfx"):
-            return ver
-        major, minor = (int(x) for x in ver.split(".")[:2])
-        return {(9, 0): "gfx90a", (9, 4): "gfx942", (11, 0): "gfx1100"}.get((major, minor))
-    except Exception:  # pragma: no cover
+    arch = _rocminfo_arch()            # pragma: no cover - needs an AMD GPU from here on
+    if arch is not None:
+        return arch
+    try:
+        ver = str(_rocm_device().compute_version)
+        return ver if ver.startswith("gfx") else {"11.0": "gfx1100"}.get(".".join(ver.split(".")[:2]))
+    except Exception:
         return None
 
 
@@ -795,6 +815,8 @@ def not_runnable(built: RocmKernel) -> Optional[str]:
     if _rocm_device() is None:
         return f"compiled for {built.arch}; not executed: no ROCm device"
     here = local_arch()
+    if here is None:
+        return f"compiled for {built.arch}; not executed: the local AMD GPU's architecture is unknown (no rocminfo)"
     if here != built.arch:
         return f"compiled for {built.arch}; not executed: the local AMD GPU is {here}"
     return None
