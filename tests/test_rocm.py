@@ -73,8 +73,10 @@ def _needs_toolchain():
         pytest.skip("ATTNCC_SKIP_ROCM_BUILD is set")
     try:
         rocm.toolchain()
+        return
     except TargetError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        why = str(exc)
+    pytest.fail(why, pytrace=False)
 
 
 @functools.lru_cache(maxsize=None)
