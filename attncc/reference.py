@@ -65,11 +65,12 @@ class Result:
 
 
 class _Interp:
-    def __init__(self, env: dict, precision: str):
+    def __init__(self, env: dict, precision: str, p_round=None):
         self.env = env
         self.native = precision == "native"
         self.fdt = np.float32 if self.native else np.float64
         self.lse: list = []
+        self.p_round = p_round      # numpy dtype P is rounded to before P·V (fp8 P·V kernels)
 
     def fconv(self, x):
         return np.asarray(x, dtype=self.fdt)
@@ -234,7 +235,9 @@ class _Interp:
         vv = v
         if Hkv != Hq:
             vv = np.repeat(v, Hq // Hkv, axis=1)
-        if op.attrs.get("softmax") == "online":
+        if self.p_round is not None:
+            out, lse = _rounded_p_pv(s, vv, self.p_round, self.fdt)
+        elif op.attrs.get("softmax") == "online":
             block_k = int(eval_scalar(op.attrs.get("block_k", 64), {**{"BK": 64}, **self.env}))
             out, lse = online_softmax_pv(s, vv, max(1, block_k), self.fdt)
         else:
@@ -315,13 +318,31 @@ def online_softmax_pv(s, v, block_k: int, fdt):
     return out.astype(fdt), lse
 
 
-def evaluate(func: Function, inputs: dict, precision: str = "float64", env: dict | None = None) -> Result:
+def _rounded_p_pv(s, v, p_dtype, fdt):
+    """softmax(s) @ v with the unnormalised probabilities 2^8 exp(s - max) rounded to
+    ``p_dtype`` before P·V and the row sum taken before rounding -- what a kernel with fp8
+    P (FlashAttention-3's FP8 forward, attncc's wgmma kernel) computes."""
+    with np.errstate(all="ignore"):
+        m = np.max(s, axis=-1, keepdims=True)
+        dead = np.isneginf(m)
+        m_safe = np.where(dead, 0, m)
+        p = np.exp(s - m_safe) * 256.0
+        l = np.sum(p, axis=-1, keepdims=True)
+        pr = np.asarray(p, np.float32).astype(p_dtype).astype(fdt)
+        out = np.where(dead, 0, np.matmul(pr, np.asarray(v, fdt)) / np.where(dead, 1, l))
+        lse = np.where(dead, -np.inf, m_safe + np.log(np.where(dead, 1, l / 256.0)))
+    return out.astype(fdt), np.squeeze(lse, axis=-1)
+
+
+def evaluate(func: Function, inputs: dict, precision: str = "float64", env: dict | None = None,
+             p_round=None) -> Result:
     """Run ``func`` on numpy inputs (by argument name).  precision: "float64" (the
-    oracle) or "native" (a naive kernel in the inputs' precision)."""
+    oracle) or "native" (a naive kernel in the inputs' precision).  ``p_round`` (a numpy
+    dtype): flash ops round P to it before P·V (a naive fp8-P kernel)."""
     dims = bind_dims(func, inputs)
     if env:
         dims = {**env, **dims}
-    it = _Interp(dims, precision)
+    it = _Interp(dims, precision, p_round)
     vals = {a: it.input(inputs[a.hint], a.type) for a in func.args}
     outs = it.run_block(func.ops, vals)
     return Result([np.asarray(o) for o in outs], it.lse)

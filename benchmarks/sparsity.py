@@ -7,6 +7,12 @@ counts (plus causal), prints the tile density (non-empty tiles / all tiles, from
 prune-sparsity's proof or, for document ids, from the per-call block map), the
 measured time, and time / (density x dense time): 1.0 means the kernel costs exactly
 its share of the dense kernel; the bar is <= 1.2.
+
+GPU mode: the same study on the H100/H200 (bf16, D=128, H=16, S=16k; sliding windows 256-4096,
+document masks of 2-32 documents) beside FlexAttention's BlockMask, and FP8 vs bf16, is built
+here with ``python benchmarks/gpu/build.py --only sparse`` and run on the GPU machine by
+``benchmarks/gpu/attention.py`` (it needs no TVM there; see benchmarks/gpu/README.md and the
+"Sparsity and FP8" section of benchmarks/gpu/RESULTS.md).
 """
 
 

@@ -66,6 +66,10 @@ EXAMPLE_SEMANTICS = {
     "chunked": (dict(B=1, H=1, S=300, D=4), None, lambda b, h, i, j, x: i // 256 == j // 256 and j <= i),
     "document_mask": (dict(B=1, H=2, S=12, D=8), None,
                       lambda b, h, i, j, x: x["doc"][i] == x["doc"][j] and j <= i),
+    "strided": (dict(B=1, H=1, S=600, D=4), None,
+                lambda b, h, i, j, x: j <= i and (i - j < 128 or j % 256 == 255)),
+    "local_global": (dict(B=1, H=1, S=600, D=4), None,
+                     lambda b, h, i, j, x: (i - j < 256 and j - i < 256) or i < 64 or j < 64),
 }
 
 

@@ -70,7 +70,12 @@ def _sha256(path: str) -> str:
 
 def _uses_block_table(kernel) -> bool:
     fn = getattr(kernel.target, "use_block_table", None)
-    return bool(fn(kernel.spec)) if fn is not None else False
+    if fn is None:
+        return False
+    import inspect
+    if "config" in inspect.signature(fn).parameters:     # CUDA: only the wgmma kernel takes a table
+        return bool(fn(kernel.spec, kernel.config))
+    return bool(fn(kernel.spec))
 
 
 def _static_tables(kernel):
@@ -155,6 +160,11 @@ def build_manifest(kernel) -> dict:
                              "block": int(op.attrs.get("block", 1))})
         sources.append({"prologue": index[id(op)], "result": v.index})
 
+    if kernel.target_name == "cuda" and spec.quant_dtype and spec.quant_pv:
+        raise ExportError("export of a CUDA kernel with fp8 P·V is not supported yet: the kernel reads V "
+                          "transposed and key-permuted (attncc.targets._cuda_wgmma.fp8_v_layout), a host "
+                          "prologue step the runtime does not apply; export without --quantize-pv",
+                          variant=kernel.variant)
     in_dtypes = [spec.quant_dtype or spec.dtype, spec.quant_dtype or spec.dtype,
                  spec.quant_dtype if spec.quant_pv else spec.dtype]
     in_shapes = [[spec.batch, spec.q_heads, spec.q_len, spec.head_dim],

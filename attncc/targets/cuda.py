@@ -31,6 +31,12 @@ an inline-asm helper.  It is generated from a :class:`FlashKernelSpec` and a
   written with 16-byte stores.
 
 GQA/MQA: query head ``h`` reads kv head ``h // group``; nothing is copied.
+
+The Hopper wgmma kernel (``_cuda_wgmma.py``, the default for sm_90a) also takes what this
+kernel does not: block tables (``use_block_table``: the tile map after ``lse``), captured
+tensors (document ids) and fp8 inputs with their scales; ``run`` takes them after (q, k, v)
+and computes a runtime tile map from the captures.  This kernel masks every tile of a mask
+that is no band (correct, not sparse) and refuses captures and fp8 with one clear error.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ __all__ = [
     "source",
     "export_library",
     "shared_memory_bytes",
+    "use_block_table",
+    "block_tables",
+    "kernel_v",
 ]
 
 _SUPPORTED_DTYPES = ("float16", "bfloat16")
@@ -151,13 +160,17 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
+        last = None
         for block_k in (128, 64):
             cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=2, mma="wgmma")
             try:
                 validate_config(spec, cfg, arch)
                 return cfg
-            except (ConfigError, ShapeError):
+            except (ConfigError, ShapeError) as exc:
+                last = last or exc
                 continue
+        if last is not None and (spec.quant_dtype is not None or spec.captures):
+            raise last      # only the wgmma kernel takes fp8 inputs and captured tensors: its reason
     d = max(spec.head_dim, spec.head_dim_v)
     if spec.q_len <= 64:
         block_q, num_warps = 64, 4
@@ -176,6 +189,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
 def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[str] = None) -> None:
     """Raise :class:`ConfigError` with the reason if ``config`` cannot build ``spec``."""
     if isinstance(config, DecodeConfig):
+        _check_kernel_takes(spec, config)
         return _decode.validate_config(spec, config, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     c = config
 
@@ -190,6 +204,7 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
         bad(f"q_in_registers must be a bool, got {c.q_in_registers!r}")
     if c.mma not in ("sync", "wgmma"):
         bad(f"mma must be 'sync' or 'wgmma', got {c.mma!r}")
+    _check_kernel_takes(spec, c)
     if c.mma == "wgmma":
         return _wgmma.validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     if c.num_warps not in (1, 2, 4, 8, 16):
@@ -218,7 +233,43 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
 
 
 def _validate_spec(spec: FlashKernelSpec) -> None:
-    _gpu.validate_spec(spec, "cuda")
+    # captured tensors and fp8 inputs: _check_kernel_takes (they need the wgmma kernel)
+    _gpu.validate_spec(spec, "cuda", captures_ok=True)
+
+
+def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
+    """Captured tensors and fp8 inputs need the Hopper wgmma kernel: one clear error otherwise."""
+    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma._FP8_PTX:
+        raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
+                         "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
+                         variant=spec.name or None)
+    if isinstance(config, DecodeConfig) or config.mma != "wgmma":
+        kernel = "split-KV decode" if isinstance(config, DecodeConfig) else "mma.sync"
+        if spec.quant_dtype is not None:
+            raise DTypeError(f"cuda target: fp8 ({spec.quant_dtype}) inputs need the Hopper wgmma kernel (arch "
+                             f"sm_90a, head_dim a multiple of 128, q_len over {_decode.DECODE_MAX_Q_LEN}); the "
+                             f"{kernel} kernel does not take them", variant=spec.name or None)
+        if spec.captures:
+            names = ", ".join(str(c[0]) for c in spec.captures)
+            raise TargetError(f"cuda target: score/mask read runtime tensors ({names}); captured inputs need the "
+                              f"Hopper wgmma kernel (arch sm_90a, q_len over {_decode.DECODE_MAX_Q_LEN}); the "
+                              f"{kernel} kernel does not take them", variant=spec.name or None)
+
+
+def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
+    """True when the kernel takes the tile map (int32 [NQB, NKB]: 0 empty, 1 partial, 2 full)
+    after ``lse``: the wgmma kernel with a mask that is no single band.  The mma.sync kernel
+    masks every tile of such a mask instead (correct, not sparse)."""
+    if config is None or isinstance(config, DecodeConfig) or config.mma != "wgmma":
+        return False
+    return _wgmma.use_block_table(spec)
+
+
+def block_tables(spec: FlashKernelSpec, config, tiles=None):
+    """The kernel's block-table argument: the tile map [NQB, NKB] as int32."""
+    if tiles is None:
+        tiles = spec.tile_map(config.block_q, config.block_k)
+    return (np.ascontiguousarray(np.asarray(tiles, dtype=np.int32)),)
 
 
 # --------------------------------------------------------------------------- TIR helpers
@@ -244,6 +295,7 @@ def _swizzle_width(row_elems: int) -> int:
 def lower(spec: FlashKernelSpec, config: CudaConfig):
     """The kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
     if isinstance(config, DecodeConfig):
+        _check_kernel_takes(spec, config)
         return _decode.lower_decode(spec, config)
     if config.mma == "wgmma":
         _validate_spec(spec)
@@ -605,6 +657,47 @@ class CudaKernel:
     arch: str
     executable: object
     compile_seconds: float
+    # the tile map argument of a table-mode kernel whose mask is known at compile time
+    tables: Optional[tuple] = None
+
+    def extra_args(self, extra=(), tiles=None, device=None) -> list:
+        """The arguments after (q, k, v, out, lse): the tile map (table mode; from the
+        captured inputs when the mask reads them, once per distinct data), the scales
+        (fp8 kernels), the captured inputs.  ``extra`` is scales + captures (numpy)."""
+        import tvm
+
+        spec = self.spec
+        wanted = [(n, sh, "float32") for n, sh in spec.scales] + list(spec.captures)
+        if len(extra) != len(wanted):
+            raise TargetError(f"kernel takes {len(wanted)} input(s) after q, k, v "
+                              f"({', '.join(c[0] for c in wanted) or 'none'}), got {len(extra)}",
+                              variant=spec.name or None)
+        dev = device if device is not None else tvm.cuda(0)
+        arrays = []
+        for (name, shape, cdt), arr in zip(wanted, extra):
+            a = np.ascontiguousarray(np.asarray(arr).astype(_np_dtype(cdt), copy=False))
+            if a.shape != tuple(int(x) for x in shape):
+                raise ShapeError(f"input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
+                                 variant=spec.name or None)
+            arrays.append(a)
+        out = []
+        if use_block_table(spec, self.config):
+            if tiles is None and spec.runtime_tile_map is not None:
+                caps = arrays[len(spec.scales):]
+                key = tuple(a.tobytes() for a in caps)
+                cache = self.__dict__.setdefault("_table_cache", {})
+                if key not in cache:
+                    if len(cache) >= 8:
+                        cache.pop(next(iter(cache)))
+                    cache[key] = block_tables(spec, self.config,
+                                              spec.runtime_tile_map(caps, self.config.block_q, self.config.block_k))
+                tables = cache[key]
+            else:
+                tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
+            out += [tvm.runtime.tensor(np.ascontiguousarray(t), device=dev) for t in tables]
+        elif tiles is not None:
+            raise TargetError("this kernel takes no tile map", variant=spec.name or None)
+        return out + [tvm.runtime.tensor(a, device=dev) for a in arrays]
 
     @property
     def mod(self):
@@ -639,7 +732,9 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
         text = str(exc).strip()
         raise TargetError(f"cuda target: TVM failed to build the kernel with {config} for {arch}: "
                           f"{text.splitlines()[-1] if text else exc}", variant=spec.name or None) from exc
-    return CudaKernel(spec, config, arch, executable, time.perf_counter() - t0)
+    tables = (block_tables(spec, config) if use_block_table(spec, config) and spec.runtime_tile_map is None
+              else None)
+    return CudaKernel(spec, config, arch, executable, time.perf_counter() - t0, tables)
 
 
 def source(built: CudaKernel) -> str:
@@ -660,11 +755,28 @@ def export_library(built: CudaKernel, path: str) -> None:
 
 
 def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
+    import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype)
+    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+               "float8_e5m2": ml_dtypes.float8_e5m2}
+    return np.dtype(special.get(dtype, dtype))
+
+
+def _input_dtypes(spec: FlashKernelSpec):
+    """numpy dtypes of q, k, v (fp8 inputs keep their type)."""
+    base = _np_dtype(spec.dtype)
+    if spec.quant_dtype is None:
+        return base, base, base
+    qd = _np_dtype(spec.quant_dtype)
+    return qd, qd, (qd if spec.quant_pv else base)
+
+
+def kernel_v(spec: FlashKernelSpec, config, v):
+    """v as the kernel reads it: as given, or for fp8 P·V on the wgmma kernel the host
+    prologue's transposed, key-permuted layout (``_cuda_wgmma.fp8_v_layout``)."""
+    if spec.quant_dtype is not None and spec.quant_pv and getattr(config, "mma", None) == "wgmma":
+        return _wgmma.fp8_v_layout(v)
+    return v
 
 
 def _shapes(spec: FlashKernelSpec):
@@ -674,8 +786,9 @@ def _shapes(spec: FlashKernelSpec):
             (B, H, spec.q_len))
 
 
-def run(built: CudaKernel, q, k, v):
-    """Run ``built`` on numpy arrays on CUDA device 0; returns ``(out, lse)`` as numpy arrays."""
+def run(built: CudaKernel, q, k, v, *extra, tiles=None):
+    """Run ``built`` on numpy arrays on CUDA device 0; returns ``(out, lse)`` as numpy arrays.
+    ``extra``: the scales (fp8 kernels) and captured inputs (e.g. document ids)."""
     import tvm
 
     spec = built.spec
@@ -685,15 +798,18 @@ def run(built: CudaKernel, q, k, v):
     dt = _np_dtype(spec.dtype)
     q_shape, k_shape, v_shape, out_shape, lse_shape = _shapes(spec)
     args = []
-    for name, arr, shape in (("q", q, q_shape), ("k", k, k_shape), ("v", v, v_shape)):
-        arr = np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))
+    for name, arr, shape, adt in (("q", q, q_shape, _input_dtypes(spec)[0]), ("k", k, k_shape, _input_dtypes(spec)[1]),
+                                  ("v", v, v_shape, _input_dtypes(spec)[2])):
+        arr = np.ascontiguousarray(np.asarray(arr).astype(adt, copy=False))
         if arr.shape != shape:
             raise ShapeError(f"cuda target: {name} has shape {arr.shape}, kernel expects {shape}",
                              variant=spec.name or None)
+        if name == "v":
+            arr = kernel_v(spec, built.config, arr)
         args.append(tvm.runtime.tensor(arr, device=dev))
     out = tvm.runtime.tensor(np.full(out_shape, np.nan, dtype=dt), device=dev)
     lse = tvm.runtime.tensor(np.full(lse_shape, np.nan, dtype=np.float32), device=dev)
-    built(*args, out, lse)
+    built(*args, out, lse, *built.extra_args(extra, tiles, dev))
     dev.sync()
     return out.numpy(), lse.numpy()
 
@@ -710,10 +826,15 @@ def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: i
     dt = _np_dtype(spec.dtype)
     rng = np.random.default_rng(0)
     shapes = _shapes(spec)
-    args = [tvm.runtime.tensor(rng.standard_normal(s, dtype=np.float32).astype(dt), device=dev)
-            for s in shapes[:3]]
+    args = [tvm.runtime.tensor(np.asarray(kernel_v(spec, built.config, rng.standard_normal(s, dtype=np.float32)
+                                                   .astype(adt)) if i == 2 else
+                                          rng.standard_normal(s, dtype=np.float32).astype(adt)), device=dev)
+            for i, (s, adt) in enumerate(zip(shapes[:3], _input_dtypes(spec)))]
     args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt), device=dev))
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
+    caps = [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
+    scales = [np.full(shape, 0.05, np.float32) for _, shape in spec.scales]
+    args.extend(built.extra_args(scales + caps, device=dev))
     timer = built.executable.mod.time_evaluator("main", dev, number=number, repeat=repeat,
                                                 min_repeat_ms=0)
     return float(statistics.median(timer(*args).results))

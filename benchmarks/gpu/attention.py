@@ -228,6 +228,338 @@ def bench_one(man, fn, dev, flex=False):
     return res
 
 
+# --------------------------------------------------------------------------- issue 4: table mode,
+# captured tensors, fp8 (manifests with "generic": the host side is rebuilt with
+# compile_variant(..., build=False), which needs no TVM: spec, tile maps, quantize prologue)
+
+_HOSTS = {}
+
+
+def host_kernel(man):
+    """The CompiledKernel (no build) of a manifest: spec, config, IRs, tile maps, prologue."""
+    key = man["id"]
+    if key not in _HOSTS:
+        from attncc.compiler import compile_variant
+
+        c = man["compile"]
+        cfg = {k: v for k, v in c["config"].items()}
+        _HOSTS[key] = compile_variant(os.path.join(ROOT, c["path"]), target="cuda", dtype=c["dtype"],
+                                      variant_name=c["name"], shapes=c["shapes"], config=cfg, build=False,
+                                      tuning_db=False, target_options={"arch": "sm_90a"},
+                                      quantize=c.get("quantize"))
+    return _HOSTS[key]
+
+
+def _to_torch_any(a, dev):
+    import torch
+
+    a = np.ascontiguousarray(a)
+    name = a.dtype.name
+    if name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16).to(dev)
+    if name in ("float8_e4m3fn", "float8_e5m2"):
+        return torch.from_numpy(a.view(np.uint8)).view(getattr(torch, name)).to(dev)
+    return torch.from_numpy(a).to(dev)
+
+
+def kernel_args(hk, operands, dev, tiles=None):
+    """(q, k, v, tables, scales + captures) as torch tensors from the flash operands (numpy)."""
+    from attncc.targets import cuda
+
+    spec, cfg = hk.spec, hk.config
+    q, k, v = operands[:3]
+    extra = list(operands[3:])
+    v = cuda.kernel_v(spec, cfg, v)
+    tables = []
+    if cuda.use_block_table(spec, cfg):
+        if tiles is None:
+            if spec.runtime_tile_map is not None:
+                tiles = spec.runtime_tile_map(extra[len(spec.scales):], cfg.block_q, cfg.block_k)
+            else:
+                tiles = spec.tile_map(cfg.block_q, cfg.block_k)
+        tables = [np.ascontiguousarray(np.asarray(tiles, np.int32))]
+    extra = [np.asarray(x, np.float32) for x in extra[:len(spec.scales)]] + [
+        np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
+    return ([_to_torch_any(x, dev) for x in (q, k, v)], [_to_torch_any(t, dev) for t in tables],
+            [_to_torch_any(x, dev) for x in extra], tiles)
+
+
+def verify_generic(man, fn, dev):
+    """compiler.verify (DESIGN.md's rule; fp8 kernels against the quantized reference, P·V in
+    fp8 with the naive kernel's P rounded alike) with the kernel run through tvm_ffi."""
+    import torch
+
+    from attncc.compiler import verify
+
+    hk = host_kernel(man)
+    spec = hk.spec
+
+    def run_inputs(inputs):
+        (q, k, v), tables, extra, _ = kernel_args(hk, hk.flash_operands(inputs), dev)
+        out = torch.full(man["out_shape"], float("nan"), dtype=_torch_dtype(spec.dtype), device=dev)
+        lse = torch.full(man["lse_shape"], float("nan"), dtype=torch.float32, device=dev)
+        fn(q, k, v, out, lse, *tables, *extra)
+        torch.cuda.synchronize()
+        return out.float().cpu().numpy(), lse.cpu().numpy()
+
+    hk.run_inputs = run_inputs
+    rows = []
+    for seed in (0, 1, 2):
+        inputs = hk.random_inputs(seed)
+        if seed == 2:
+            if not spec.captures:
+                continue
+            # contiguous documents (sorted ids): empty, full and partial tiles, not only partial
+            for c in spec.captures:
+                inputs[c[0]] = np.sort(np.random.default_rng(7).integers(0, 5, inputs[c[0]].shape)).astype(
+                    inputs[c[0]].dtype)
+        rep = verify(hk, inputs=inputs)
+        rows.append(dict(seed=seed, err=rep.max_error, tol=rep.tolerance, lse_err=rep.lse_error,
+                         lse_tol=rep.lse_tolerance, ok=bool(rep.passed), rel=float("nan"),
+                         unquantized_err=rep.unquantized_error))
+    worst = max(rows, key=lambda r: max(r["err"] / r["tol"], r["lse_err"] / r["lse_tol"]))
+    return dict(worst, ok=all(r["ok"] for r in rows))
+
+
+def _doc_ids(S, n, seed=0):
+    """n contiguous documents of random lengths (at least S / (4 n) tokens each)."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(1.0, 3.0, n)
+    cuts = np.round(np.cumsum(w) / w.sum() * S).astype(int)
+    ids = np.zeros(S, np.int32)
+    for i, c in enumerate(cuts[:-1]):
+        ids[c:] = i + 1
+    return ids
+
+
+def bench_sparse(man, fn, dev, flex=True):
+    """attncc (tile density, time) beside FlexAttention with a BlockMask of the same mask."""
+    import torch
+
+    hk = host_kernel(man)
+    spec, cfg = hk.spec, hk.config
+    sp = man["sparse"]
+    S = spec.q_len
+    dt = _torch_dtype(spec.dtype)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(man["input_shapes"][n], dtype=dt, device=dev) for n in ("q", "k", "v"))
+    out = torch.empty(man["out_shape"], dtype=dt, device=dev)
+    lse = torch.empty(man["lse_shape"], dtype=torch.float32, device=dev)
+    cases = []
+    if sp["mask"] in ("document", "document_causal"):
+        for n in sp["docs"]:
+            cases.append((f"{'causal ' if sp['mask'] == 'document_causal' else ''}documents={n}", _doc_ids(S, n)))
+    else:
+        cases.append(({"full": "dense", "causal": "causal"}.get(sp["mask"], f"window={sp.get('window')}"), None))
+    rows = []
+    for label, doc in cases:
+        row = {"label": label, "mask": sp["mask"], "block_k": cfg.block_k}
+        if doc is not None:
+            t0 = time.time()
+            tiles = spec.runtime_tile_map([doc], cfg.block_q, cfg.block_k)
+            row["tile_map_s"] = time.time() - t0
+            tables = [torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.int32)).to(dev)]
+            extra = [torch.from_numpy(doc).to(dev)]
+            lens = np.bincount(doc).astype(np.float64)
+            kept = (lens * (lens + 1) / 2).sum() if sp["mask"] == "document_causal" else (lens ** 2).sum()
+            row["density_elements"] = float(kept / S / S)
+        else:
+            tiles = hk.tiles()
+            tables, extra = [], []
+            lo = spec.key_bounds.lower_offset
+            up = spec.key_bounds.upper_offset
+            if tiles is None:     # a band: the tiles the key loop visits
+                nq, nk = -(-S // cfg.block_q), -(-S // cfg.block_k)
+                tiles = np.ones((nq, nk), np.int8)
+                for qb in range(nq):
+                    q0, q1 = qb * cfg.block_q, min(S, (qb + 1) * cfg.block_q) - 1
+                    for kb in range(nk):
+                        j0, j1 = kb * cfg.block_k, min(S, (kb + 1) * cfg.block_k) - 1
+                        if (up is not None and j0 > q1 + up) or (lo is not None and j1 < q0 + lo):
+                            tiles[qb, kb] = 0
+            # kept pairs of a band (exact key bounds) or of no mask, per row
+            i = np.arange(S)
+            hi_ = np.minimum(i + (up if up is not None else S), S - 1)
+            lo_ = np.maximum(i + (lo if lo is not None else -S), 0)
+            row["density_elements"] = float(np.clip(hi_ - lo_ + 1, 0, None).sum() / S / S)
+        row["density"] = float(np.mean(np.asarray(tiles) != 0))
+
+        def call():
+            fn(q, k, v, out, lse, *tables, *extra)
+        call()
+        torch.cuda.synchronize()
+        row["attncc_s"] = _bench(call)
+        row["flops"] = 4.0 * spec.batch * spec.q_heads * S * S * spec.head_dim * row["density_elements"]
+        if flex:
+            try:
+                row.update(_flex_sparse(q, k, v, sp["mask"], sp.get("window"), doc, dev, out))
+            except Exception as exc:
+                row["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        rows.append(row)
+        print(f"SPARSE {man['id']:<60} {label:<22} density {row['density']:.3f} attncc {row['attncc_s'] * 1e3:8.3f} ms"
+              + (f"  flex {row['flex_s'] * 1e3:8.3f} ms (blocks {row['flex_density']:.3f})  flex/attncc "
+                 f"{row['flex_s'] / row['attncc_s']:.2f}  maxabs {row['max_abs_vs_flex']:.1e}" if "flex_s" in row
+                 else f"  {row.get('flex_error', '')}"), flush=True)
+    return {"sparse_rows": rows}
+
+
+_FLEX = {}
+
+
+def _flex_sparse(q, k, v, mask, window, doc, dev, out):
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
+    if "f" not in _FLEX:
+        _FLEX["f"] = torch.compile(flex_attention, dynamic=False)
+    cflex = _FLEX["f"]
+    S = q.shape[2]
+    if mask == "full":
+        mask_mod = None
+    elif mask == "causal":
+        def mask_mod(b, h, qi, ki):
+            return ki <= qi
+    elif mask == "window":
+        W = window
+
+        def mask_mod(b, h, qi, ki):
+            return (ki <= qi) & (qi - ki < W)
+    else:
+        dt = torch.from_numpy(doc).to(dev)
+        if mask == "document":
+            def mask_mod(b, h, qi, ki):
+                return dt[qi] == dt[ki]
+        else:
+            def mask_mod(b, h, qi, ki):
+                return (dt[qi] == dt[ki]) & (ki <= qi)
+    res = {}
+    bm = None
+    if mask_mod is not None:
+        t0 = time.time()
+        bm = create_block_mask(mask_mod, None, None, S, S, device=dev, BLOCK_SIZE=128)
+        torch.cuda.synchronize()
+        res["flex_block_mask_s"] = time.time() - t0
+        nq = bm.kv_num_blocks.shape[-1]
+        nk = -(-S // 128)
+        n = bm.kv_num_blocks.sum().item() + (bm.full_kv_num_blocks.sum().item() if bm.full_kv_num_blocks is not None else 0)
+        res["flex_density"] = n / (nq * nk)
+    else:
+        res["flex_density"] = 1.0
+
+    def fcall():
+        return cflex(q, k, v, block_mask=bm)
+    o = fcall()
+    torch.cuda.synchronize()
+    res["flex_s"] = _bench(fcall)
+    res["max_abs_vs_flex"] = float((o.float() - out.float()).abs().max().item())
+    return res
+
+
+def _fp8_inputs(hk, man, dev):
+    """q, k (and v) quantized per head on the GPU (the prologue, not timed), v in the kernel's layout."""
+    import torch
+
+    from attncc.targets import _cuda_wgmma
+
+    spec = hk.spec
+    torch.manual_seed(0)
+    x = {n: torch.randn(man["input_shapes"][n], dtype=torch.bfloat16, device=dev) for n in ("q", "k", "v")}
+    f8 = torch.float8_e4m3fn if spec.quant_dtype == "float8_e4m3fn" else torch.float8_e5m2
+    qmax = 448.0 if f8 == torch.float8_e4m3fn else 57344.0
+    quant, scales = {}, []
+    for n in ("q", "k", "v") if spec.quant_pv else ("q", "k"):
+        a = x[n].float()
+        sc = (a.abs().amax(dim=(2, 3), keepdim=True) / qmax).clamp_min(1e-12)
+        quant[n] = (a / sc).to(f8)
+        scales.append(sc.float().contiguous())
+    v = x["v"]
+    if spec.quant_pv:
+        T = v.shape[2]
+        perm = torch.from_numpy(_cuda_wgmma.v_key_permutation(T)).to(dev)
+        vq = quant["v"]
+        T32 = _cuda_wgmma.padded_kv_len(T)
+        if T32 != T:
+            vq = torch.cat([vq, torch.zeros(vq.shape[:2] + (T32 - T, vq.shape[3]), dtype=f8, device=dev)], 2)
+        v = vq.view(torch.uint8)[:, :, perm, :].transpose(2, 3).contiguous().view(f8)
+    return x, quant["q"], quant["k"], v, scales
+
+
+def bench_fp8(man, fn, dev):
+    """TFLOP/s of the kernel (bf16, fp8 Q·Kᵀ, fp8 Q·Kᵀ + P·V) on the same random data; the output's
+    relative error against bf16 SDPA on the unquantized inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    hk = host_kernel(man)
+    spec = hk.spec
+    out = torch.empty(man["out_shape"], dtype=torch.bfloat16, device=dev)
+    lse = torch.empty(man["lse_shape"], dtype=torch.float32, device=dev)
+    if spec.quant_dtype:
+        x, q, k, v, scales = _fp8_inputs(hk, man, dev)
+    else:
+        torch.manual_seed(0)
+        x = {n: torch.randn(man["input_shapes"][n], dtype=torch.bfloat16, device=dev) for n in ("q", "k", "v")}
+        q, k, v, scales = x["q"], x["k"], x["v"], []
+
+    def call():
+        fn(q, k, v, out, lse, *scales)
+    call()
+    torch.cuda.synchronize()
+    res = {"attncc_s": _bench(call)}
+    causal = man["variant_name"] == "causal"
+    ref = F.scaled_dot_product_attention(x["q"], x["k"], x["v"], is_causal=causal)
+    res["rel_vs_sdpa_bf16"] = float((out.float() - ref.float()).norm() / ref.float().norm())
+    res["nan"] = bool(torch.isnan(out).any().item())
+    print(f"FP8 {man['id']:<80} {man['fp8']['group']:<14} {man['fp8']['mode']:<10} "
+          f"TFLOP/s {man['flops'] / res['attncc_s'] / 1e12:6.1f}  rel err vs bf16 SDPA {res['rel_vs_sdpa_bf16']:.1e}"
+          + (" NAN!" if res["nan"] else ""), flush=True)
+    return res
+
+
+def sparse_summary(results, manifests):
+    """The issue-4 tables: time vs density against density x dense time, Flex ratios; fp8."""
+    by_id = {m["id"]: m for m in manifests}
+    rows = [(r, x) for r in results for x in r.get("sparse_rows", [])]
+    if rows:
+        dense = {x["block_k"]: x["attncc_s"] for r, x in rows if x["mask"] == "full"}
+        print("\nsparsity (bf16, B=1, H=16, S=16k, D=128; tiles 128 x block_k; ideal = tile density x dense time "
+              "of the same config; flex (BlockMask 128 x 128) / attncc > 1: attncc faster)")
+        print(f"{'mask':<24} {'bk':>4} {'density':>8} {'attncc ms':>10} {'ideal ms':>9} {'ratio':>6} {'flex ms':>9} "
+              f"{'flex/attncc':>11} {'attncc TFLOP/s':>14} {'map ms':>7}")
+        worst = {}
+        for r, x in sorted(rows, key=lambda rx: (rx[1]["block_k"], -rx[1]["density"])):
+            t_dense = dense.get(x["block_k"])
+            ideal = x["density"] * t_dense if t_dense else float("nan")
+            ratio = x["attncc_s"] / ideal if t_dense else float("nan")
+            if x["mask"] not in ("full",):
+                worst[x["block_k"]] = max(worst.get(x["block_k"], 0.0), ratio)
+            fl = x.get("flex_s")
+            print(f"{x['label']:<24} {x['block_k']:>4} {x['density']:>8.3f} {x['attncc_s'] * 1e3:>10.3f} {ideal * 1e3:>9.3f} "
+                  f"{ratio:>6.2f} {(fl or float('nan')) * 1e3:>9.3f} {(fl / x['attncc_s']) if fl else float('nan'):>11.2f} "
+                  f"{x['flops'] / x['attncc_s'] / 1e12:>14.1f} {x.get('tile_map_s', 0) * 1e3:>7.1f}")
+        for bk, w in sorted(worst.items()):
+            print(f"block_k {bk}: worst time / (density x dense time): {w:.2f} (bar <= 1.2)")
+    f8 = [(by_id[r["id"]], r) for r in results if by_id.get(r["id"], {}).get("fp8") and "attncc_s" in r]
+    if f8:
+        print("\nfp8 (e4m3, per-head scales) vs bf16, wgmma kernel, D=128, H=16, B*S=16k: TFLOP/s")
+        groups = {}
+        for m, r in f8:
+            groups.setdefault(m["fp8"]["group"], {})[m["fp8"]["mode"]] = (m["flops"] / r["attncc_s"] / 1e12,
+                                                                           r.get("rel_vs_sdpa_bf16"))
+        print(f"{'shape':<16} {'bf16':>7} {'fp8 QK':>7} {'fp8 QK+PV':>10} {'QK/bf16':>8} {'QK+PV/bf16':>11} "
+              f"{'rel err QK':>10} {'rel err QK+PV':>13}")
+        for g, d in groups.items():
+            b = d.get("bf16", (float("nan"), None))[0]
+            a = d.get("fp8 QK", (float("nan"), None))
+            c = d.get("fp8 QK+PV", (float("nan"), None))
+            print(f"{g:<16} {b:>7.1f} {a[0]:>7.1f} {c[0]:>10.1f} {a[0] / b:>8.2f} {c[0] / b:>11.2f} "
+                  f"{a[1] or float('nan'):>10.1e} {c[1] or float('nan'):>13.1e}")
+
+
 _COPY_TBS = {}
 
 
@@ -335,7 +667,17 @@ def main(argv=None):
             mod = tvm_ffi.load_module(os.path.join(args.dir, "kernels", man["id"] + ".so"))
             fn = mod["main"]
             row["load_s"] = time.time() - t0
-            if man["kind"] == "verify":
+            if man["kind"] == "verify" and man.get("generic"):
+                row.update(verify_generic(man, fn, dev))
+                print(f"{'PASS' if row['ok'] else 'FAIL'} {man['id']:<78} err {row['err']:.2e} "
+                      f"(tol {row['tol']:.2e}) lse {row['lse_err']:.2e} (tol {row['lse_tol']:.2e})"
+                      + (f" vs unquantized {row['unquantized_err']:.2e}" if row.get("unquantized_err") else ""),
+                      flush=True)
+            elif man.get("sparse"):
+                row.update(bench_sparse(man, fn, dev, flex=args.flex))
+            elif man.get("fp8"):
+                row.update(bench_fp8(man, fn, dev))
+            elif man["kind"] == "verify":
                 row.update(verify_one(man, fn, dev))
                 print(f"{'PASS' if row['ok'] else 'FAIL'} {man['id']:<78} err {row['err']:.2e} "
                       f"(tol {row['tol']:.2e}) lse {row['lse_err']:.2e} (tol {row['lse_tol']:.2e}) "
@@ -378,6 +720,7 @@ def main(argv=None):
             print(f"  {r['id']:<66} attncc {r['attncc_tbs']:5.2f}  sdpa {r['sdpa_tbs']:5.2f}  "
                   f"copy {r['copy_tbs']:5.2f}  x copy {r['attncc_tbs'] / r['copy_tbs']:.2f}  "
                   f"x sdpa {r['attncc_tbs'] / r['sdpa_tbs']:.2f}")
+    sparse_summary(results, manifests)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": props.name, "torch": torch.__version__, "results": results}, f, indent=1)

@@ -19,6 +19,11 @@ Kinds:
           (B=16, 32/8 heads, 4k and 32k keys, the split-KV kernel) timed as memory bandwidth
           beside SDPA and a device-to-device copy.
   --only decode builds only the decode kernels (verify and bench).
+  --only sparse builds the issue-4 set: the wgmma kernel in table mode (compile-time block
+          tables: chunked, prefix-LM, strided, local + global; runtime tile maps of document
+          ids: captured tensors as kernel arguments) and with fp8 (e4m3/e5m2) Q·Kᵀ and P·V,
+          verified; and the sparsity benchmark (sliding windows, document masks; bf16, D=128,
+          H=16, S=16k; FlexAttention's BlockMask beside it) and fp8 vs bf16 TFLOP/s (S=4k, 16k).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ RAGGED = {"S": 333, "T": 517}
 
 
 def _entries(only):
+    if only == "sparse":
+        return _sparse_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -133,6 +140,66 @@ def _wgmma_entries(only):
     return out
 
 
+def _sparse_entries():
+    """Issue 4 on the wgmma kernel: table mode, captured tensors, fp8 -- verified -- and the
+    sparsity and fp8 benchmarks."""
+    out = []
+
+    def add(kind, path, name, dtype, shapes, config=None, quantize=None, **extra):
+        out.append(dict(kind=kind, path=path, name=name, dtype=dtype, shapes=shapes,
+                        config=dict(WGMMA, **(config or {})), quantize=quantize, **extra))
+
+    # verify: every sparse example (table mode: compile-time tables; document ids: runtime)
+    for ex in ("document_mask", "chunked", "prefix_lm", "strided", "local_global"):
+        rel = os.path.join("examples", ex + ".py")
+        add("verify", rel, None, "bf16", "ragged")
+        add("verify", rel, None, "f16", {})
+    # the other configs in table mode: 3 stages (P·V in flight), block_k 64, 3 warpgroups
+    for cfg in (dict(num_stages=3), dict(block_k=64), dict(block_q=192, num_warps=12, block_k=64)):
+        add("verify", "examples/document_mask.py", None, "bf16", {"S": 700}, cfg)
+        add("verify", "examples/local_global.py", None, "bf16", {"S": 700}, cfg)
+    small = {"B": 1, "S": 517}
+    add("verify", VARIANTS, "doc_causal", "bf16", {"S": 700})
+    add("verify", VARIANTS, "doc_mask", "bf16", {"S": 1100, "H": 4})
+    # fp8: Q·Kᵀ only (per head), + P·V (per tensor), e5m2, per-block scales (k scale per key),
+    # fp8 with a runtime block mask, with a score_mod (softcap), and with 3 stages
+    fp8 = dict(dtype="fp8", granularity="head")
+    add("verify", VARIANTS, "causal", "bf16", small, quantize=fp8)
+    add("verify", VARIANTS, "causal", "bf16", small, quantize=dict(dtype="fp8", granularity="tensor", pv=True))
+    add("verify", VARIANTS, "full", "bf16", {"B": 2, "S": 700}, quantize=dict(fp8, pv=True))
+    add("verify", VARIANTS, "causal", "bf16", small, quantize=dict(dtype="fp8_e5m2", granularity="head", pv=True))
+    add("verify", VARIANTS, "causal", "bf16", small, quantize=dict(dtype="fp8", granularity="block", block=64))
+    add("verify", VARIANTS, "gqa", "bf16", {"B": 1, "S": 333}, quantize=dict(fp8, pv=True))
+    add("verify", VARIANTS, "softcap", "f16", small, quantize=dict(fp8, pv=True))
+    add("verify", VARIANTS, "doc_causal", "bf16", {"S": 700}, quantize=dict(fp8, pv=True))
+    add("verify", VARIANTS, "causal", "bf16", {"B": 1, "S": 700}, dict(num_stages=3), quantize=dict(fp8, pv=True))
+    # bench: density scaling at S=16k (B=1, H=16, D=128, bf16)
+    s16 = {"B": 1, "S": 16384}
+    add("bench", VARIANTS, "full", "bf16", s16, sparse=dict(mask="full"))
+    add("bench", VARIANTS, "causal", "bf16", s16, sparse=dict(mask="causal"))
+    for w in (256, 1024, 4096):
+        add("bench", VARIANTS, f"sw_{w}", "bf16", s16, sparse=dict(mask="window", window=w))
+    add("bench", VARIANTS, "doc_mask", "bf16", s16, sparse=dict(mask="document", docs=[2, 4, 8, 16, 32]))
+    add("bench", VARIANTS, "doc_causal", "bf16", s16, sparse=dict(mask="document_causal", docs=[4, 16]))
+    # the same masks with block_k 64 (finer key tiles: fewer masked elements per kept tile; at
+    # D=128 still 130-165 registers, so one block per SM as with block_k 128)
+    k64 = dict(block_k=64)
+    add("bench", VARIANTS, "full", "bf16", s16, k64, sparse=dict(mask="full"))
+    for w in (256, 1024):
+        add("bench", VARIANTS, f"sw_{w}", "bf16", s16, k64, sparse=dict(mask="window", window=w))
+    add("bench", VARIANTS, "doc_mask", "bf16", s16, k64, sparse=dict(mask="document", docs=[8, 16, 32]))
+    add("bench", VARIANTS, "doc_causal", "bf16", s16, k64, sparse=dict(mask="document_causal", docs=[4, 16]))
+    # bench: fp8 vs bf16 TFLOP/s, full and causal at S=4k (B=4) and 16k (B=1)
+    for s_ in (4096, 16384):
+        shp = {"B": 16384 // s_, "S": s_}
+        for name in ("full", "causal"):
+            add("bench", VARIANTS, name, "bf16", shp, fp8=dict(group=f"{name} S={s_}", mode="bf16"))
+            add("bench", VARIANTS, name, "bf16", shp, quantize=fp8, fp8=dict(group=f"{name} S={s_}", mode="fp8 QK"))
+            add("bench", VARIANTS, name, "bf16", shp, quantize=dict(fp8, pv=True),
+                fp8=dict(group=f"{name} S={s_}", mode="fp8 QK+PV"))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -194,6 +261,13 @@ def _ident(e, k):
         if getattr(cfg, "mma", "sync") == "wgmma":
             c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}g"
     text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
+    quant = e.get("quantize")
+    if quant:
+        text += f"-{quant['dtype']}{quant.get('granularity', 'head')}{'pv' if quant.get('pv') else ''}"
+    if e.get("sparse"):
+        text = "sp" + text         # the issue-4 benchmark entries: sparsity ...
+    elif e.get("fp8"):
+        text = "f8" + text         # ... and fp8 vs bf16
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
@@ -215,7 +289,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -230,11 +304,12 @@ def main(argv=None):
         try:
             if shapes == "ragged":
                 probe = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
-                                        variant_name=e["name"], build=False)
+                                        variant_name=e["name"], build=False, config=e["config"],
+                                        target_options={"arch": args.arch})
                 shapes = {d: RAGGED[d] for d in probe.env if d in RAGGED}
             k = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
                                 variant_name=e["name"], shapes=shapes, config=e["config"],
-                                target_options={"arch": args.arch})
+                                target_options={"arch": args.arch}, quantize=e.get("quantize"))
         except Exception as exc:  # report and go on: one bad variant must not stop the batch
             print(f"SKIP {e['path']} {e['name']} {e['dtype']} {shapes}: {type(exc).__name__}: {exc}")
             continue
@@ -265,6 +340,15 @@ def main(argv=None):
             "decode": isinstance(k.config, cuda.DecodeConfig),
             "bytes": sum(int(np.prod(s)) for s in k.input_shapes().values()) * 2
             + k.spec.batch * k.spec.q_heads * k.spec.q_len * (k.spec.head_dim_v * 2 + 4),
+            # issue 4: how attention.py rebuilds the kernel's host side without TVM
+            # (compile_variant(..., build=False): spec, tile maps, quantize prologue, reference)
+            "compile": {"path": e["path"], "name": e["name"], "dtype": e["dtype"], "shapes": k.env,
+                        "config": dataclasses.asdict(k.config), "quantize": e.get("quantize")},
+            "table": ("runtime" if k.spec.runtime_tile_map is not None else "static")
+            if cuda.use_block_table(k.spec, k.config) else "none",
+            "sparse": e.get("sparse"), "fp8": e.get("fp8"),
+            "generic": e.get("quantize") is not None or bool(k.spec.captures)
+            or cuda.use_block_table(k.spec, k.config) or bool(e.get("sparse") or e.get("fp8")),
         }
         manifests.append(man)
         jobs.append((src_path, os.path.join(fatdir, sha + ".fatbin"), man))

@@ -94,3 +94,35 @@ def decode_causal_topleft(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", 
 def decode_empty_rows(q: Tensor["B", "Hq", "S", "D"], k: Tensor["B", "Hkv", "T", "D"], v: Tensor["B", "Hkv", "T", "D"]):
     # query 0 keeps no key (out 0, lse -inf); query 1 keeps the keys of even heads
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (q_idx * (1 - h % 2)) > 0)
+
+
+# ---- sparsity (issue 4): time against the density of non-empty tiles, beside FlexAttention's
+# BlockMask of the same mask.  Sliding windows are bands (the key loop's bounds); document ids
+# are a runtime input (the host computes the tile map per call, the kernel walks its list).
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def sw_256(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 256))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def sw_1024(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 1024))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def sw_4096(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 4096))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def doc_mask(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"],
+             doc: Tensor["S", "i32"]):
+    # packed documents, bidirectional inside each (as benchmarks/sparsity.py on CPU)
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: doc[q_idx] == doc[kv_idx])
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def doc_causal(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"],
+               doc: Tensor["S", "i32"]):
+    # packed documents, causal inside each (examples/document_mask.py at D=128)
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx))

@@ -1,0 +1,285 @@
+"""Issue 4 on the CUDA target (the Hopper wgmma kernel), checked without a GPU: table mode
+(the tile map of masks that are no band, compile-time or per call from captured tensors such
+as document ids) and fp8 (e4m3/e5m2) Q·Kᵀ and P·V compile for sm_90a; the generated source
+holds the tile-map loop and the fp8 wgmma instructions; what the kernels cannot take is one
+clear error; the fp8 P·V layout (V transposed and key-permuted by the host prologue) matches
+the wgmma fragments, emulated in numpy.  GPU tests skip cleanly without a device; the GPU
+machine runs the same checks through benchmarks/gpu/attention.py (build.py --only sparse)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from attncc.compiler import compile_variant, verify  # noqa: E402
+from attncc.errors import AttnccError, DTypeError, ShapeError, TargetError  # noqa: E402
+from attncc.targets import _cuda_wgmma, cuda  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
+WGMMA = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
+H100 = {"arch": "sm_90a"}
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(tvm.cuda(0).exist) and cuda.local_arch() == "sm_90a"
+    except Exception:
+        return False
+
+
+needs_hopper = pytest.mark.skipif(not _has_gpu(), reason="no Hopper (sm_90a) CUDA device")
+
+
+def _nvcc(tmp_path, text):
+    src = tmp_path / "k.cu"
+    src.write_text(text)
+    p = subprocess.run(["nvcc", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-Xptxas", "-v",
+                        str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = p.stdout + p.stderr
+    assert "0 bytes spill stores" in log
+    assert "C7515" not in log          # "wgmma serialized" performance warning
+    return log
+
+
+# --------------------------------------------------------------------------- table mode
+
+TABLE_EXAMPLES = ["document_mask.py", "chunked.py", "prefix_lm.py", "strided.py", "local_global.py"]
+
+
+@pytest.mark.parametrize("path", TABLE_EXAMPLES)
+def test_table_mode_kernels_compile_for_hopper(path):
+    k = compile_variant(os.path.join(ROOT, "examples", path), target="cuda", dtype="bf16", shapes={"S": 333},
+                        target_options=H100)
+    assert k.config.mma == "wgmma"
+    assert cuda.use_block_table(k.spec, k.config)
+    src = k.source()
+    # the kernel takes the tile map and compacts its row into the list of non-empty key blocks
+    assert re.search(r"int\* __restrict__ tile_map_ptr", src)
+    assert "__ballot_sync" in src and "__popc" in src
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in src
+    if path == "document_mask.py":                      # the captured document ids are an argument
+        assert re.search(r"int\* __restrict__ doc_ptr", src)
+        assert k.spec.runtime_tile_map is not None and k.built.tables is None
+    else:                                               # compile-time table, kept with the kernel
+        assert k.built.tables is not None and k.built.tables[0].shape == (3, 3)
+
+
+def test_band_masks_take_no_table():
+    k = compile_variant(os.path.join(ROOT, "examples", "sliding_window.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 333}, target_options=H100)
+    assert not cuda.use_block_table(k.spec, k.config)
+    assert "tile_map" not in k.source()
+
+
+def test_the_key_loop_walks_the_compacted_list():
+    k = compile_variant(os.path.join(ROOT, "examples", "chunked.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 1000}, target_options=H100, build=False)
+    tir = cuda.lower(k.spec, k.config).script()
+    # the loop's extent is the count of non-empty key blocks (read once into a register) and
+    # every key block comes from the list: list entry >> 1, full flag = entry & 1
+    assert re.search(r"kb_hi: T.int32 = cnt", tir) and "for kb in range(kb_lo" in tir
+    assert "ent[0] >> 1" in tir and "ent[0] & 1 == 1" in tir
+    assert "ballot_sync" in tir and "popcount" in tir
+    tiles = k.spec.tile_map(128, 128)
+    assert (tiles == 0).any() and (tiles == 2).any()
+
+
+@needs_nvcc
+def test_document_mask_kernel_compiles_without_spills(tmp_path):
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        target_options=H100)
+    _nvcc(tmp_path, k.source())
+
+
+def test_captures_need_the_wgmma_kernel():
+    with pytest.raises(TargetError, match="captured inputs need the Hopper wgmma kernel"):
+        compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        target_options={"arch": "sm_80"})
+
+
+def test_runtime_tile_map_feeds_the_kernel_arguments():
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options=H100, build=False)
+    doc = np.repeat(np.arange(3), 100).astype(np.int32)
+    tiles = k.spec.runtime_tile_map([doc], k.config.block_q, k.config.block_k)
+    (table,) = cuda.block_tables(k.spec, k.config, tiles)
+    assert table.dtype == np.int32 and table.shape == (3, 3)
+    assert table[0, 2] == 0 and table[2, 0] == 0          # other documents: skipped
+
+
+@needs_nvcc
+def test_export_carries_the_tile_map_and_the_captures(tmp_path):
+    """The exported wgmma kernel takes the tile map and the document ids the way the CPU
+    target's export does (attncc.runtime computes the map per call); the mma.sync kernel,
+    which masks every tile instead, takes no table."""
+    import json
+
+    from attncc.export import export as export_kernel
+
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options=H100)
+    export_kernel(k, str(tmp_path / "doc"))
+    m = json.loads((tmp_path / "doc" / "manifest.json").read_text())
+    assert [a["role"] for a in m["kernel_args"]] == ["input"] * 3 + ["output"] * 2 + ["table", "capture"]
+    assert m["block_map"]["mode"] == "runtime"
+    k = compile_variant(os.path.join(ROOT, "examples", "prefix_lm.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options={"arch": "sm_80"})
+    export_kernel(k, str(tmp_path / "pl"))
+    m = json.loads((tmp_path / "pl" / "manifest.json").read_text())
+    assert m["block_map"]["mode"] == "none" and not (tmp_path / "pl" / "tile_map.npy").exists()
+
+
+# --------------------------------------------------------------------------- fp8
+
+
+def _fp8(name="causal", shapes=None, quant=None, **kw):
+    return compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16",
+                           shapes=shapes or {"B": 1, "S": 517}, target_options=H100,
+                           quantize=quant or {"dtype": "fp8"}, **kw)
+
+
+@needs_nvcc
+def test_fp8_qk_uses_e4m3_wgmma(tmp_path):
+    k = _fp8()
+    src = k.source()
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in src        # Q·Kᵀ
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in src        # P·V stays bf16
+    assert re.search(r"__nv_fp8_e4m3\* __restrict__ q_ptr", src)
+    assert re.search(r"float\* __restrict__ q_scale_ptr", src) and re.search(r"float\* __restrict__ k_scale_ptr", src)
+    _nvcc(tmp_path, src)
+
+
+@needs_nvcc
+def test_fp8_pv_uses_e4m3_wgmma_with_p_in_registers(tmp_path):
+    k = _fp8(quant={"dtype": "fp8", "pv": True, "granularity": "tensor"})
+    src = k.source()
+    assert src.count("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3") == 2   # Q·Kᵀ and P·V
+    assert "cvt.rn.satfinite.e4m3x2.f32" in src
+    assert "bf16.bf16" not in src
+    assert re.search(r"float\* __restrict__ v_scale_ptr", src)
+    _nvcc(tmp_path, src)
+
+
+def test_fp8_e5m2_and_per_block_scales_compile():
+    src = _fp8(quant={"dtype": "fp8_e5m2", "pv": True}).source()
+    assert "m64n128k32.f32.e5m2.e5m2" in src and "m64n128k32.f32.e4m3.e5m2" in src   # P stays e4m3
+    k = _fp8(quant={"dtype": "fp8", "granularity": "block", "block": 64})
+    assert k.spec.scales[1][1][2] == 517                                             # a k scale per key
+    assert "m64n128k32.f32.e4m3.e4m3" in k.source()
+
+
+def test_fp8_with_a_runtime_block_mask_compiles():
+    k = compile_variant(VARIANTS, variant_name="doc_causal", target="cuda", dtype="bf16", shapes={"S": 700},
+                        target_options=H100, quantize={"dtype": "fp8", "pv": True})
+    src = k.source()
+    assert "__ballot_sync" in src and src.count("m64n128k32.f32.e4m3.e4m3") == 2
+
+
+def test_fp8_pv_export_is_refused_until_the_runtime_applies_the_v_layout():
+    from attncc.export import ExportError, export as export_kernel
+
+    from attncc.export import build_manifest
+
+    k = _fp8(quant={"dtype": "fp8", "pv": True}, build=False)
+    with pytest.raises(ExportError, match="fp8 P·V"):
+        build_manifest(k)
+
+
+def test_int8_on_cuda_is_one_clear_error():
+    with pytest.raises(DTypeError, match="int8 is not supported on CUDA"):
+        _fp8(quant={"dtype": "int8"})
+
+
+def test_fp8_needs_hopper_and_128_wide_heads():
+    with pytest.raises(DTypeError, match="need the Hopper wgmma kernel"):
+        compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 517},
+                        target_options={"arch": "sm_80"}, quantize={"dtype": "fp8"})
+    with pytest.raises(AttnccError, match="multiple of 128"):
+        compile_variant(os.path.join(ROOT, "examples", "causal_mha.py"), target="cuda", dtype="bf16",
+                        target_options=H100, quantize={"dtype": "fp8"}, config=WGMMA)
+
+
+def test_fp8_pv_with_per_block_v_scales_is_refused():
+    with pytest.raises(ShapeError, match="per-block V scales"):
+        _fp8(quant={"dtype": "fp8", "pv": True, "granularity": "block", "block": 64})
+
+
+def test_v_layout_matches_the_wgmma_fragments():
+    """Emulate one warp's k32 step of P·V: the S accumulator (wgmma/mma.sync C layout) packed
+    into the e4m3 A fragment as the kernel packs it, against V transposed and key-permuted by
+    the host prologue, gives P @ V."""
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((16, 32))          # 16 rows of one warp, keys of one k32 step
+    V = rng.standard_normal((32, 8))
+    # C layout: lane l, n8 group nt, element e -> row l//4 + 8 (e//2), key 8 nt + 2 (l%4) + e%2
+    acc = np.zeros((32, 4, 4))
+    for lane in range(32):
+        for nt in range(4):
+            for e in range(4):
+                acc[lane, nt, e] = P[lane // 4 + 8 * (e // 2), 8 * nt + 2 * (lane % 4) + e % 2]
+    # the kernel: register r, byte x <- acc[lane, 2 (r//2) + x//2, 2 (r%2) + x%2]
+    # the A fragment (8-bit, k32): register r, byte x of lane l is A[l//4 + 8 (r%2), 16 (r//2) + 4 (l%4) + x]
+    A = np.full((16, 32), np.nan)
+    for lane in range(32):
+        for r in range(4):
+            for x in range(4):
+                A[lane // 4 + 8 * (r % 2), 16 * (r // 2) + 4 * (lane % 4) + x] = \
+                    acc[lane, 2 * (r // 2) + x // 2, 2 * (r % 2) + x % 2]
+    Vt = _cuda_wgmma.fp8_v_layout(V[None, None])[0, 0]           # [d, keys (permuted)]
+    np.testing.assert_allclose(A @ Vt.T, P @ V, rtol=1e-12, atol=1e-12)
+
+
+def test_v_layout_pads_and_permutes_within_groups_of_32():
+    perm = _cuda_wgmma.v_key_permutation(70)
+    assert perm.shape == (96,)
+    assert sorted(perm.tolist()) == list(range(96))
+    assert all(set(perm[g * 32:(g + 1) * 32]) == set(range(g * 32, g * 32 + 32)) for g in range(3))
+    v = np.arange(2 * 70 * 8, dtype=np.float32).reshape(1, 2, 70, 8)
+    vt = _cuda_wgmma.fp8_v_layout(v)
+    assert vt.shape == (1, 2, 8, 96)
+    assert (vt[..., perm >= 70] == 0).all()
+    np.testing.assert_array_equal(vt[:, :, :, np.argsort(perm)[:70]], np.swapaxes(v, 2, 3))
+
+
+def test_reference_with_fp8_p_is_close_to_the_exact_one():
+    from attncc.reference import evaluate
+
+    k = compile_variant(os.path.join(ROOT, "examples", "causal_gqa.py"), target="cpu",
+                        shapes=dict(B=1, Hq=4, Hkv=2, S=75, D=16), quantize={"dtype": "fp8", "pv": True})
+    x = k.random_inputs(0)
+    ref = evaluate(k.ir, x, "float64", k.env)
+    p8 = evaluate(k.ir, x, "native", k.env, p_round=ml_dtypes.float8_e4m3fn)
+    err = np.abs(p8.outputs[0].astype(np.float64) - ref.outputs[0]).max()
+    assert 1e-4 < err < 0.1                                       # e4m3 P: about 2^-4 relative
+    np.testing.assert_allclose(p8.lse[0], ref.lse[0], atol=1e-4)  # l sums P before rounding
+
+
+# --------------------------------------------------------------------------- on a Hopper GPU
+
+
+@needs_hopper
+@pytest.mark.parametrize("path", TABLE_EXAMPLES)
+def test_table_mode_matches_the_reference(path):
+    k = compile_variant(os.path.join(ROOT, "examples", path), target="cuda", dtype="bf16", shapes={"S": 333})
+    assert verify(k, seed=0).passed
+
+
+@needs_hopper
+@pytest.mark.parametrize("quant", [{"dtype": "fp8"}, {"dtype": "fp8", "pv": True}])
+def test_fp8_matches_the_quantized_reference(quant):
+    k = compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 517},
+                        quantize=quant)
+    rep = verify(k, seed=0)
+    assert rep.passed, (rep.max_error, rep.tolerance)
