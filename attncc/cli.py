@@ -78,6 +78,9 @@ def cmd_compile(args) -> int:
     if emit == "source":
         sys.stdout.write(k.source())
         return 0
+    if emit == "asm":
+        sys.stdout.write(k.asm())
+        return 0
     s = k.spec
     dims = " ".join(f"{n}={v}" for n, v in k.env.items())
     print(f"variant    {k.variant}  ({args.file}; {s.dtype}; {dims})")
@@ -103,7 +106,7 @@ def cmd_compile(args) -> int:
           f"passes {_fmt_time(t['passes'])}, TVM build {_fmt_time(t['build'])})")
     if args.output:
         k.export_library(args.output)
-        print(f"wrote      {args.output}  (load with tvm_ffi.load_module; main(q, k, v, out, lse))")
+        print(f"wrote      {args.output}  ({k.describe_output(args.output)})")
     status = 0
     why_not = k.not_runnable()
     if why_not is not None and not args.no_run:
@@ -277,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a variant file into a kernel, run and verify it")
     c.add_argument("file", help="variant file (.py)")
     c.add_argument("--variant", help="which variant, if the file defines several")
-    c.add_argument("--target", default="cpu", help="cpu (default), cuda, systolic, ...")
-    c.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda); default: the local GPU")
+    c.add_argument("--target", default="cpu", help="cpu (default), cuda, rocm, systolic")
+    c.add_argument("--arch", help="GPU architecture, e.g. sm_90a (cuda), gfx942 / gfx90a / gfx1100 (rocm); "
+                   "default: the local GPU")
     c.add_argument("--shape", help="dimension values, e.g. S=2048,D=64 (default: the variant's)")
     c.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
     c.add_argument("--config", help="schedule knobs, e.g. block_q=64,block_k=64 (default: the best tuned "
@@ -297,9 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quantize-granularity", help="scales per tensor, head (default) or block[:ROWS]")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     c.add_argument("--no-run", action="store_true", help="do not run or time the kernel")
-    c.add_argument("-o", "--output", help="write the built module (.so, loadable with tvm_ffi.load_module)")
-    c.add_argument("--emit", choices=["ir", "tir", "source"], help="print the IR after passes, the TensorIR, "
-                   "or the generated code, and stop")
+    c.add_argument("-o", "--output", help="write the built module (.so, loadable with tvm_ffi.load_module; "
+                   "rocm: .hsaco writes the AMD GPU code object)")
+    c.add_argument("--emit", choices=["ir", "tir", "source", "asm"], help="print the IR after passes, the "
+                   "TensorIR, the generated code, or the machine assembly (rocm), and stop")
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     c.set_defaults(fn=cmd_compile)
 

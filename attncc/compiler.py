@@ -212,10 +212,29 @@ class CompiledKernel:
                 f"{e} empty, {f} full, {n - e - f} partial; tile density {(n - e) / n:.3f}")
 
     def tir(self) -> str:
+        import inspect
+        arch = getattr(self.built, "arch", None)
+        if arch is not None and "arch" in inspect.signature(self.target.lower).parameters:
+            return self.target.lower(self.spec, self.config, arch=arch).script()   # rocm: wave size
         return self.target.lower(self.spec, self.config).script()
 
     def source(self) -> str:
         return self.target.source(self.built)
+
+    def asm(self) -> str:
+        """The machine assembly (targets that have one: rocm)."""
+        from attncc.errors import TargetError
+        if not hasattr(self.target, "assembly"):
+            raise TargetError(f"target {self.target_name} has no assembly output (--emit source prints "
+                              "its generated code)", variant=self.variant)
+        return self.target.assembly(self.built)
+
+    def describe_output(self, path: str) -> str:
+        """What ``export_library(path)`` wrote, in words."""
+        describe = getattr(self.target, "describe_output", None)
+        if describe is not None:
+            return describe(self.built, path)
+        return "load with tvm_ffi.load_module; main(q, k, v, out, lse)"
 
     def export_library(self, path: str) -> None:
         self.target.export_library(self.built, path)

@@ -284,8 +284,8 @@ def export(kernel, directory: str, *, bundle_runtime: bool = False, fatbin: bool
         raise ExportError("the kernel was compiled with build=False; nothing to export", variant=kernel.variant)
     not_exportable = getattr(kernel.target, "NOT_EXPORTABLE", None)     # a target's reason, if it has one
     if not_exportable:
-        raise ExportError(f"the {kernel.target_name} target cannot be exported: {not_exportable}",
-                          variant=kernel.variant)
+        raise ExportError(f"export --target {kernel.target_name}: the {kernel.target_name} target cannot be exported: "
+                          f"{not_exportable}", variant=kernel.variant)
     manifest = build_manifest(kernel)
     _check_arg_count(kernel, manifest)
     try:

@@ -51,6 +51,7 @@ import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (tiling, mask, score_mod)
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
 from attncc.targets import _cuda_wgmma as _wgmma  # Hopper wgmma prefill kernel (mma="wgmma")
@@ -232,18 +233,8 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
 
 
 def _validate_spec(spec: FlashKernelSpec) -> None:
-    if spec.dtype not in _SUPPORTED_DTYPES:
-        raise DTypeError(f"cuda target: dtype {spec.dtype!r} is not supported; tensor cores take "
-                         f"{' or '.join(_SUPPORTED_DTYPES)} (trace the variant with dtype f16 or bf16)",
-                         variant=spec.name or None)
-    for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "head_dim_v"):
-        value = getattr(spec, name)
-        if not isinstance(value, int) or value <= 0:
-            raise TargetError(f"cuda target: {name} must be a positive integer, got {value!r}",
-                              variant=spec.name or None)
-    if spec.q_heads % spec.kv_heads:
-        raise TargetError(f"cuda target: q_heads ({spec.q_heads}) must be a multiple of kv_heads "
-                          f"({spec.kv_heads})", variant=spec.name or None)
+    # captured tensors and fp8 inputs: _check_kernel_takes (they need the wgmma kernel)
+    _gpu.validate_spec(spec, "cuda", captures_ok=True)
 
 
 def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
@@ -283,33 +274,9 @@ def block_tables(spec: FlashKernelSpec, config, tiles=None):
 
 # --------------------------------------------------------------------------- TIR helpers
 
-
-def _dtype_of(expr) -> str:
-    ty = getattr(expr, "ty", None)
-    if ty is not None and hasattr(ty, "dtype"):
-        return str(ty.dtype)
-    return str(expr.dtype)
-
-
-def _as_bool(expr):
-    from tvm import tirx
-    from tvm.ir import Expr as PrimExpr
-
-    if isinstance(expr, (bool, np.bool_)):
-        return tirx.const(bool(expr), "bool")
-    if isinstance(expr, PrimExpr) and not _dtype_of(expr).startswith("bool"):
-        return tirx.NE(expr, tirx.const(0, _dtype_of(expr)))
-    return expr
-
-
-def _as_f32(expr):
-    from tvm import tirx
-
-    if isinstance(expr, (int, float, np.floating, np.integer)):
-        return tirx.const(float(expr), "float32")
-    if _dtype_of(expr) != "float32":
-        return tirx.Cast("float32", expr)
-    return expr
+_dtype_of = _gpu.dtype_of
+_as_bool = _gpu.as_bool
+_as_f32 = _gpu.as_f32
 
 
 def _swizzle_width(row_elems: int) -> int:
@@ -346,7 +313,6 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     G = spec.group
     dtype = spec.dtype
     ptx_t = _PTX_TYPE[dtype]
-    scale = float(spec.scale)
 
     BQ, BK = config.block_q, config.block_k
     NW, NS = config.num_warps, config.num_stages
@@ -359,7 +325,6 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     KK = BK // 16                     # k16 steps of P·V
     NDV = DV // 8                     # n8 tiles of the output
     NQB = (S + BQ - 1) // BQ
-    NKB = (TK + BK - 1) // BK
     SWQ, SWV = _swizzle_width(D), _swizzle_width(DV)
     CQ, CV = D // 8, DV // 8          # 16-byte chunks per row of Q/K and of V/out
 
@@ -375,25 +340,14 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
 
-    kb_lower = spec.key_bounds.lower_offset
-    kb_upper = spec.key_bounds.upper_offset
-    # drop bounds that no (query, key) pair can reach
-    if kb_upper is not None and kb_upper >= TK - 1:
-        kb_upper = None
-    if kb_lower is not None and kb_lower <= -(S - 1):
-        kb_lower = None
-    band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
-    score_mod = spec.score_mod
-    mask_mod = spec.mask_mod
-    # without score_mod, scale and log2(e) fold into one multiply
-    fold_scale = score_mod is None
+    # key-block skipping, the element mask, score_mod and the log2 scaling: shared with rocm
+    ix = _gpu.FlashIndexing(spec, BQ, BK, RW)
+    scaled, to_log2, exp_arg, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.masked
+    block_lo, block_hi, tile_is_full = ix.block_lo, ix.block_hi, ix.tile_is_full
 
     f32 = "float32"
     NEG_INF = tirx.const(float("-inf"), f32)
     FULL_MASK = tirx.const(0xFFFFFFFF, "uint32")
-
-    def i32(x):
-        return tirx.const(x, "int32")
 
     # ---- Python helpers the TVMScript parser evaluates (they build PrimExprs)
     def sw(row, chunk, width):
@@ -413,76 +367,6 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
 
     def o_off(row, chunk):
         return row * DV + sw(row, chunk, SWV) * 8
-
-    def scaled(acc, b, h, i, j):
-        """The score in log2 units; without score_mod the scale is applied later, fused
-        into the exponent's FFMA (max commutes with a positive scale)."""
-        if fold_scale:
-            return acc
-        s = _as_f32(score_mod(acc * tirx.const(scale, f32), b, h, i, j))
-        return s * tirx.const(_LOG2E, f32)
-
-    def to_log2(x):
-        """Raw row max -> log2 units (see scaled)."""
-        if fold_scale:
-            return x * tirx.const(scale * _LOG2E, f32)
-        return x
-
-    def exp_arg(s, m):
-        if fold_scale:
-            return s * tirx.const(scale * _LOG2E, f32) - m
-        return s - m
-
-    def keep(b, h, i, j):
-        conds = []
-        if NKB * BK != TK:
-            conds.append(j < TK)
-        if kb_lower is not None:
-            conds.append(j >= i + kb_lower)
-        if kb_upper is not None:
-            conds.append(j <= i + kb_upper)
-        if mask_mod is not None:
-            conds.append(_as_bool(mask_mod(b, h, i, j)))
-        if not conds:
-            return tirx.const(True, "bool")
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.And(out, cnd)
-        return out
-
-    def masked(acc, b, h, i, j):
-        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j), NEG_INF)
-
-    def block_lo(q0):
-        if kb_lower is None:
-            return i32(0)
-        return tirx.floordiv(tirx.max(q0 + kb_lower, 0), BK)
-
-    def block_hi(q0):
-        q_last = tirx.min(q0 + (BQ - 1), S - 1)
-        if kb_upper is None:
-            return i32(NKB)
-        return tirx.max(tirx.floordiv(tirx.min(q_last + kb_upper, TK - 1), BK) + 1, block_lo(q0))
-
-    def tile_is_full(r0, kb):
-        """True when no element of rows r0 .. r0+RW-1 x key block kb needs the element mask."""
-        if not band_is_mask:
-            return tirx.const(False, "bool")
-        r_last = r0 + (RW - 1)
-        j0 = kb * BK
-        conds = []
-        if NKB * BK != TK:
-            conds.append(j0 + BK <= TK)
-        if kb_lower is not None:
-            conds.append(j0 >= r_last + kb_lower)
-        if kb_upper is not None:
-            conds.append(j0 + (BK - 1) <= r0 + kb_upper)
-        if not conds:
-            return tirx.const(True, "bool")
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.And(out, cnd)
-        return out
 
     def within(count, index):
         """Guard of a tile copy whose chunk count need not divide the thread count."""

@@ -1,0 +1,222 @@
+"""What the GPU flash-attention kernels share, whatever their matrix instructions.
+
+The CUDA kernel (``cuda.py``: mma.sync) and the ROCm kernel (``rocm.py``: MFMA / WMMA)
+walk the same tiling: one work-group per (batch * head, query block), query blocks
+heaviest first, each warp / wavefront owning ``rows_per_warp`` query rows, a serial loop
+over key blocks with online softmax in base 2.  What they share lives here, as plain
+functions that build TVM expressions:
+
+* ``validate_spec``: the shapes and dtypes a tensor-core kernel takes;
+* ``FlashIndexing``: the key range (``key_bounds`` trimmed to what any pair reaches), the
+  key-block bounds of a query block (key-block skipping), whether a (rows, key block)
+  tile can drop the element mask, the element mask itself (``keep``), score_mod with the
+  scale and log2(e) (folded into the exponent when there is no score_mod), and the GQA
+  head mapping (query head ``h`` reads kv head ``h // group``).
+
+Where the kernels differ (fragment layouts, shuffles, copies, the matrix instruction)
+stays in the target's file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attncc.errors import DTypeError, TargetError
+from attncc.targets.spec import FlashKernelSpec
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+TENSOR_CORE_DTYPES = ("float16", "bfloat16")
+
+
+def validate_spec(spec: FlashKernelSpec, target: str, unit: str = "tensor cores",
+                  dtypes=TENSOR_CORE_DTYPES, captures_ok: bool = False) -> None:
+    """Refuse, with the reason, a spec that a GPU flash kernel of ``target`` cannot build."""
+    if spec.dtype not in dtypes:
+        raise DTypeError(f"{target} target: dtype {spec.dtype!r} is not supported; {unit} take "
+                         f"{' or '.join(dtypes)} (trace the variant with dtype f16 or bf16)",
+                         variant=spec.name or None)
+    for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "head_dim_v"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or value <= 0:
+            raise TargetError(f"{target} target: {name} must be a positive integer, got {value!r}",
+                              variant=spec.name or None)
+    if spec.q_heads % spec.kv_heads:
+        raise TargetError(f"{target} target: q_heads ({spec.q_heads}) must be a multiple of kv_heads "
+                          f"({spec.kv_heads})", variant=spec.name or None)
+    captures = getattr(spec, "captures", ())
+    if captures and not captures_ok:
+        names = ", ".join(str(c[0]) for c in captures)
+        label = {"cuda": "CUDA", "rocm": "ROCm"}.get(target, target)
+        raise TargetError(f"{target} target: score/mask read runtime tensors ({names}); captured inputs are "
+                          f"not supported by the {label} kernel yet", variant=spec.name or None)
+
+
+def dtype_of(expr) -> str:
+    ty = getattr(expr, "ty", None)
+    if ty is not None and hasattr(ty, "dtype"):
+        return str(ty.dtype)
+    return str(expr.dtype)
+
+
+def as_bool(expr):
+    from tvm import tirx
+    from tvm.ir import Expr as PrimExpr
+
+    if isinstance(expr, (bool, np.bool_)):
+        return tirx.const(bool(expr), "bool")
+    if isinstance(expr, PrimExpr) and not dtype_of(expr).startswith("bool"):
+        return tirx.NE(expr, tirx.const(0, dtype_of(expr)))
+    return expr
+
+
+def as_f32(expr):
+    from tvm import tirx
+
+    if isinstance(expr, (int, float, np.floating, np.integer)):
+        return tirx.const(float(expr), "float32")
+    if dtype_of(expr) != "float32":
+        return tirx.Cast("float32", expr)
+    return expr
+
+
+def _all(conds):
+    from tvm import tirx
+
+    if not conds:
+        return tirx.const(True, "bool")
+    out = conds[0]
+    for cnd in conds[1:]:
+        out = tirx.And(out, cnd)
+    return out
+
+
+@dataclass(frozen=True)
+class FlashIndexing:
+    """Index arithmetic and score/mask lowering of a tiled flash kernel (block_q query rows
+    per work-group, block_k keys per key block, rows_per_warp rows per warp/wavefront).
+
+    Scores travel in log2 units: ``scaled`` gives score_mod(scale * acc) * log2(e); without
+    score_mod the scale is applied later (``to_log2`` on the row max, ``exp_arg`` fused
+    into the exponent), since max commutes with a positive scale."""
+
+    spec: FlashKernelSpec
+    block_q: int
+    block_k: int
+    rows_per_warp: int
+    # TIR buffers of the captured inputs (kernel parameters after q, k, v, out, lse), passed to
+    # score_mod / mask_mod after the index arguments
+    captures: tuple = ()
+
+    # ---- the key range
+    @property
+    def q_blocks(self) -> int:
+        return (self.spec.q_len + self.block_q - 1) // self.block_q
+
+    @property
+    def k_blocks(self) -> int:
+        return (self.spec.kv_len + self.block_k - 1) // self.block_k
+
+    @property
+    def lower_offset(self):
+        """key_bounds' lower offset, None when no (query, key) pair can reach it."""
+        lo = self.spec.key_bounds.lower_offset
+        return None if lo is not None and lo <= -(self.spec.q_len - 1) else lo
+
+    @property
+    def upper_offset(self):
+        up = self.spec.key_bounds.upper_offset
+        return None if up is not None and up >= self.spec.kv_len - 1 else up
+
+    @property
+    def band_is_mask(self) -> bool:
+        return self.spec.mask_mod is None or self.spec.key_bounds.exact
+
+    @property
+    def fold_scale(self) -> bool:
+        return self.spec.score_mod is None
+
+    def kv_head(self, h):
+        """GQA/MQA: the kv head query head ``h`` reads."""
+        return h // self.spec.group
+
+    # ---- score_mod and the element mask
+    def scaled(self, acc, b, h, i, j):
+        from tvm import tirx
+
+        if self.fold_scale:
+            return acc
+        s = as_f32(self.spec.score_mod(acc * tirx.const(float(self.spec.scale), "float32"), b, h, i, j,
+                                         *self.captures))
+        return s * tirx.const(LOG2E, "float32")
+
+    def to_log2(self, x):
+        """Raw row max -> log2 units (see scaled)."""
+        from tvm import tirx
+
+        if self.fold_scale:
+            return x * tirx.const(float(self.spec.scale) * LOG2E, "float32")
+        return x
+
+    def exp_arg(self, s, m):
+        from tvm import tirx
+
+        if self.fold_scale:
+            return s * tirx.const(float(self.spec.scale) * LOG2E, "float32") - m
+        return s - m
+
+    def keep(self, b, h, i, j):
+        conds = []
+        if self.k_blocks * self.block_k != self.spec.kv_len:
+            conds.append(j < self.spec.kv_len)
+        if self.lower_offset is not None:
+            conds.append(j >= i + self.lower_offset)
+        if self.upper_offset is not None:
+            conds.append(j <= i + self.upper_offset)
+        if self.spec.mask_mod is not None:
+            conds.append(as_bool(self.spec.mask_mod(b, h, i, j, *self.captures)))
+        return _all(conds)
+
+    def masked(self, acc, b, h, i, j):
+        from tvm import tirx
+
+        return tirx.Select(self.keep(b, h, i, j), self.scaled(acc, b, h, i, j),
+                           tirx.const(float("-inf"), "float32"))
+
+    # ---- key-block skipping
+    def block_lo(self, q0):
+        """First key block any row of the query block starting at q0 keeps."""
+        from tvm import tirx
+
+        if self.lower_offset is None:
+            return tirx.const(0, "int32")
+        return tirx.floordiv(tirx.max(q0 + self.lower_offset, 0), self.block_k)
+
+    def block_hi(self, q0):
+        """One past the last key block any row of the query block starting at q0 keeps."""
+        from tvm import tirx
+
+        q_last = tirx.min(q0 + (self.block_q - 1), self.spec.q_len - 1)
+        if self.upper_offset is None:
+            return tirx.const(self.k_blocks, "int32")
+        return tirx.max(tirx.floordiv(tirx.min(q_last + self.upper_offset, self.spec.kv_len - 1),
+                                      self.block_k) + 1, self.block_lo(q0))
+
+    def tile_is_full(self, r0, kb):
+        """True when no element of rows r0 .. r0+rows_per_warp-1 x key block kb needs the mask."""
+        from tvm import tirx
+
+        if not self.band_is_mask:
+            return tirx.const(False, "bool")
+        r_last = r0 + (self.rows_per_warp - 1)
+        j0 = kb * self.block_k
+        conds = []
+        if self.k_blocks * self.block_k != self.spec.kv_len:
+            conds.append(j0 + self.block_k <= self.spec.kv_len)
+        if self.lower_offset is not None:
+            conds.append(j0 >= r_last + self.lower_offset)
+        if self.upper_offset is not None:
+            conds.append(j0 + (self.block_k - 1) <= r0 + self.upper_offset)
+        return _all(conds)

@@ -1,0 +1,897 @@
+"""ROCm backend: the FlashAttention-2 style GPU kernel on AMD matrix cores.
+
+It is the CUDA kernel's tiling (``_gpu_flash.py`` holds what the two share: key-block
+skipping, the element mask only on partial tiles, score_mod, online softmax in base 2,
+the GQA head mapping, the spec checks) with what AMD hardware does differently:
+
+* wavefronts of 64 lanes on CDNA (gfx90a, gfx94x), 32 on RDNA3 (gfx11); ``num_waves``
+  wavefronts per work-group, each owning ``block_q / num_waves`` query rows (whole
+  16-row tiles);
+* matrix instructions through LLVM's AMDGPU intrinsics (the ones TVM's
+  ``tvm.s_tir.tensor_intrin.rocm`` wraps, called directly since the kernel is written
+  with explicit thread bindings): ``v_mfma_f32_16x16x16_{f16,bf16}`` on CDNA (4 elements of
+  A and B per lane, 4 of C), ``v_wmma_f32_16x16x16_{f16,bf16}`` on gfx11 (16 of A and B per
+  lane, the two half-waves holding copies; 8 of C);
+* both products are computed transposed, Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ, so that the lane that
+  holds a query row's scores also holds that row's probabilities as the B operand of
+  the second product and that row's output: the softmax state is one row per lane and
+  16-row tile, the row max and sum are two (CDNA) or one (gfx11) ``ds_bpermute`` away;
+* no cp.async: K and V tiles go global -> registers -> LDS (16-byte copies) between two
+  barriers; LDS rows are padded by 16 bytes against bank conflicts; LDS is 64 KiB per
+  work-group on every supported architecture;
+* bf16 travels as 16-bit integers (TVM legalizes bf16 arithmetic on ROCm to fp32) and is
+  rounded to nearest even by integer arithmetic in the epilogue.
+
+Building needs ROCm's device bitcode and an ``ld.lld`` that knows code object v6 (LLVM
+17 or newer; Debian: ``apt-get install lld-19 rocm-device-libs``); :func:`toolchain` finds
+them and names what is missing.  Running needs a TVM built with ROCm and an AMD GPU;
+without them a kernel is compiled, never run, and the CLI says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from attncc.errors import ConfigError, ShapeError, TargetError
+from attncc.targets import _gpu_flash as gpu
+from attncc.targets.spec import FlashKernelSpec
+
+NAME = "rocm"
+
+__all__ = ["NAME", "RocmConfig", "Config", "RocmKernel", "ARCHS", "default_config", "validate_config",
+           "lower", "build", "run", "measure", "assembly", "code_object", "export_library",
+           "kernel_arguments", "argument_specs", "LAYOUTS", "kernel_metadata", "parse_metadata", "lds_bytes",
+           "toolchain", "not_runnable"]
+
+# the IR names of the dtypes the matrix cores take, and the dtype an f32 variant is traced in
+SUPPORTED_DTYPES = ("f16", "bf16")
+DEFAULT_DTYPE = "bf16"
+DEFAULT_ARCH = "gfx942"
+LDS_PAD = 8                      # 16-bit elements (16 bytes) of padding per LDS row
+# attncc export (a folder for attncc.runtime) would need TVM's ROCm runtime, which the wheel lacks
+NOT_EXPORTABLE = ("not supported yet: loading it needs a TVM runtime built with ROCm, which the "
+                      "apache-tvm wheel is not; `attncc compile --target rocm --arch gfx942 -o k.hsaco` writes "
+                      "the code object (kernel main_kernel) for HIP's hipModuleLoad")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the kernel needs to know of an AMD GPU architecture."""
+
+    name: str
+    wave: int                    # lanes per wavefront
+    lds_bytes: int               # LDS per work-group
+    matrix: str                  # "mfma" (CDNA) or "wmma" (RDNA3)
+    product: str
+
+
+ARCHS = {a.name: a for a in (
+    Arch("gfx90a", 64, 64 * 1024, "mfma", "MI200 (CDNA2)"),
+    Arch("gfx940", 64, 64 * 1024, "mfma", "MI300 (CDNA3)"),
+    Arch("gfx941", 64, 64 * 1024, "mfma", "MI300 (CDNA3)"),
+    Arch("gfx942", 64, 64 * 1024, "mfma", "MI300X/MI300A/MI325X (CDNA3)"),
+    Arch("gfx1100", 32, 64 * 1024, "wmma", "Radeon RX 7900 / PRO W7900 (RDNA3)"),
+    Arch("gfx1101", 32, 64 * 1024, "wmma", "Radeon RX 7800/7700 (RDNA3)"),
+    Arch("gfx1102", 32, 64 * 1024, "wmma", "Radeon RX 7600 (RDNA3)"),
+)}
+
+
+def arch_info(arch: str, variant: Optional[str] = None) -> Arch:
+    if arch not in ARCHS:
+        raise TargetError(f"rocm target: arch {arch!r} is not supported (supported: {', '.join(ARCHS)}; "
+                          "the kernel needs MFMA (CDNA2/3) or WMMA (RDNA3) with bf16)", variant=variant)
+    return ARCHS[arch]
+
+
+@dataclass(frozen=True)
+class RocmConfig:
+    """The tunable knobs of the ROCm kernel (frozen and hashable: keys build caches).
+
+    block_q     query rows per work-group
+    block_k     keys per key block (the K/V tile in LDS)
+    num_waves   wavefronts per work-group; each owns block_q / num_waves rows (a multiple of 16)
+    q_in_registers  keep the Q fragments in registers for the whole key loop (else re-read them,
+                from global memory through the caches, at every key block: wide heads on gfx11,
+                whose WMMA operands take 16 elements per lane)
+    """
+
+    block_q: int = 128
+    block_k: int = 64
+    num_waves: int = 4
+    q_in_registers: bool = True
+
+
+Config = RocmConfig
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def lds_bytes(spec: FlashKernelSpec, config: RocmConfig) -> int:
+    """LDS of one work-group, in bytes: the K and V tiles with padded rows."""
+    return 2 * config.block_k * ((spec.head_dim + LDS_PAD) + (spec.head_dim_v + LDS_PAD))
+
+
+def registers_estimate(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH) -> int:
+    """32-bit registers per lane held by fragments and accumulators (before addresses)."""
+    a = ARCHS.get(arch, ARCHS[DEFAULT_ARCH])
+    mt = config.block_q // config.num_waves // 16
+    # elements per lane of a 16x16 f32 tile: 256 / wave; of a 16x16 16-bit operand: 4 or 16
+    c = 256 // a.wave
+    op = 4 if a.matrix == "mfma" else 16
+    acc = mt * (spec.head_dim_v // 16) * c
+    scores = mt * (config.block_k // 16) * c
+    q = mt * (spec.head_dim // 16 if config.q_in_registers else 1) * op // 2
+    return acc + scores + q + 4 * mt
+
+
+def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> RocmConfig:
+    """4 wavefronts; 128 query rows (64 for short queries or when the accumulators would not
+    fit); 64 keys per block (32 for heads over 128).  Untuned: no AMD GPU to tune on."""
+    arch = arch if arch in ARCHS else DEFAULT_ARCH
+    d = max(spec.head_dim, spec.head_dim_v)
+    block_k = 64 if d <= 128 else 32
+    block_q = 64 if spec.q_len <= 64 else 128
+    cfg = RocmConfig(block_q=block_q, block_k=block_k, num_waves=4)
+    if registers_estimate(spec, cfg, arch) > 192:
+        cfg = RocmConfig(block_q=64, block_k=block_k, num_waves=4)
+    if registers_estimate(spec, cfg, arch) > 192:
+        cfg = RocmConfig(block_q=64, block_k=block_k, num_waves=4, q_in_registers=False)
+    return cfg
+
+
+def validate_config(spec: FlashKernelSpec, config: RocmConfig, arch: Optional[str] = None) -> None:
+    """Raise :class:`ConfigError` with the reason if ``config`` cannot build ``spec``."""
+    c = config
+    a = ARCHS.get(arch or DEFAULT_ARCH) or arch_info(arch, spec.name or None)
+
+    def bad(msg):
+        raise ConfigError(f"rocm config {c}: {msg}", variant=spec.name or None)
+
+    for name in ("block_q", "block_k", "num_waves"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            bad(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(c.q_in_registers, bool):
+        bad(f"q_in_registers must be a bool, got {c.q_in_registers!r}")
+    if c.num_waves not in (1, 2, 4, 8):
+        bad(f"num_waves must be 1, 2, 4 or 8, got {c.num_waves}")
+    if c.num_waves * a.wave > 1024:
+        bad(f"{c.num_waves} wavefronts of {a.wave} lanes exceed 1024 work-items per work-group")
+    if c.block_q % (16 * c.num_waves):
+        bad(f"block_q ({c.block_q}) must be a multiple of 16 * num_waves ({16 * c.num_waves}): "
+            "each wavefront owns whole 16-row tiles")
+    if c.block_k % 16:
+        bad(f"block_k ({c.block_k}) must be a multiple of 16 (the matrix instructions' k step)")
+    for name in ("head_dim", "head_dim_v"):
+        d = getattr(spec, name)
+        if d % 16:
+            raise ShapeError(f"rocm target: {name} ({d}) must be a multiple of 16 (the matrix "
+                             "instructions' k step)", variant=spec.name or None)
+    lds = lds_bytes(spec, c)
+    if lds > a.lds_bytes:
+        bad(f"needs {lds} bytes of LDS per work-group, over the {a.lds_bytes} of {a.name}: lower block_k")
+    regs = registers_estimate(spec, c, a.name)
+    if regs > 224:
+        bad(f"holds about {regs} registers of fragments per lane on {a.name} (256 architected VGPRs): "
+            "lower block_q per wavefront or block_k, or set q_in_registers=False")
+
+
+def _validate_spec(spec: FlashKernelSpec) -> None:
+    gpu.validate_spec(spec, "rocm", unit="matrix cores (MFMA/WMMA)", captures_ok=True)
+    if spec.quant_dtype is not None:
+        raise TargetError(f"rocm target: quantized kernels ({spec.quant_dtype}) are not supported by the "
+                          "ROCm kernel yet", variant=spec.name or None)
+
+
+# --------------------------------------------------------------------------- lowering
+
+
+@dataclass(frozen=True)
+class FragmentLayout:
+    """Where the kernel keeps a 16x16x16 matrix instruction's tiles, lane by lane.
+
+    Operand element ``e`` of lane ``l`` (A: row ``l % 16``; B: column ``l % 16``) is at
+    ``k = k0(l) + e``; accumulator element ``e`` of lane ``l`` is column ``l % 16``, row
+    ``acc_row(l, e)``.  With Sᵀ = K·Qᵀ a lane's accumulators are one query row (``l % 16``)
+    and keys ``acc_row``; the lanes holding the rest of that row are ``l ^ x`` for x in
+    ``row_xor``.  These match the instructions' definitions: TVM's MFMA layouts
+    (``tvm.s_tir.tensor_intrin.rocm``) and AMD's RDNA3 WMMA layout (16-bit A/B: lane ``l``
+    holds row/column ``l % 16``, all 16 k, the half-waves alike; f32 C: element ``e`` is row
+    ``2e + l // 16``); ``tests/test_rocm.py`` composes them into attention in numpy."""
+
+    matrix: str
+    wave: int
+    operand_elems: int
+    acc_elems: int
+    row_xor: tuple
+
+    def k0(self, lane):
+        return 0 if self.matrix == "wmma" else lane // 16 * 4
+
+    def acc_row(self, lane, e):
+        return e * 2 + lane // 16 if self.matrix == "wmma" else lane // 16 * 4 + e
+
+
+LAYOUTS = {"mfma": FragmentLayout("mfma", 64, 4, 4, (16, 32)),
+           "wmma": FragmentLayout("wmma", 32, 16, 8, (16,))}
+
+
+def _matrix_intrinsic(arch: Arch, dtype: str) -> str:
+    t = "f16" if dtype == "float16" else "bf16"
+    if arch.matrix == "wmma":
+        return f"llvm.amdgcn.wmma.f32.16x16x16.{t}"
+    return "llvm.amdgcn.mfma.f32.16x16x16f16" if t == "f16" else "llvm.amdgcn.mfma.f32.16x16x16bf16.1k"
+
+
+def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
+    """The kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
+    import tvm
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    _validate_spec(spec)
+    a = arch_info(arch, spec.name or None)
+    validate_config(spec, config, arch)
+
+    B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
+    S, TK, D, DV = spec.q_len, spec.kv_len, spec.head_dim, spec.head_dim_v
+    dtype = spec.dtype
+    BQ, BK, NW = config.block_q, config.block_k, config.num_waves
+    WS = a.wave
+    WMMA = a.matrix == "wmma"
+    NT = NW * WS                       # work-items per work-group
+    RW = BQ // NW                      # query rows per wavefront
+    MT = RW // 16                      # 16-row tiles per wavefront
+    NKT = BK // 16                     # 16-key tiles per key block
+    KD = D // 16                       # k16 steps of Q·Kᵀ
+    NDV = DV // 16                     # 16-wide tiles of the output
+    LAYOUT = LAYOUTS[a.matrix]
+    OPE = LAYOUT.operand_elems         # 16-bit operand elements per lane
+    ACE = LAYOUT.acc_elems             # f32 accumulator elements per lane
+    CQ, CV = D // 8, DV // 8           # 16-byte chunks per row of K and of V
+    KS, VS = D + LDS_PAD, DV + LDS_PAD  # LDS row strides (16-bit elements)
+    K_ITERS, V_ITERS = -(-(BK * CQ) // NT), -(-(BK * CV) // NT)
+    # captured inputs (document ids, ...): kernel parameters after lse, read by score/mask
+    CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(shape), cdt, name) for name, shape, cdt in spec.captures]
+    ix = gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
+    Q_IN_REGS = config.q_in_registers
+
+    def qk(kd):
+        """Q fragment slot of k step kd: all of them in registers, else one reused."""
+        return kd if Q_IN_REGS else 0
+
+    NQB = ix.q_blocks
+    mfma = _matrix_intrinsic(a, dtype)
+    op_vec = f"float16x{OPE}" if dtype == "float16" else f"int16x{OPE}"
+    acc_vec = f"float32x{ACE}"
+
+    f32 = "float32"
+    NEG_INF = tirx.const(float("-inf"), f32)
+
+    def within(count, index):
+        if count % NT == 0:
+            return tirx.const(True, "bool")
+        return index < count
+
+    def operand(buf, *idx):
+        """A 16x16 operand fragment (OPE 16-bit lanes' elements) as the intrinsic's vector type."""
+        v = buf[idx + (tirx.Ramp(0, 1, OPE),)]
+        return tirx.call_intrin(op_vec, "tirx.reinterpret", v) if dtype == "float16" else v
+
+    def matmul(acc, a_frag, b_frag):
+        """acc (ACE f32 per lane) += A · B on one 16x16x16 tile."""
+        if WMMA:
+            return tirx.call_llvm_pure_intrin(acc_vec, mfma, a_frag, b_frag, acc)
+        return tirx.call_llvm_pure_intrin(acc_vec, mfma, a_frag, b_frag, acc,
+                                          tirx.const(0, "int32"), tirx.const(0, "int32"),
+                                          tirx.const(0, "int32"))
+
+    def shfl_xor(x, lane, mask):
+        """x of lane ``lane ^ mask`` in this wavefront (ds_bpermute)."""
+        got = tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.ds.bpermute",
+                                         tirx.bitwise_xor(lane, mask) * 4,
+                                         tirx.call_intrin("int32", "tirx.reinterpret", x))
+        return tirx.call_intrin(f32, "tirx.reinterpret", got)
+
+    def to16(x):
+        """f32 -> the kernel's 16-bit dtype, as int16 bits (bf16: round to nearest even)."""
+        if dtype == "float16":
+            return tirx.call_intrin("int16", "tirx.reinterpret", tirx.Cast("float16", x))
+        u = tirx.call_intrin("uint32", "tirx.reinterpret", x)
+        r = tirx.shift_right(u + tirx.const(0x7FFF, "uint32")
+                             + tirx.bitwise_and(tirx.shift_right(u, tirx.const(16, "uint32")),
+                                                tirx.const(1, "uint32")),
+                             tirx.const(16, "uint32"))
+        return tirx.Cast("int16", tirx.Cast("uint16", r))
+
+    key_in_tile = LAYOUT.acc_row       # key (in a 16-key tile) of accumulator element e (Sᵀ)
+    a_k0 = LAYOUT.k0                   # first k (in a k16 step) of a lane's operand elements
+    XOR_STEPS = LAYOUT.row_xor
+
+    @T.prim_func(check_well_formed=False)   # checked below, once the captures are parameters
+    def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
+             v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+             lse: T.Buffer((B, H, S), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        # 16-bit views: data moves as bits (TVM computes bf16 in fp32 on ROCm)
+        q16 = T.decl_buffer((B, H, S, D), "int16", data=q.data)
+        k16 = T.decl_buffer((B, KVH, TK, D), "int16", data=k.data)
+        v16 = T.decl_buffer((B, KVH, TK, DV), "int16", data=v.data)
+        o16 = T.decl_buffer((B, H, S, DV), "int16", data=out.data)
+        for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.x"):
+                for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                    k_lds = T.decl_buffer((BK * KS,), "int16", scope="shared")
+                    v_lds = T.decl_buffer((BK * VS,), "int16", scope="shared")
+                    q_frag = T.decl_buffer((MT, KD if Q_IN_REGS else 1, OPE), "int16", scope="local")
+                    k_frag = T.decl_buffer((OPE,), "int16", scope="local")
+                    v_frag = T.decl_buffer((OPE,), "int16", scope="local")
+                    p_frag = T.decl_buffer((MT, NKT, OPE), "int16", scope="local")
+                    s_acc = T.decl_buffer((MT, NKT, ACE), "float32", scope="local")
+                    o_acc = T.decl_buffer((MT, NDV, ACE), "float32", scope="local")
+                    m_run = T.decl_buffer((MT,), "float32", scope="local")
+                    l_run = T.decl_buffer((MT,), "float32", scope="local")
+                    m_use = T.decl_buffer((MT,), "float32", scope="local")
+                    red = T.decl_buffer((MT,), "float32", scope="local")
+                    b = bh // H
+                    h = bh % H
+                    hk = ix.kv_head(h)
+                    qb = NQB - 1 - qb_rev
+                    q0 = qb * BQ
+                    wave = tx // WS
+                    lane = tx % WS
+                    r0 = q0 + wave * RW                    # first query row of this wavefront
+                    kb_lo = ix.block_lo(q0)
+                    kb_hi = ix.block_hi(q0)
+                    # ---- Q fragments straight from global memory (the B operand of Sᵀ = K·Qᵀ)
+                    if Q_IN_REGS:
+                        for mt in T.unroll(MT):
+                            for kd in T.unroll(KD):
+                                for e in T.vectorized(OPE):
+                                    q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                            kd * 16 + a_k0(lane) + e]
+                    # ---- running state: one query row per lane and 16-row tile
+                    for mt in T.unroll(MT):
+                        m_run[mt] = NEG_INF
+                        l_run[mt] = T.float32(0)
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(ACE):
+                                o_acc[mt, nd, e] = T.float32(0)
+                    # ---- the key loop
+                    for kb in T.serial(kb_lo, kb_hi):
+                        T.tvm_storage_sync("shared")           # the previous block's reads are done
+                        for it in T.unroll(K_ITERS):
+                            if within(BK * CQ, it * NT + tx):
+                                for e in T.vectorized(8):
+                                    k_lds[(it * NT + tx) // CQ * KS + (it * NT + tx) % CQ * 8 + e] = \
+                                        k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ, TK - 1),
+                                            (it * NT + tx) % CQ * 8 + e]
+                        for it in T.unroll(V_ITERS):
+                            if within(BK * CV, it * NT + tx):
+                                for e in T.vectorized(8):
+                                    v_lds[(it * NT + tx) // CV * VS + (it * NT + tx) % CV * 8 + e] = \
+                                        v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV, TK - 1),
+                                            (it * NT + tx) % CV * 8 + e]
+                        T.tvm_storage_sync("shared")
+                        # ---- Sᵀ = K Qᵀ (A: 16 keys x k16 of K; B: k16 x 16 query rows of Qᵀ)
+                        for mt in T.unroll(MT):
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(ACE):
+                                    s_acc[mt, nt, e] = T.float32(0)
+                        for kd in T.unroll(KD):
+                            if not Q_IN_REGS:
+                                for mt in T.unroll(MT):
+                                    for e in T.vectorized(OPE):
+                                        q_frag[mt, 0, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                               kd * 16 + a_k0(lane) + e]
+                            for nt in T.unroll(NKT):
+                                for e in T.vectorized(OPE):
+                                    k_frag[e] = k_lds[(nt * 16 + lane % 16) * KS + kd * 16 + a_k0(lane) + e]
+                                for mt in T.unroll(MT):
+                                    s_acc[mt, nt, T.ramp(0, 1, ACE)] = matmul(
+                                        s_acc[mt, nt, T.ramp(0, 1, ACE)], operand(k_frag),
+                                        operand(q_frag, mt, qk(kd)))
+                        # ---- score_mod, mask (partial tiles only), log2 domain
+                        if ix.tile_is_full(r0, kb):
+                            for mt in T.unroll(MT):
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(ACE):
+                                        s_acc[mt, nt, e] = ix.scaled(
+                                            s_acc[mt, nt, e], b, h, r0 + mt * 16 + lane % 16,
+                                            kb * BK + nt * 16 + key_in_tile(lane, e))
+                        else:
+                            for mt in T.unroll(MT):
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(ACE):
+                                        s_acc[mt, nt, e] = ix.masked(
+                                            s_acc[mt, nt, e], b, h, r0 + mt * 16 + lane % 16,
+                                            kb * BK + nt * 16 + key_in_tile(lane, e))
+                        # ---- online softmax (the lanes of a row differ in lane // 16)
+                        for mt in T.unroll(MT):
+                            red[mt] = NEG_INF
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(ACE):
+                                    red[mt] = T.max(red[mt], s_acc[mt, nt, e])
+                            for x in T.unroll(len(XOR_STEPS)):
+                                red[mt] = T.max(red[mt], shfl_xor(red[mt], lane, XOR_STEPS[0] << x))
+                            red[mt] = T.max(m_run[mt], ix.to_log2(red[mt]))       # new running max
+                            m_use[mt] = T.Select(red[mt] == NEG_INF, T.float32(0), red[mt])
+                            m_run[mt] = T.exp2(m_run[mt] - m_use[mt])            # alpha
+                            l_run[mt] = l_run[mt] * m_run[mt]
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(ACE):
+                                    o_acc[mt, nd, e] = o_acc[mt, nd, e] * m_run[mt]
+                            m_run[mt] = red[mt]
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(ACE):
+                                    s_acc[mt, nt, e] = T.exp2(ix.exp_arg(s_acc[mt, nt, e], m_use[mt]))
+                                    l_run[mt] = l_run[mt] + s_acc[mt, nt, e]
+                        # ---- Pᵀ (16-bit) as the B operand of Oᵀ = Vᵀ Pᵀ
+                        for mt in T.unroll(MT):
+                            for nt in T.unroll(NKT):
+                                if WMMA:
+                                    # B holds all 16 keys of the lane's row: its own 8 (key parity
+                                    # lane // 16) and the 8 of lane ^ 16
+                                    for e in T.unroll(ACE):
+                                        red[mt] = shfl_xor(s_acc[mt, nt, e], lane, 16)
+                                        p_frag[mt, nt, e * 2] = to16(T.Select(lane < 16, s_acc[mt, nt, e], red[mt]))
+                                        p_frag[mt, nt, e * 2 + 1] = to16(T.Select(lane < 16, red[mt], s_acc[mt, nt, e]))
+                                else:
+                                    for e in T.unroll(ACE):
+                                        p_frag[mt, nt, e] = to16(s_acc[mt, nt, e])
+                        # ---- Oᵀ += Vᵀ Pᵀ (A: 16 output columns x 16 keys of Vᵀ, from LDS)
+                        for kk in T.unroll(NKT):
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(OPE):
+                                    v_frag[e] = v_lds[(kk * 16 + a_k0(lane) + e) * VS + nd * 16 + lane % 16]
+                                for mt in T.unroll(MT):
+                                    o_acc[mt, nd, T.ramp(0, 1, ACE)] = matmul(
+                                        o_acc[mt, nd, T.ramp(0, 1, ACE)], operand(v_frag),
+                                        operand(p_frag, mt, kk))
+                    # ---- epilogue: out = acc / l (0 where no key was kept), lse = (m + log2 l) ln 2
+                    for mt in T.unroll(MT):
+                        for x in T.unroll(len(XOR_STEPS)):
+                            l_run[mt] = l_run[mt] + shfl_xor(l_run[mt], lane, XOR_STEPS[0] << x)
+                        red[mt] = T.Select(l_run[mt] > T.float32(0), T.float32(1) / l_run[mt], T.float32(0))
+                        if r0 + mt * 16 + lane % 16 < S:
+                            if lane < 16:
+                                lse[b, h, r0 + mt * 16 + lane % 16] = T.Select(
+                                    l_run[mt] > T.float32(0),
+                                    (m_run[mt] + T.log2(l_run[mt])) * T.float32(gpu.LN2), NEG_INF)
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(ACE):
+                                    o16[b, h, r0 + mt * 16 + lane % 16, nd * 16 + key_in_tile(lane, e)] = \
+                                        to16(o_acc[mt, nd, e] * red[mt])
+
+    if CAPTURE_BUFFERS:
+        # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
+        main = tirx.PrimFunc(list(main.params) + CAPTURE_BUFFERS, main.body, main.ret_type, main.attrs)
+    try:
+        tvm.tirx.analysis.verify_well_formed(main)
+    except Exception as exc:  # pragma: no cover - a bug in this lowering
+        raise TargetError(f"rocm target: generated TIR is ill-formed: {str(exc).strip().splitlines()[-1]}",
+                          variant=spec.name or None) from exc
+    return tvm.IRModule({"main": main})
+
+
+# --------------------------------------------------------------------------- toolchain
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    lld: str                     # an ld.lld of LLVM 17 or newer (code object v6)
+    rocm_path: str               # what TVM calls ROCM_PATH: holds amdgcn/bitcode/*.bc
+
+
+_DEBIAN_ROCM_PATH = "/usr/lib/x86_64-linux-gnu"
+_INSTALL_HINT = ("on Debian/Ubuntu: apt-get install lld-19 rocm-device-libs (or a ROCm install: "
+                 "set ROCM_PATH)")
+
+
+def _lld_version(path: str) -> Optional[int]:
+    try:
+        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"LLD (\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def find_lld() -> Optional[str]:
+    """The newest ``ld.lld`` of LLVM 17 or newer: ``ld.lld-NN`` on PATH, ROCm's, or plain ``ld.lld``."""
+    found = []
+    for d in os.environ.get("PATH", "").split(os.pathsep) + ["/opt/rocm/llvm/bin"]:
+        for path in glob.glob(os.path.join(d, "ld.lld-*")):
+            m = re.fullmatch(r"ld\.lld-(\d+)(\.\d+)*", os.path.basename(path))
+            if m and int(m.group(1)) >= 17 and os.access(path, os.X_OK):
+                found.append((int(m.group(1)), path))
+    for path in (shutil.which("ld.lld"), "/opt/rocm/llvm/bin/ld.lld"):
+        if path and os.access(path, os.X_OK):
+            ver = _lld_version(path)
+            if ver is not None and ver >= 17:
+                found.append((ver, path))
+    return max(found)[1] if found else None
+
+
+def _has_bitcode(rocm_path: str) -> bool:
+    return os.path.exists(os.path.join(rocm_path, "amdgcn", "bitcode", "ocml.bc"))
+
+
+def toolchain() -> Toolchain:
+    """The linker and device bitcode TVM's ROCm build needs, or one :class:`TargetError`."""
+    lld = find_lld()
+    rocm_path = os.environ.get("ROCM_PATH")
+    if not rocm_path:
+        for cand in ("/opt/rocm", _DEBIAN_ROCM_PATH):
+            if _has_bitcode(cand):
+                rocm_path = cand
+                break
+    missing = []
+    if lld is None:
+        missing.append("ld.lld of LLVM 17 or newer (TVM's LLVM 22 writes code object v6; "
+                       "older ld.lld answer 'unknown abi version')")
+    if not rocm_path or not _has_bitcode(rocm_path):
+        where = f"ROCM_PATH={rocm_path} has no amdgcn/bitcode/ocml.bc" if rocm_path else "no ROCm device bitcode found"
+        missing.append(f"ROCm device bitcode ({where})")
+    if missing:
+        raise TargetError("rocm target: cannot build AMD GPU code objects here: missing "
+                          + " and ".join(missing) + f"; {_INSTALL_HINT}")
+    return Toolchain(lld, rocm_path)
+
+
+_link_lock = threading.Lock()
+_linked: dict = {}
+
+
+def _link_with(lld: str):
+    """TVM's ``tvm_callback_rocm_link``: object -> code object with our ld.lld."""
+
+    def link(obj_bin):
+        with tempfile.TemporaryDirectory(prefix="attncc-rocm-") as d:
+            obj, hsaco = os.path.join(d, "kernel.o"), os.path.join(d, "kernel.hsaco")
+            with open(obj, "wb") as f:
+                f.write(bytes(obj_bin))
+            res = subprocess.run([lld, "--no-undefined", "-shared", obj, "-o", hsaco],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{lld} failed: {(res.stderr or res.stdout).strip()}")
+            with open(hsaco, "rb") as f:
+                data = f.read()
+        _linked["last"] = data
+        return bytearray(data)
+
+    return link
+
+
+@contextlib.contextmanager
+def _quiet_tvm_warnings():
+    """TVM logs two warnings on every ROCm build without a device (ROCm version, thread
+    count); drop those lines from stderr, pass everything else through."""
+    known = ("Unable to detect ROCm version", "Cannot get maximum number of threads for AMD codegen")
+    try:
+        fd = os.dup(2)
+    except OSError:          # pragma: no cover - no stderr
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(k in line for k in known):
+                    os.write(2, line.encode())
+
+
+def rocm_target(arch: str):
+    import tvm
+
+    a = arch_info(arch)
+    return tvm.target.Target({"kind": "rocm", "mcpu": arch, "thread_warp_size": a.wave,
+                              "max_num_threads": 1024, "max_threads_per_block": 1024,
+                              "max_shared_memory_per_block": a.lds_bytes})
+
+
+# --------------------------------------------------------------------------- build / run
+
+
+@dataclass
+class RocmKernel:
+    """A built kernel: the TVM executable, its code object, what ``run`` needs."""
+
+    spec: FlashKernelSpec
+    config: RocmConfig
+    arch: str
+    executable: object
+    hsaco: bytes
+    compile_seconds: float
+
+    @property
+    def mod(self):
+        return self.executable.mod
+
+    def __call__(self, *args):
+        return self.executable["main"](*args)
+
+
+def build(spec: FlashKernelSpec, config: Optional[RocmConfig] = None, arch: Optional[str] = None) -> RocmKernel:
+    """Compile the kernel for ``arch`` (gfx90a, gfx942, gfx1100, ...; default: the local GPU,
+    else gfx942).  Needs :func:`toolchain`; no GPU."""
+    import tvm
+    import tvm_ffi
+
+    if arch is None:
+        arch = local_arch() or DEFAULT_ARCH
+    arch_info(arch, spec.name or None)
+    if config is None:
+        config = default_config(spec, arch)
+    validate_config(spec, config, arch)
+    tools = toolchain()
+    t0 = time.perf_counter()
+    mod = lower(spec, config, arch)
+    with _link_lock:
+        os.environ["ROCM_PATH"] = tools.rocm_path
+        import tvm.support.rocm  # noqa: F401  (registers TVM's own callbacks, which we replace)
+
+        tvm_ffi.register_global_func("tvm_callback_rocm_link", _link_with(tools.lld), override=True)
+        _linked.clear()
+        try:
+            with _quiet_tvm_warnings():
+                executable = tvm.compile(mod, target=rocm_target(arch))
+        except Exception as exc:  # a TVM traceback never reaches a user
+            text = str(exc).strip()
+            raise TargetError(f"rocm target: TVM failed to build the kernel with {config} for {arch}: "
+                              f"{text.splitlines()[-1] if text else exc}", variant=spec.name or None) from exc
+        hsaco = _linked.pop("last", None)
+    if not hsaco:
+        raise TargetError("rocm target: TVM built the module but produced no code object",
+                          variant=spec.name or None)
+    return RocmKernel(spec, config, arch, executable, hsaco, time.perf_counter() - t0)
+
+
+def _device_module(built: RocmKernel):
+    for m in built.executable.mod.imports:
+        if getattr(m, "kind", None) in ("hip", "rocm"):
+            return m
+    raise TargetError("rocm target: the built module holds no ROCm device module")
+
+
+def assembly(built: RocmKernel) -> str:
+    """The AMDGPU assembly of the kernel (LLVM's, with the code object's metadata)."""
+    return _device_module(built).inspect_source("asm")
+
+
+def source(built: RocmKernel) -> str:
+    """What ``--emit source`` prints for this target: the assembly (there is no C++ source)."""
+    return assembly(built)
+
+
+def code_object(built: RocmKernel) -> bytes:
+    """The linked code object (ELF for amdgcn-amd-amdhsa), as a HIP runtime loads it."""
+    return built.hsaco
+
+
+def export_library(built: RocmKernel, path: str) -> None:
+    """``.hsaco``/``.co``: write the code object (load with hipModuleLoad; kernel ``main_kernel``).
+    Otherwise a TVM module library (host code + code object; needs a TVM built with ROCm to load)."""
+    if path.endswith((".hsaco", ".co")):
+        with open(path, "wb") as f:
+            f.write(built.hsaco)
+        return
+    built.executable.export_library(path)
+
+
+_ARG_NAMES = {"q16": "q", "k16": "k", "v16": "v", "o16": "out"}
+
+
+def parse_metadata(text: str) -> dict:
+    """The first kernel's entries of AMDGPU code object metadata (the YAML that LLVM prints
+    in the assembly's ``.amdgpu_metadata`` and ``llvm-readelf --notes`` prints from a code
+    object): integers and names as they are, ``args`` the kernel arguments' names in order."""
+    out: dict = {"args": []}
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "amdhsa.kernels:")
+    except StopIteration:
+        raise TargetError("rocm target: no amdhsa.kernels metadata found") from None
+    kernel_indent = None
+    for line in lines[start + 1:]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" -"))     # of the key, past a list's "- "
+        if not line.startswith(" ") and not line.startswith("-"):
+            if stripped.startswith("amdhsa.target:"):
+                out["target"] = stripped.split(":", 1)[1].strip()
+            if stripped.startswith("..."):
+                break
+            continue
+        if kernel_indent is not None and re.match(r"^\s*- \.", line) and indent == kernel_indent:
+            break                                   # a second kernel: the first is ours
+        m = re.match(r"^(\s*-?\s*)\.(\w+):\s*(.*)$", line)
+        if not m:
+            continue
+        key, value = m.group(2), m.group(3).strip()
+        if kernel_indent is None:
+            kernel_indent = len(m.group(1))
+        if len(m.group(1)) > kernel_indent:         # inside .args (or another nested list)
+            if key == "name":
+                out["args"].append(_ARG_NAMES.get(value, value))
+            continue
+        if value == "":
+            continue
+        out[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
+    for line in lines:
+        if line.strip().startswith("amdhsa.target:"):
+            out["target"] = line.split(":", 1)[1].strip()
+    return out
+
+
+def kernel_metadata(built: RocmKernel) -> dict:
+    """LDS (group_segment_fixed_size), VGPR/AGPR/SGPR counts, spills, wavefront size and the
+    argument order of the built kernel, from its code object metadata."""
+    return parse_metadata(assembly(built))
+
+
+def describe_output(built: RocmKernel, path: str) -> str:
+    if path.endswith((".hsaco", ".co")):
+        meta = kernel_metadata(built)
+        return (f"AMD GPU code object for {built.arch}, {len(built.hsaco)} bytes; kernel {meta.get('name')}, "
+                f"grid ({built.spec.batch * built.spec.q_heads}, {-(-built.spec.q_len // built.config.block_q)}), "
+                f"{built.config.num_waves * ARCHS[built.arch].wave} work-items, "
+                f"{meta.get('group_segment_fixed_size')} bytes LDS; pointer args in this order: "
+                + ", ".join(meta["args"]))
+    return "TVM module (host code + code object); load with tvm_ffi.load_module on a TVM built with ROCm"
+
+
+def _rocm_device():
+    """TVM's ROCm device 0 when this TVM has a ROCm runtime and a device exists, else None."""
+    try:
+        import tvm
+        import tvm_ffi
+
+        if tvm_ffi.get_global_func("device_api.rocm", allow_missing=True) is None:
+            return None
+        dev = tvm.rocm(0)
+        return dev if dev.exist else None
+    except Exception:  # pragma: no cover - depends on the machine
+        return None
+
+
+def _rocminfo_arch() -> Optional[str]:
+    """The first GPU agent's gfx name from rocminfo (``gfx942:sramecc+:xnack-`` -> ``gfx942``)."""
+    candidates = [shutil.which("rocminfo")]
+    for root in (os.environ.get("ROCM_PATH"), "/opt/rocm"):
+        if root:
+            candidates.append(os.path.join(root, "bin", "rocminfo"))
+    for exe in candidates:
+        if exe and os.access(exe, os.X_OK):
+            try:
+                text = subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            m = re.search(r"Name:\s+(gfx[0-9a-f]+)", text)
+            if m:
+                return m.group(1)
+    return None
+
+
+def local_arch() -> Optional[str]:
+    """gfxNNN of the local AMD GPU, or None without one (or without a ROCm-enabled TVM).
+
+    From rocminfo: TVM's compute version of a ROCm device is only major.minor (9.4 is gfx940,
+    gfx941 or gfx942), so it names the architecture only where that is unambiguous."""
+    if _rocm_device() is None:
+        return None
+    arch = _rocminfo_arch()            # pragma: no cover - needs an AMD GPU from here on
+    if arch is not None:
+        return arch
+    try:
+        ver = str(_rocm_device().compute_version)
+        return ver if ver.startswith("gfx") else {"11.0": "gfx1100"}.get(".".join(ver.split(".")[:2]))
+    except Exception:
+        return None
+
+
+def not_runnable(built: RocmKernel) -> Optional[str]:
+    """Why ``built`` cannot run on this machine, or None when it can."""
+    if _rocm_device() is None:
+        return f"compiled for {built.arch}; not executed: no ROCm device"
+    here = local_arch()
+    if here is None:
+        return f"compiled for {built.arch}; not executed: the local AMD GPU's architecture is unknown (no rocminfo)"
+    if here != built.arch:
+        return f"compiled for {built.arch}; not executed: the local AMD GPU is {here}"
+    return None
+
+
+def _np_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def argument_specs(spec: FlashKernelSpec) -> list:
+    """(name, shape, numpy dtype) of the kernel entry's arguments, in order: q, k, v, out, lse,
+    then the captured inputs."""
+    dt = _np_dtype(spec.dtype)
+    B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
+    return ([("q", (B, H, spec.q_len, spec.head_dim), dt),
+             ("k", (B, KVH, spec.kv_len, spec.head_dim), dt),
+             ("v", (B, KVH, spec.kv_len, spec.head_dim_v), dt),
+             ("out", (B, H, spec.q_len, spec.head_dim_v), dt),
+             ("lse", (B, H, spec.q_len), np.dtype(np.float32))]
+            + [(name, tuple(shape), _np_dtype(cdt)) for name, shape, cdt in spec.captures])
+
+
+def kernel_arguments(spec: FlashKernelSpec, q, k, v, *captures) -> list:
+    """The host arrays of ``main(q, k, v, out, lse, *captures)``: inputs converted to the kernel's
+    dtypes and checked against its shapes, outputs filled with NaN (an element no lane writes shows)."""
+    wanted = argument_specs(spec)
+    if len(captures) != len(spec.captures):
+        raise ShapeError(f"rocm target: the kernel takes {len(spec.captures)} captured input(s) "
+                         f"({', '.join(n for n, _, _ in wanted[5:]) or 'none'}), got {len(captures)}",
+                         variant=spec.name or None)
+    inputs = list(zip(wanted[:3] + wanted[5:], (q, k, v) + tuple(captures)))
+    arrays = {}
+    for (name, shape, dt), arr in inputs:
+        arr = np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))
+        if arr.shape != shape:
+            raise ShapeError(f"rocm target: {name} has shape {arr.shape}, kernel expects {shape}",
+                             variant=spec.name or None)
+        arrays[name] = arr
+    for name, shape, dt in wanted[3:5]:
+        arrays[name] = np.full(shape, np.nan, dtype=dt)
+    return [arrays[name] for name, _, _ in wanted]
+
+
+def run(built: RocmKernel, q, k, v, *captures):
+    """Run ``built`` on numpy arrays on ROCm device 0; returns ``(out, lse)`` as numpy arrays."""
+    import tvm
+
+    why = not_runnable(built)
+    if why is not None:
+        raise TargetError(f"rocm target: cannot run: {why}", variant=built.spec.name or None)
+    dev = _rocm_device()
+    args = [tvm.runtime.tensor(a, device=dev) for a in kernel_arguments(built.spec, q, k, v, *captures)]
+    built(*args)
+    dev.sync()
+    return args[3].numpy(), args[4].numpy()
+
+
+def measure(built: RocmKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
+            number: int = 5) -> float:
+    """Median seconds per call on random inputs (device time, outputs preallocated)."""
+    import tvm
+
+    spec = spec or built.spec
+    why = not_runnable(built)
+    if why is not None:
+        raise TargetError(f"rocm target: cannot measure: {why}", variant=spec.name or None)
+    dev = _rocm_device()
+    rng = np.random.default_rng(0)
+    wanted = argument_specs(spec)
+    host = kernel_arguments(spec, *(rng.standard_normal(s, dtype=np.float32) for _, s, _ in wanted[:3]),
+                            *(np.zeros(s, dtype=dt) for _, s, dt in wanted[5:]))
+    args = [tvm.runtime.tensor(a, device=dev) for a in host]
+    timer = built.executable.mod.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=0)
+    return float(statistics.median(timer(*args).results))
