@@ -14,7 +14,8 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   chunk ``c ^ (r % 8)``.  Every tile starts on a 1024-byte boundary (the swizzle is a
   function of address bits 4-9): the kernel aligns the dynamic shared memory base at run
   time and asks for 1 KB more.  Q, K and V tiles arrive by ``cp.async`` (16 bytes a
-  thread), ``num_stages`` slots of (K, V), loads ``num_stages - 1`` key blocks ahead;
+  thread), ``num_stages`` slots of K and of V; K is loaded ``num_stages - 1`` key blocks
+  ahead and V one block later (P·V of block j runs one step after Q·K_jᵀ);
   ``fence.proxy.async.shared::cta`` before the barrier makes them visible to the tensor
   cores (the async proxy).
 * S = Q Kᵀ: ``wgmma m64n{block_k}k16`` with both operands in shared memory (K-major
@@ -23,8 +24,13 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   is ``mma.sync``'s, so P is the converted S accumulator as it stands) and V from shared
   memory, read transposed (MN-major descriptor: leading byte offset = one 64-column
   block, stride byte offset = 8 key rows).
-* each product is one wgmma group, waited for before its result is used (no overlap
-  inside a warpgroup; the warpgroups of a block and the cp.async loads overlap).
+* ping-pong between the warpgroups (FlashAttention-3's inter-warpgroup overlap, on the
+  one block-wide barrier a key block): an even warpgroup issues S_j = Q K_jᵀ and
+  O += P_{j-1} V_{j-1} and then runs the softmax of S_j (starting as soon as S_j is done,
+  under its own P·V); an odd warpgroup first runs the softmax of S_{j-1}, then issues the
+  same two products.  So a warpgroup's softmax runs while the other's products hold the
+  tensor cores.  The first and the last step are peeled off the loop, and the products are
+  issued outside the branches on the warpgroup, so that ptxas never serialises the wgmma.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 ALIGN_BYTES = 1024
+# switches of the schedule for experiment builds ("split", "pingpong", "qb_fast"; a build
+# sets them before lower(): benchmarks/gpu/RESULTS.md, run 4); empty = the measured defaults
+_OPTIONS: dict = {}
 
 
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
@@ -80,6 +89,36 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
             "or num_stages")
     if registers_estimate(spec, c) > 200:
         bad(f"holds about {registers_estimate(spec, c)} registers of fragments per thread: lower block_k")
+
+
+def _heavy_score_mod(spec: FlashKernelSpec) -> bool:
+    """Whether ``spec``'s score_mod calls a function (tanh, exp, log, sigmoid, ...) on the
+    score: a softmax phase too long for the ping-pong schedule."""
+    if spec.score_mod is None:
+        return False
+    from tvm import tirx
+    from tvm.ir.expr import Call
+
+    score = tirx.Var("score", "float32")
+    idx = [tirx.Var(n, "int32") for n in ("b", "h", "q_idx", "kv_idx")]
+    expr = spec.score_mod(score, *idx)
+
+    def children(node):
+        for name in ("a", "b", "value", "condition", "true_value", "false_value"):
+            child = getattr(node, name, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                yield child
+        yield from getattr(node, "args", ()) or ()
+
+    def uses_score(node):
+        return (isinstance(node, tirx.Var) and node.same_as(score)) or any(uses_score(c) for c in children(node))
+
+    def heavy(node):
+        if isinstance(node, Call) and uses_score(node):
+            return True
+        return any(heavy(c) for c in children(node))
+
+    return heavy(expr) if not isinstance(expr, (int, float)) else False
 
 
 def _dtype_of(expr) -> str:
@@ -175,12 +214,31 @@ def lower(spec: FlashKernelSpec, config):
     DESC_K = (1 << 62) | ((1024 >> 4) << 32) | (1 << 16)
     DESC_V = (1 << 62) | ((1024 >> 4) << 32) | (((BK * 128) >> 4) << 16)
 
-    # num_stages 2: loads one key block ahead, the two products of a block in sequence.
-    # num_stages >= 3: loads num_stages - 2 blocks ahead, and P·V of block j (still in flight)
-    # overlaps Q·Kᵀ and the softmax of block j + 1 (FlashAttention-3's intra-warpgroup overlap);
-    # its V slot is overwritten only two iterations later, after every warpgroup waited for it.
-    OVERLAP = NS >= 3
-    AHEAD = NS - 2 if OVERLAP else NS - 1
+    # The schedule (FlashAttention-3's ping-pong, kept on a block-wide barrier): the odd
+    # warpgroups run half a key block behind the even ones.  At key block j an even warpgroup
+    # issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} (one GEMM phase) and then runs the softmax
+    # of S_j; an odd warpgroup first runs the softmax of S_{j-1} (kept from its previous
+    # iteration), then issues the same two products.  So one warpgroup's softmax runs while
+    # the other's products occupy the tensor cores.  Every warpgroup waits for its products
+    # before the next barrier.  Loads: at block j, K_{j+AHEAD} and V_{j+AHEAD-1} (K is needed
+    # one block before V), AHEAD = num_stages - 1 blocks ahead, into the slots of K_{j-1} and
+    # V_{j-2}, which the products before the barrier were the last to read.
+    AHEAD = NS - 1
+    SPLIT = _OPTIONS.get("split", True)   # even warpgroups: softmax as soon as S_j is done
+    # ping-pong pays when the softmax is short beside the products; a score_mod with a
+    # transcendental call (softcap's tanh) makes it long, and then the warpgroups in step
+    # (sharing the issue slots of one softmax phase) win: 255 vs 188 TFLOP/s on H200 (RESULTS.md)
+    PINGPONG = _OPTIONS.get("pingpong", not _heavy_score_mod(spec))
+    # grid order: query blocks of one (batch, head) are neighbours in the launch order, so a
+    # wave of blocks reads the keys and values of a few heads (from L2) instead of all of
+    # them (from HBM); blockIdx.y holds batch x heads, at most 65535
+    QB_FAST = _OPTIONS.get("qb_fast", B * H <= 65535)
+
+    def is_odd(wg):
+        return wg % 2 == 1 if PINGPONG else wg < 0
+
+    def is_even(wg):
+        return wg % 2 == 0 if PINGPONG else wg >= 0
 
     def v_desc(sb, slot, kk):
         """Descriptor of V rows 16 kk .. 16 kk + 15 of slot ``slot`` (MN-major B of P·V)."""
@@ -284,13 +342,160 @@ def lower(spec: FlashKernelSpec, config):
     cpa = "cp.async.cg.shared.global"
     ex2 = "ex2.approx.ftz.f32"
 
+    @T.macro
+    def load_k(blk, slot, smem, k, pe, tx, b, hk):
+        for it in T.unroll(K_ITERS):
+            if within(BK * CQ, it * NT + tx):
+                T.ptx[cpa](
+                    T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                    T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1),
+                                   (it * NT + tx) % CQ * 8]),
+                    16,
+                    T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+
+    @T.macro
+    def load_v(blk, slot, smem, v, pe, tx, b, hk):
+        for it in T.unroll(V_ITERS):
+            if within(BK * CV, it * NT + tx):
+                T.ptx[cpa](
+                    T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                    T.address_of(v[b, hk, T.min(blk * BK + (it * NT + tx) // CV, TK - 1),
+                                   (it * NT + tx) % CV * 8]),
+                    16,
+                    T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CV < TK, 16, 0)))
+
+    @T.macro
+    def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk):
+        # K of block j + AHEAD into the slot of K_{j-1}, V of block j + AHEAD - 1 into that of
+        # V_{j-2}: every warpgroup waited for the products that read them before this barrier.
+        # One commit group a step, empty or not (the waits count groups).
+        if has_qk:
+            if j + AHEAD < kb_hi:
+                load_k(j + AHEAD, (j + AHEAD - kb_lo) % NS, smem, k, pe, tx, b, hk)
+            if AHEAD == 1:
+                load_v(j, (j - kb_lo) % NS, smem, v, pe, tx, b, hk)
+            elif j + AHEAD - 1 < kb_hi:
+                load_v(j + AHEAD - 1, (j + AHEAD - 1 - kb_lo) % NS, smem, v, pe, tx, b, hk)
+        T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def softmax(kb, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h):
+        """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
+        # ---- score_mod, mask (partial tiles only), log2 domain
+        if tile_is_full(r0, kb):
+            for nt in T.unroll(NKT):
+                for e in T.unroll(4):
+                    s_acc[nt * 4 + e] = scaled(
+                        s_acc[nt * 4 + e], b, h,
+                        r0 + lane // 4 + e // 2 * 8,
+                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+        else:
+            for nt in T.unroll(NKT):
+                for e in T.unroll(4):
+                    s_acc[nt * 4 + e] = masked(
+                        s_acc[nt * 4 + e], b, h,
+                        r0 + lane // 4 + e // 2 * 8,
+                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+        # ---- online softmax
+        for r in T.unroll(2):
+            red[r] = NEG_INF
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                red[e // 2] = T.max(red[e // 2], s_acc[nt * 4 + e])
+        for r in T.unroll(2):
+            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
+            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
+            red[r] = T.max(m_run[r], to_log2(red[r]))         # new running max
+            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
+            T.ptx[ex2](alpha[r], m_run[r] - m_use[r])
+            l_run[r] = l_run[r] * alpha[r]
+            m_run[r] = red[r]
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2]))
+                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
+
+    @T.macro
+    def rescale_convert(o_acc, alpha, p_frag, s_acc):
+        """O *= alpha (no product in flight), then P (16-bit, in registers): the A fragments of P·V."""
+        for nd in T.unroll(NDV):
+            for e in T.unroll(4):
+                o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * alpha[e // 2]
+        for kk in T.unroll(KK):
+            for e in T.unroll(4):
+                T.ptx[cvt](p_frag[kk, e],
+                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
+                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+
+    @T.macro
+    def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg):
+        # S_j = Q K_jᵀ (one wgmma group: D/16 k steps)
+        if has_qk:
+            T.ptx["wgmma.fence.sync.aligned"]()
+            for kd in T.unroll(KD):
+                T.ptx[wg_s](
+                    *[s_acc[i] for i in range(NSA)],
+                    (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
+                    + U(DESC_K),
+                    (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((j - kb_lo) % NS) * K_ELEMS) // 8
+                                             + (kd // 4) * (BK * 8) + (kd % 4) * 2)
+                    + U(DESC_K),
+                    kd > 0, 1, 1, 0, 0)
+            T.ptx["wgmma.commit_group.sync.aligned"]()
+        # O += P_{j-1} V_{j-1} (one wgmma group: block_k/16 k steps; O was rescaled by
+        # alpha_{j-1} when no product was in flight)
+        if has_pv:
+            T.ptx["wgmma.fence.sync.aligned"]()
+            for kk in T.unroll(KK):
+                T.ptx[wg_o](
+                    *[o_acc[i] for i in range(NOA)],
+                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
+                    v_desc(sbase, (j - 1 - kb_lo) % NS, kk),
+                    j >= 0, 1, 1, 1)
+            T.ptx["wgmma.commit_group.sync.aligned"]()
+
+    @T.macro
+    def step(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane, sbase,
+             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run):
+        """Key block j: the softmax of S_j (even warpgroups) or S_{j-1} (odd ones) and the
+        products S_j = Q K_jᵀ (has_qk) and O += P_{j-1} V_{j-1} (has_pv).  The first and the
+        last step are peeled off the loop (has_pv / has_qk False) so that no wgmma or wait
+        sits under a condition that ptxas cannot follow (it would serialise every wgmma)."""
+        T.ptx["cp.async.wait_group"](AHEAD - 1)     # K_j and V_{j-1} have landed
+        T.ptx["fence.proxy.async.shared::cta"]()
+        T.tvm_storage_sync("shared")
+        if is_odd(wg):
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk)
+            if has_pv:
+                softmax(j - 1, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                rescale_convert(o_acc, alpha, p_frag, s_acc)
+        # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
+        # goes the same way at every step, and serialises wgmma under one that it cannot follow)
+        gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
+        if is_even(wg):
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk)
+        if is_even(wg):
+            if has_qk:
+                if SPLIT and has_pv:
+                    T.ptx["wgmma.wait_group.sync.aligned"](1)
+                    softmax(j, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                else:
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    softmax(j, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                rescale_convert(o_acc, alpha, p_frag, s_acc)
+            else:
+                T.ptx["wgmma.wait_group.sync.aligned"](0)
+        else:
+            T.ptx["wgmma.wait_group.sync.aligned"](0)
+
     @T.prim_func
     def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
              v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
-            for bh in T.thread_binding(B * H, thread="blockIdx.x"):
+        for qb_rev in T.thread_binding(NQB, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y" if QB_FAST else "blockIdx.x"):
                 for tx in T.thread_binding(NT, thread="threadIdx.x"):
                     smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
                     p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
@@ -299,6 +504,7 @@ def lower(spec: FlashKernelSpec, config):
                     m_run = T.decl_buffer((2,), "float32", scope="local")
                     l_run = T.decl_buffer((2,), "float32", scope="local")
                     m_use = T.decl_buffer((2,), "float32", scope="local")
+                    alpha = T.decl_buffer((2,), "float32", scope="local")
                     red = T.decl_buffer((2,), "float32", scope="local")
                     saddr = T.decl_buffer((1,), "uint64", scope="local")
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
@@ -311,13 +517,15 @@ def lower(spec: FlashKernelSpec, config):
                     hk = h // G
                     qb = NQB - 1 - qb_rev
                     q0 = qb * BQ
-                    wg = tx // 128
+                    # the warpgroup, through a shuffle from lane 0 so that ptxas sees it warp-uniform
+                    # (branches on it hold wgmma: a divergent-looking path serialises them)
+                    wg = T.cuda.__shfl_sync(FULL_MASK, tx // 128, 0, 32)
                     warp = tx // 32
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0)
-                    # ---- prologue: Q tile, then the first num_stages - 1 key blocks
+                    # ---- prologue: the Q tile and K of the first key block
                     for it in T.unroll(Q_ITERS):
                         if within(BQ * CQ, it * NT + tx):
                             T.ptx[cpa](
@@ -326,162 +534,32 @@ def lower(spec: FlashKernelSpec, config):
                                                (it * NT + tx) % CQ * 8]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-                    for st in T.unroll(AHEAD):
-                        if kb_lo + st < kb_hi:
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            (kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(BK * CV, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + v_off(st, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CV, TK - 1),
-                                                       (it * NT + tx) % CV * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            (kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                    # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})
+                    for g in T.unroll(AHEAD):
+                        if kb_lo + g < kb_hi:
+                            load_k(kb_lo + g, g, smem, k, pe, tx, b, hk)
+                        if g > 0:
+                            if kb_lo + g - 1 < kb_hi:
+                                load_v(kb_lo + g - 1, g - 1, smem, v, pe, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(2):
                         m_run[r] = NEG_INF
                         l_run[r] = T.float32(0)
+                        alpha[r] = T.float32(1)
                     for e in T.unroll(NOA):
                         o_acc[e] = T.float32(0)
-                    # ---- the key loop
-                    for kb in T.serial(kb_lo, kb_hi):
-                        T.ptx["cp.async.wait_group"](AHEAD - 1)
-                        T.ptx["fence.proxy.async.shared::cta"]()
-                        T.tvm_storage_sync("shared")
-                        # prefetch key block kb + AHEAD into the slot of block kb + AHEAD - NS, whose
-                        # products every warpgroup waited for before the barrier
-                        if kb + AHEAD < kb_hi:
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + k_off((kb - kb_lo + AHEAD) % NS,
-                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min((kb + AHEAD) * BK + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            (kb + AHEAD) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(BK * CV, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + v_off((kb - kb_lo + AHEAD) % NS,
-                                                                (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min((kb + AHEAD) * BK + (it * NT + tx) // CV, TK - 1),
-                                                       (it * NT + tx) % CV * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            (kb + AHEAD) * BK + (it * NT + tx) // CV < TK, 16, 0)))
-                        T.ptx["cp.async.commit_group"]()
-                        # ---- S = Q Kᵀ (one wgmma group: D/16 k steps)
-                        T.ptx["wgmma.fence.sync.aligned"]()
-                        for kd in T.unroll(KD):
-                            T.ptx[wg_s](
-                                *[s_acc[i] for i in range(NSA)],
-                                (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
-                                + U(DESC_K),
-                                (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((kb - kb_lo) % NS) * K_ELEMS) // 8
-                                                         + (kd // 4) * (BK * 8) + (kd % 4) * 2)
-                                + U(DESC_K),
-                                kd > 0, 1, 1, 0, 0)
-                        T.ptx["wgmma.commit_group.sync.aligned"]()
-                        if OVERLAP:
-                            # O += P V of the previous block runs under this block's softmax
-                            if kb > kb_lo:
-                                for kk in T.unroll(KK):
-                                    T.ptx[wg_o](
-                                        *[o_acc[i] for i in range(NOA)],
-                                        p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
-                                        v_desc(sbase, (kb - 1 - kb_lo) % NS, kk),
-                                        kb >= 0, 1, 1, 1)
-                                T.ptx["wgmma.commit_group.sync.aligned"]()
-                                T.ptx["wgmma.wait_group.sync.aligned"](1)
-                            else:
-                                T.ptx["wgmma.wait_group.sync.aligned"](0)
-                        else:
-                            T.ptx["wgmma.wait_group.sync.aligned"](0)
-                        # ---- score_mod, mask (partial tiles only), log2 domain
-                        if tile_is_full(r0, kb):
-                            for nt in T.unroll(NKT):
-                                for e in T.unroll(4):
-                                    s_acc[nt * 4 + e] = scaled(
-                                        s_acc[nt * 4 + e], b, h,
-                                        r0 + lane // 4 + e // 2 * 8,
-                                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
-                        else:
-                            for nt in T.unroll(NKT):
-                                for e in T.unroll(4):
-                                    s_acc[nt * 4 + e] = masked(
-                                        s_acc[nt * 4 + e], b, h,
-                                        r0 + lane // 4 + e // 2 * 8,
-                                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
-                        # ---- online softmax
-                        for r in T.unroll(2):
-                            red[r] = NEG_INF
-                        for nt in T.unroll(NKT):
-                            for e in T.unroll(4):
-                                red[e // 2] = T.max(red[e // 2], s_acc[nt * 4 + e])
-                        for r in T.unroll(2):
-                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
-                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
-                            red[r] = T.max(m_run[r], to_log2(red[r]))         # new running max
-                            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
-                            T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
-                            l_run[r] = l_run[r] * m_run[r]
-                        if not OVERLAP:
-                            for nd in T.unroll(NDV):
-                                for e in T.unroll(4):
-                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
-                        for nt in T.unroll(NKT):
-                            for e in T.unroll(4):
-                                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2]))
-                                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
-                        if OVERLAP:
-                            if kb > kb_lo:
-                                T.ptx["wgmma.wait_group.sync.aligned"](0)
-                            for nd in T.unroll(NDV):
-                                for e in T.unroll(4):
-                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
-                        for r in T.unroll(2):
-                            m_run[r] = red[r]
-                        # ---- P (16-bit, in registers): the A fragments of P·V
-                        for kk in T.unroll(KK):
-                            for e in T.unroll(4):
-                                T.ptx[cvt](p_frag[kk, e],
-                                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
-                                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
-                        # ---- O += P V (one wgmma group: block_k/16 k steps)
-                        if not OVERLAP:
-                            T.ptx["wgmma.fence.sync.aligned"]()
-                            for kk in T.unroll(KK):
-                                T.ptx[wg_o](
-                                    *[o_acc[i] for i in range(NOA)],
-                                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
-                                    v_desc(sbase, (kb - kb_lo) % NS, kk),
-                                    kb >= 0, 1, 1, 1)
-                            T.ptx["wgmma.commit_group.sync.aligned"]()
-                            T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    if OVERLAP:
-                        # P V of the last key block
-                        if kb_hi > kb_lo:
-                            T.ptx["wgmma.fence.sync.aligned"]()
-                            for kk in T.unroll(KK):
-                                T.ptx[wg_o](
-                                    *[o_acc[i] for i in range(NOA)],
-                                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
-                                    v_desc(sbase, (kb_hi - 1 - kb_lo) % NS, kk),
-                                    kb_hi >= 0, 1, 1, 1)
-                            T.ptx["wgmma.commit_group.sync.aligned"]()
-                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    # ---- the key loop: the first block (no P·V yet), the middle, one step past
+                    # the last block (its P·V only)
+                    if kb_lo < kb_hi:
+                        step(kb_lo, True, False, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                        for j in T.serial(kb_lo + 1, kb_hi):
+                            step(j, True, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
+                                 sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                        step(kb_hi, False, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
                     T.tvm_storage_sync("shared")

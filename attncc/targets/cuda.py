@@ -136,8 +136,9 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     """A good config for ``spec`` without tuning (``arch``: the GPU it is for, when known).
 
     On Hopper (``arch`` sm_90a) the wgmma kernel when it can take the shape: block_q 128 (two
-    warpgroups), block_k 128 (64 when the registers would not hold D_v = 256), 2 stages --
-    1.01-1.47x FA2 and 0.92-1.42x FlexAttention on H100 (benchmarks/gpu/RESULTS.md, run 3).
+    warpgroups), block_k 128 (64 when the registers would not hold D_v = 256), 3 stages (K
+    two blocks ahead) where shared memory holds them, 2 with a score_mod (ALiBi measured
+    1.06x faster with 2) -- 1.06-1.35x FlexAttention on H200 (benchmarks/gpu/RESULTS.md, run 4).
 
     Measured on H100 (bf16, D=128, S=4k; benchmarks/gpu/RESULTS.md): 4 warps of two m16
     row tiles each (block_q 128) beat 8 warps of one (each K/V fragment read from shared
@@ -147,13 +148,15 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
+        stages = (2,) if spec.score_mod is not None else (3, 2)
         for block_k in (128, 64):
-            cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=2, mma="wgmma")
-            try:
-                validate_config(spec, cfg, arch)
-                return cfg
-            except (ConfigError, ShapeError):
-                continue
+            for num_stages in stages:
+                cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")
+                try:
+                    validate_config(spec, cfg, arch)
+                    return cfg
+                except (ConfigError, ShapeError):
+                    continue
     d = max(spec.head_dim, spec.head_dim_v)
     if spec.q_len <= 64:
         block_q, num_warps = 64, 4
