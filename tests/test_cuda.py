@@ -285,6 +285,8 @@ def test_bad_wgmma_configs_are_refused(change, reason):
 
 def test_hopper_default_is_wgmma_where_it_fits():
     assert cuda.default_config(_spec(), "sm_90a").mma == "wgmma"
+    assert cuda.default_config(_spec(), "sm_90a").num_stages == 3        # K two blocks ahead
+    assert cuda.default_config(_spec(score_mod=lambda s, b, h, i, j: s * 0.5), "sm_90a").num_stages == 2
     assert cuda.default_config(_spec(head_dim=256, head_dim_v=256), "sm_90a").block_k == 64
     assert cuda.default_config(_spec(head_dim=96, head_dim_v=96), "sm_90a").mma == "sync"
     assert cuda.default_config(_spec(), "sm_80").mma == "sync"
@@ -315,7 +317,9 @@ def test_wgmma_kernel_compiles_without_spills(tmp_path, path):
                         str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "0 bytes spill stores" in p.stdout + p.stderr
-    assert "C7515" not in p.stdout + p.stderr   # "wgmma serialized" performance warning
+    # "wgmma serialized" performance warnings (C7510-C7519: divergent path, accumulator
+    # registers touched in flight, too few registers, ...)
+    assert not re.search(r"C751\d", p.stdout + p.stderr), p.stdout + p.stderr
 
 
 # --------------------------------------------------------------------------- decode (split-KV)

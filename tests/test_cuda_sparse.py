@@ -21,7 +21,7 @@ tvm = pytest.importorskip("tvm")
 
 from attncc.compiler import compile_variant, verify  # noqa: E402
 from attncc.errors import AttnccError, DTypeError, ShapeError, TargetError  # noqa: E402
-from attncc.targets import _cuda_wgmma, cuda  # noqa: E402
+from attncc.targets import _cuda_wgmma_sparse as _cuda_wgmma, cuda  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")

@@ -162,7 +162,7 @@ def build_manifest(kernel) -> dict:
 
     if kernel.target_name == "cuda" and spec.quant_dtype and spec.quant_pv:
         raise ExportError("export of a CUDA kernel with fp8 P·V is not supported yet: the kernel reads V "
-                          "transposed and key-permuted (attncc.targets._cuda_wgmma.fp8_v_layout), a host "
+                          "transposed and key-permuted (attncc.targets._cuda_wgmma_sparse.fp8_v_layout), a host "
                           "prologue step the runtime does not apply; export without --quantize-pv",
                           variant=kernel.variant)
     in_dtypes = [spec.quant_dtype or spec.dtype, spec.quant_dtype or spec.dtype,

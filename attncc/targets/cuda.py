@@ -54,7 +54,17 @@ from attncc.targets.spec import FlashKernelSpec
 from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (tiling, mask, score_mod)
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
-from attncc.targets import _cuda_wgmma as _wgmma  # Hopper wgmma prefill kernel (mma="wgmma")
+from attncc.targets import _cuda_wgmma as _wgmma_dense  # Hopper wgmma prefill kernel (mma="wgmma")
+from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for tile maps, captures, fp8
+
+
+def _wgmma_for(spec: FlashKernelSpec):
+    """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel iterates a
+    tile map, reads captured tensors or takes fp8 inputs (features the ping-pong kernel of
+    ``_cuda_wgmma`` does not have yet), else ``_cuda_wgmma``."""
+    if spec.quant_dtype is not None or spec.captures or _wgmma_sparse.use_block_table(spec):
+        return _wgmma_sparse
+    return _wgmma_dense
 
 NAME = "cuda"
 
@@ -129,7 +139,7 @@ def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
     if isinstance(config, DecodeConfig):
         return _decode.shared_memory_bytes(spec, config)
     if config.mma == "wgmma":
-        return _wgmma.shared_memory_bytes(spec, config)
+        return _wgmma_for(spec).shared_memory_bytes(spec, config)
     q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
     return 2 * (q_tile + kv)
@@ -149,8 +159,9 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     """A good config for ``spec`` without tuning (``arch``: the GPU it is for, when known).
 
     On Hopper (``arch`` sm_90a) the wgmma kernel when it can take the shape: block_q 128 (two
-    warpgroups), block_k 128 (64 when the registers would not hold D_v = 256), 2 stages --
-    1.01-1.47x FA2 and 0.92-1.42x FlexAttention on H100 (benchmarks/gpu/RESULTS.md, run 3).
+    warpgroups), block_k 128 (64 when the registers would not hold D_v = 256), 3 stages (K
+    two blocks ahead) where shared memory holds them, 2 with a score_mod (ALiBi measured
+    1.06x faster with 2) -- 1.06-1.35x FlexAttention on H200 (benchmarks/gpu/RESULTS.md, run 4).
 
     Measured on H100 (bf16, D=128, S=4k; benchmarks/gpu/RESULTS.md): 4 warps of two m16
     row tiles each (block_q 128) beat 8 warps of one (each K/V fragment read from shared
@@ -161,14 +172,18 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
         last = None
+        # 3 stages pay in the ping-pong kernel; with a score_mod (ALiBi 365 vs 345 TFLOP/s) and in
+        # the tile-map/fp8 kernel (its 3-stage path overlaps P·V differently: 390 vs 425) 2 do
+        stages = (2,) if spec.score_mod is not None or _wgmma_for(spec) is _wgmma_sparse else (3, 2)
         for block_k in (128, 64):
-            cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=2, mma="wgmma")
-            try:
-                validate_config(spec, cfg, arch)
-                return cfg
-            except (ConfigError, ShapeError) as exc:
-                last = last or exc
-                continue
+            for num_stages in stages:
+                cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")
+                try:
+                    validate_config(spec, cfg, arch)
+                    return cfg
+                except (ConfigError, ShapeError) as exc:
+                    last = last or exc
+                    continue
         if last is not None and (spec.quant_dtype is not None or spec.captures):
             raise last      # only the wgmma kernel takes fp8 inputs and captured tensors: its reason
     d = max(spec.head_dim, spec.head_dim_v)
@@ -206,7 +221,7 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
         bad(f"mma must be 'sync' or 'wgmma', got {c.mma!r}")
     _check_kernel_takes(spec, c)
     if c.mma == "wgmma":
-        return _wgmma.validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
+        return _wgmma_for(spec).validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     if c.num_warps not in (1, 2, 4, 8, 16):
         bad(f"num_warps must be 1, 2, 4, 8 or 16, got {c.num_warps}")
     if c.block_q % (16 * c.num_warps):
@@ -239,7 +254,7 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
 
 def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
     """Captured tensors and fp8 inputs need the Hopper wgmma kernel: one clear error otherwise."""
-    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma._FP8_PTX:
+    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma_sparse._FP8_PTX:
         raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
                          "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
                          variant=spec.name or None)
@@ -262,7 +277,7 @@ def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
     masks every tile of such a mask instead (correct, not sparse)."""
     if config is None or isinstance(config, DecodeConfig) or config.mma != "wgmma":
         return False
-    return _wgmma.use_block_table(spec)
+    return _wgmma_sparse.use_block_table(spec)
 
 
 def block_tables(spec: FlashKernelSpec, config, tiles=None):
@@ -300,7 +315,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     if config.mma == "wgmma":
         _validate_spec(spec)
         validate_config(spec, config)
-        return _wgmma.lower(spec, config)
+        return _wgmma_for(spec).lower(spec, config)
     import tvm
     from tvm import tirx
     from tvm.script import tirx as T
@@ -773,9 +788,9 @@ def _input_dtypes(spec: FlashKernelSpec):
 
 def kernel_v(spec: FlashKernelSpec, config, v):
     """v as the kernel reads it: as given, or for fp8 P·V on the wgmma kernel the host
-    prologue's transposed, key-permuted layout (``_cuda_wgmma.fp8_v_layout``)."""
+    prologue's transposed, key-permuted layout (``_cuda_wgmma_sparse.fp8_v_layout``)."""
     if spec.quant_dtype is not None and spec.quant_pv and getattr(config, "mma", None) == "wgmma":
-        return _wgmma.fp8_v_layout(v)
+        return _wgmma_sparse.fp8_v_layout(v)
     return v
 
 

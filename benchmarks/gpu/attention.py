@@ -463,7 +463,7 @@ def _fp8_inputs(hk, man, dev):
     """q, k (and v) quantized per head on the GPU (the prologue, not timed), v in the kernel's layout."""
     import torch
 
-    from attncc.targets import _cuda_wgmma
+    from attncc.targets import _cuda_wgmma_sparse as _cuda_wgmma
 
     spec = hk.spec
     torch.manual_seed(0)

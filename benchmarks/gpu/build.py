@@ -101,38 +101,44 @@ def _entries(only):
     return out
 
 
-# the Hopper wgmma kernel (CudaConfig(mma="wgmma"), attncc/targets/_cuda_wgmma.py)
+# the Hopper wgmma kernel (CudaConfig(mma="wgmma"), attncc/targets/_cuda_wgmma.py): 2 and
+# 3 stages (cuda.default_config on sm_90a: 3, 2 with a score_mod), and a config sweep
 WGMMA = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
-WGMMA_SWEEP = (dict(block_k=64), dict(block_k=64, num_stages=3), dict(block_k=128, num_stages=3),
-               dict(block_q=192, num_warps=12, block_k=64), dict(block_q=64, num_warps=4, block_k=128),
-               dict(block_k=96))
+WGMMA3 = dict(WGMMA, num_stages=3)
+WGMMA_SWEEP = (dict(block_k=64), dict(block_k=96),
+               dict(block_q=192, num_warps=12, block_k=64), dict(block_q=192, num_warps=12, block_k=64, num_stages=4),
+               dict(block_q=192, num_warps=12, block_k=96), dict(block_q=64, num_warps=4, block_k=128))
 
 
 def _wgmma_entries(only):
-    """The wgmma kernel: every example and benchmark variant checked (ragged shapes, the
-    other configs, f16), and the benchmark shapes timed (FlexAttention beside it at S=4k)."""
+    """The wgmma kernel: every example and benchmark variant checked at 2 and 3 stages (ragged
+    shapes, the other configs, f16), and the benchmark shapes timed (FlexAttention beside the
+    2-stage entries at S=4k)."""
     out = []
     if only in (None, "verify"):
-        for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
-            rel = os.path.relpath(path, ROOT)
-            for dt, shapes in (("bf16", "ragged"), ("f16", {})):
-                out.append(dict(kind="verify", path=rel, name=None, dtype=dt, shapes=shapes, config=WGMMA))
-        small = {"B": 1, "S": 517}
-        for name in ("full", "causal", "sliding_window", "alibi", "softcap", "gqa"):
-            out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=small, config=WGMMA))
+        for base in (WGMMA, WGMMA3):
+            for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+                rel = os.path.relpath(path, ROOT)
+                for dt, shapes in (("bf16", "ragged"), ("f16", {})):
+                    out.append(dict(kind="verify", path=rel, name=None, dtype=dt, shapes=shapes, config=base))
+            small = {"B": 1, "S": 517}
+            for name in ("full", "causal", "sliding_window", "alibi", "softcap", "gqa"):
+                out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=small, config=base))
+            out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="f16", shapes=small, config=base))
         for cfg in WGMMA_SWEEP:
             for name in ("causal", "sliding_window"):
                 out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16",
                                 shapes={"B": 1, "S": 700}, config=dict(WGMMA, **cfg)))
-        out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="f16", shapes=small, config=WGMMA))
     if only in (None, "bench"):
-        for s in (1024, 4096, 16384):
-            for name in ("full", "causal"):
+        for base in (WGMMA, WGMMA3):
+            for s in (1024, 4096, 16384):
+                for name in ("full", "causal"):
+                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                    shapes={"B": 16384 // s, "S": s}, config=base,
+                                    flex=s == 4096 and base is WGMMA))
+            for name in ("sliding_window", "alibi", "softcap", "gqa"):
                 out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s, "S": s}, config=WGMMA, flex=s == 4096))
-        for name in ("sliding_window", "alibi", "softcap", "gqa"):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                            shapes={"B": 4, "S": 4096}, config=WGMMA, flex=True))
+                                shapes={"B": 4, "S": 4096}, config=base, flex=base is WGMMA))
         for name in ("full", "causal"):
             for cfg in WGMMA_SWEEP:
                 out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",

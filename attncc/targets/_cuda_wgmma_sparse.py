@@ -1,0 +1,728 @@
+"""Hopper (sm_90a) prefill kernel for block tables, captured tensors and FP8.
+
+cuda.py picks this module over ``_cuda_wgmma.py`` when the spec has a tile map to iterate
+(a mask that is no single band), captured tensors (document ids) or fp8 inputs.  It is the
+wgmma kernel as it stood before ``_cuda_wgmma.py`` gained the ping-pong schedule and the
+L2-friendly grid order (both developed on a branch in parallel with this one; each kernel
+was verified on the H200 as it is here: benchmarks/gpu/RESULTS.md, "Sparsity and FP8" and
+"Run 4").  Folding these features into ``_cuda_wgmma.py`` is open work; until then the two
+share the descriptor/layout scheme below but not code.
+
+The original description follows.
+
+Hopper (sm_90a) prefill kernel: the two matrix products on ``wgmma.mma_async``.
+
+Selected by ``CudaConfig(mma="wgmma")`` (cuda.py dispatches here); the ``mma.sync``
+kernel of cuda.py stays the default and the only path before Hopper.  Same interface,
+semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
+
+* a thread block is ``num_warps // 4`` warpgroups of 128 threads; each warpgroup owns 64
+  query rows (``block_q = 64 * warpgroups``), and within it warp ``w`` owns rows
+  ``16 w .. 16 w + 15`` -- the wgmma accumulator layout, which per warp is the
+  ``mma.sync`` m16n8 layout repeated along N, so the online softmax is the same code.
+* shared memory holds every tile in the layout wgmma reads through a matrix descriptor
+  with the 128-byte swizzle: a tile of ``rows x d`` 16-bit elements is ``d / 64`` column
+  blocks of ``rows x 64`` (128 bytes per row), 16-byte chunk ``c`` of row ``r`` stored at
+  chunk ``c ^ (r % 8)``.  Every tile starts on a 1024-byte boundary (the swizzle is a
+  function of address bits 4-9): the kernel aligns the dynamic shared memory base at run
+  time and asks for 1 KB more.  Q, K and V tiles arrive by ``cp.async`` (16 bytes a
+  thread), ``num_stages`` slots of (K, V), loads ``num_stages - 1`` key blocks ahead;
+  ``fence.proxy.async.shared::cta`` before the barrier makes them visible to the tensor
+  cores (the async proxy).
+* S = Q Kᵀ: ``wgmma m64n{block_k}k16`` with both operands in shared memory (K-major
+  descriptors; the k16 step moves the start address 32 bytes inside the swizzle atom).
+* O += P V: ``wgmma m64n{head_dim_v}k16`` with P from registers (the A fragment layout
+  is ``mma.sync``'s, so P is the converted S accumulator as it stands) and V from shared
+  memory, read transposed (MN-major descriptor: leading byte offset = one 64-column
+  block, stride byte offset = 8 key rows).
+* each product is one wgmma group, waited for before its result is used (no overlap
+  inside a warpgroup; the warpgroups of a block and the cp.async loads overlap).
+
+Sparsity (table mode, ``use_block_table``): masks that are no single band (prefix-LM,
+strided, local + global, chunked, document ids) take the tile map ``int32 [NQB, NKB]``
+(0 empty, 1 partial, 2 full; prune-sparsity's proof or the per-call map of captured
+tensors) as the argument after ``lse``.  Warp 0 compacts its query block's row into a
+shared list of the non-empty key blocks (``__ballot_sync`` + ``popc``) and the key loop
+walks only that list; full tiles skip the element mask.  Captured tensors (document ids)
+are kernel arguments after the scales, read by the mask/score expressions.
+
+FP8 (the quantize pass, ``spec.quant_dtype`` e4m3 or e5m2): q and k arrive as fp8 with f32
+scales (arguments after the table); S = Q Kᵀ is ``wgmma m64n{block_k}k32.f32.e4m3.e4m3``
+(both operands K-major, rows of ``head_dim`` bytes), and the dequantization (q scale per row,
+k scale per (batch, head) folded into the exponent's factor; a per-key k scale multiplies the
+scores) is fused.  With ``quant_pv`` v is fp8 too and O += P V is ``wgmma m64n{d_v}k32`` with
+P converted to e4m3 in registers (times 2^8 so small probabilities stay normal numbers; l
+and O carry the same factor).  fp8 wgmma takes B K-major only, so **the host prologue
+transposes V** to ``[batch, kv_heads, d_v, kv_len rounded up to 32]`` and permutes the keys
+inside each group of 32 so that the S accumulator fragment *is* the fp8 A fragment of P
+(``fp8_v_layout``: no shuffles in the kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attncc.errors import ConfigError, ShapeError
+from attncc.targets.spec import FlashKernelSpec
+
+_PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
+_FP8_PTX = {"float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}
+P_SHIFT = 8.0                     # fp8 P is 2^8 * exp2(s - m): in (2^-9, 2^8], never subnormal for kept keys
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+ALIGN_BYTES = 1024
+
+
+def _elem_bytes(spec: FlashKernelSpec):
+    """Bytes per element of q/k and of v (fp8: 1, else 2)."""
+    qk = 1 if spec.quant_dtype else 2
+    return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
+
+
+def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
+    qk, vb = _elem_bytes(spec)
+    q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)
+    kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
+    nkb = -(-spec.kv_len // config.block_k)
+    table = 4 * (nkb + 1) if use_block_table(spec) else 0
+    return q_tile + kv + ALIGN_BYTES + table
+
+
+def use_block_table(spec: FlashKernelSpec) -> bool:
+    """True when the kernel iterates a tile map (the mask is not one band)."""
+    if spec.mask_mod is None or spec.key_bounds.exact:
+        return False
+    return spec.tile_map is not None or spec.runtime_tile_map is not None
+
+
+def padded_kv_len(kv_len: int) -> int:
+    """Keys of the transposed fp8 V of the host prologue (a multiple of 32)."""
+    return -(-kv_len // 32) * 32
+
+
+def v_key_permutation(kv_len: int) -> np.ndarray:
+    """Position p of the transposed fp8 V holds key ``perm[p]``: inside each group of 32,
+    position 16 hi + 4 c + e holds key 8 (2 hi + e // 2) + 2 c + e % 2 -- the key that the
+    wgmma accumulator puts at byte e of register hi of lane-in-quad c (see the P fragment)."""
+    p = np.arange(padded_kv_len(kv_len))
+    g, r = p // 32, p % 32
+    hi, c, e = r // 16, r % 16 // 4, r % 4
+    return g * 32 + 8 * (2 * hi + e // 2) + 2 * c + e % 2
+
+
+def fp8_v_layout(v: np.ndarray) -> np.ndarray:
+    """The host prologue of fp8 P·V: v [B, H, T, Dv] -> [B, H, Dv, T32] (T rounded up to 32,
+    zero padded), keys permuted by ``v_key_permutation``."""
+    v = np.asarray(v)
+    T = v.shape[2]
+    T32 = padded_kv_len(T)
+    if T32 != T:
+        pad = np.zeros(v.shape[:2] + (T32 - T, v.shape[3]), dtype=v.dtype)
+        v = np.concatenate([v, pad], axis=2)
+    return np.ascontiguousarray(np.swapaxes(v[:, :, v_key_permutation(T), :], 2, 3))
+
+
+def registers_estimate(spec: FlashKernelSpec, config) -> int:
+    return spec.head_dim_v // 2 + config.block_k // 2 + config.block_k // 4 + 16
+
+
+def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
+    c = config
+
+    def bad(msg):
+        raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
+
+    if arch is not None and arch != "sm_90a":
+        bad(f"mma='wgmma' needs Hopper (arch sm_90a), not {arch}")
+    if c.num_warps not in (4, 8, 12):
+        bad(f"mma='wgmma' takes 1, 2 or 3 warpgroups: num_warps 4, 8 or 12, got {c.num_warps}")
+    if c.block_q != 16 * c.num_warps:
+        bad(f"mma='wgmma': each warpgroup owns 64 query rows, so block_q must be "
+            f"16 * num_warps = {16 * c.num_warps}, got {c.block_q}")
+    if c.block_k % 16 or not 16 <= c.block_k <= 256:
+        bad(f"mma='wgmma': block_k must be a multiple of 16 in [16, 256] (wgmma n and k), got {c.block_k}")
+    if c.num_stages < 2 or c.num_stages > 4:
+        bad(f"num_stages must be 2, 3 or 4 (cp.async pipeline depth), got {c.num_stages}")
+    for name in ("head_dim", "head_dim_v"):
+        d = getattr(spec, name)
+        if d % 64:
+            raise ShapeError(f"cuda target, mma='wgmma': {name} ({d}) must be a multiple of 64 "
+                             "(128-byte swizzled tiles); use mma='sync'", variant=spec.name or None)
+    if spec.head_dim_v > 256:
+        bad(f"mma='wgmma': head_dim_v ({spec.head_dim_v}) over 256 (wgmma n)")
+    if spec.quant_dtype is not None:
+        from attncc.errors import DTypeError
+        if spec.quant_dtype not in _FP8_PTX:
+            raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
+                             "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
+                             variant=spec.name or None)
+        if spec.head_dim % 128:
+            raise ShapeError(f"cuda target, fp8: head_dim ({spec.head_dim}) must be a multiple of 128 (fp8 rows "
+                             "of the 128-byte swizzled Q/K tiles)", variant=spec.name or None)
+        if spec.quant_pv:
+            if c.block_k % 128:
+                bad("fp8 P·V reads V transposed in rows of block_k bytes: block_k must be 128 or 256")
+            if any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v")):
+                raise ShapeError("cuda target, fp8 P·V: per-block V scales are not supported (the V scale must be "
+                                 "per tensor or per head: --quantize-granularity tensor|head)",
+                                 variant=spec.name or None)
+    smem = shared_memory_bytes(spec, c)
+    if smem > smem_limit:
+        bad(f"needs {smem} bytes of shared memory per block, over the {smem_limit}: lower block_k "
+            "or num_stages")
+    if registers_estimate(spec, c) > 200:
+        bad(f"holds about {registers_estimate(spec, c)} registers of fragments per thread: lower block_k")
+
+
+def _dtype_of(expr) -> str:
+    ty = getattr(expr, "ty", None)
+    if ty is not None and hasattr(ty, "dtype"):
+        return str(ty.dtype)
+    return str(expr.dtype)
+
+
+def _as_bool(expr):
+    from tvm import tirx
+    from tvm.ir import Expr as PrimExpr
+
+    if isinstance(expr, (bool, np.bool_)):
+        return tirx.const(bool(expr), "bool")
+    if isinstance(expr, PrimExpr) and not _dtype_of(expr).startswith("bool"):
+        return tirx.NE(expr, tirx.const(0, _dtype_of(expr)))
+    return expr
+
+
+def _as_f32(expr):
+    from tvm import tirx
+
+    if isinstance(expr, (int, float, np.floating, np.integer)):
+        return tirx.const(float(expr), "float32")
+    if _dtype_of(expr) != "float32":
+        return tirx.Cast("float32", expr)
+    return expr
+
+
+def lower(spec: FlashKernelSpec, config):
+    """The wgmma kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
+    import tvm
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
+    S, TK, D, DV = spec.q_len, spec.kv_len, spec.head_dim, spec.head_dim_v
+    G = spec.group
+    dtype = spec.dtype
+    ptx_t = _PTX_TYPE[dtype]
+    scale = float(spec.scale)
+
+    BQ, BK = config.block_q, config.block_k
+    NW, NS = config.num_warps, config.num_stages
+    NT = NW * 32
+    # fp8 (quantize pass): q, k in QK_DT (and v when PV8); scales and captures are arguments
+    QUANT = spec.quant_dtype is not None
+    PV8 = QUANT and spec.quant_pv
+    QK_DT = spec.quant_dtype if QUANT else dtype
+    V_DT = spec.quant_dtype if PV8 else dtype
+    qk_t = _FP8_PTX[QK_DT] if QUANT else ptx_t
+    v_t = _FP8_PTX[V_DT] if PV8 else ptx_t
+    QB, VB = _elem_bytes(spec)        # bytes per element of q/k and of v
+    TKP = padded_kv_len(TK) if PV8 else TK    # keys of the transposed fp8 V
+    NKT = BK // 8                     # n8 column groups of S
+    KD = D * QB // 32                 # k steps of Q·Kᵀ (k16 for 16-bit, k32 for fp8: 32 bytes each)
+    KK = BK // (32 if PV8 else 16)    # k steps of P·V
+    NDV = DV // 8                     # n8 column groups of O
+    NSA = BK // 2                     # S accumulator registers per thread
+    NOA = DV // 2                     # O accumulator registers per thread
+    NQB = (S + BQ - 1) // BQ
+    NKB = (TK + BK - 1) // BK
+    CQ, CV = D * QB // 16, DV // 8    # 16-byte chunks per row of Q/K and of the output
+    EQ = 16 // QB                     # q/k elements per 16-byte chunk
+    # V tile in shared memory: [block_k keys, d_v] (16-bit), or [d_v, block_k keys] (fp8, transposed)
+    V_ROWS, CVL = (DV, BK // 16) if PV8 else (BK, DV // 8)
+
+    # shared memory map, in 16-bit units from the 1024-byte aligned base
+    Q_ELEMS = BQ * max(D * QB, DV * 2) // 2
+    K_BASE = Q_ELEMS
+    K_ELEMS = BK * D * QB // 2
+    V_BASE = K_BASE + NS * K_ELEMS
+    V_ELEMS = BK * DV * VB // 2
+    LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2     # table mode: the key-block list (int32)
+    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if use_block_table(spec) else 0)
+
+    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
+    O_ITERS = -(-(BQ * CV) // NT)
+
+    # table mode: the tile map [NQB, NKB] is an argument; captured tensors and scales too
+    USE_TABLE = use_block_table(spec)
+    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
+                     for name, shape in spec.scales]
+    CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
+                       for name, shape, cdt in spec.captures]
+    K_PER_KEY = QUANT and int(SCALE_BUFFERS[1].shape[2]) > 1
+
+    kb_lower = spec.key_bounds.lower_offset
+    kb_upper = spec.key_bounds.upper_offset
+    if kb_upper is not None and kb_upper >= TK - 1:
+        kb_upper = None
+    if kb_lower is not None and kb_lower <= -(S - 1):
+        kb_lower = None
+    band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
+    score_mod = spec.score_mod
+    mask_mod = spec.mask_mod
+    fold_scale = score_mod is None
+    SHIFT = P_SHIFT if PV8 else 0.0
+
+    f32 = "float32"
+    NEG_INF = tirx.const(float("-inf"), f32)
+    FULL_MASK = tirx.const(0xFFFFFFFF, "uint32")
+    u64 = "uint64"
+
+    def i32(x):
+        return tirx.const(x, "int32")
+
+    def U(x):
+        return tirx.const(x, u64)
+
+    # descriptor fields (bytes >> 4): 128-byte swizzle (mode 1, bits 62-63), stride byte
+    # offset 1024 (8 rows of 128 bytes), leading byte offset 16 for K-major operands
+    # (unused under the swizzle) and one 64-column block of V for the MN-major V.
+    DESC_K = (1 << 62) | ((1024 >> 4) << 32) | (1 << 16)
+    DESC_V = (1 << 62) | ((1024 >> 4) << 32) | (((BK * 128) >> 4) << 16)
+
+    # num_stages 2: loads one key block ahead, the two products of a block in sequence.
+    # num_stages >= 3: loads num_stages - 2 blocks ahead, and P·V of block j (still in flight)
+    # overlaps Q·Kᵀ and the softmax of block j + 1 (FlashAttention-3's intra-warpgroup overlap);
+    # its V slot is overwritten only two iterations later, after every warpgroup waited for it.
+    OVERLAP = NS >= 3
+    AHEAD = NS - 2 if OVERLAP else NS - 1
+
+    def v_desc(sb, slot, kk):
+        """Descriptor of V rows 16 kk .. 16 kk + 15 of slot ``slot`` (MN-major B of P·V); fp8:
+        32-byte column step kk of the transposed V tile (K-major B, like K)."""
+        if PV8:
+            return (sb >> U(4)) + tirx.Cast(u64, (V_BASE + slot * V_ELEMS) // 8 + (kk // 4) * (DV * 8)
+                                            + (kk % 4) * 2) + U(DESC_K)
+        return (sb >> U(4)) + tirx.Cast(u64, (V_BASE + slot * V_ELEMS) // 8 + kk * (16 * 8)) + U(DESC_V)
+
+    def block_at(ent, which, pos):
+        """The key block at loop position ``pos``: itself, or (table mode) the compacted list's
+        entry, copied to the register ent[which] (a shared load cannot sit in a condition)."""
+        if USE_TABLE:
+            return tirx.shift_right(ent[which], 1)
+        return pos
+
+    def scale_at(which, bi, head, row):
+        """Scale of q (0), k (1) or v (2) at (batch, head, row); shapes [B|1, H|1, rows|1, 1]."""
+        buf = SCALE_BUFFERS[which]
+        shp = [int(x) for x in buf.shape]
+        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
+                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
+
+    def v_src(vbuf, bi, hk, blk, idx):
+        """(global address, 16, source bytes) of 16-byte chunk ``idx`` of key block ``blk``'s V tile."""
+        row, chunk = idx // CVL, idx % CVL
+        if PV8:     # transposed fp8 V: row = value dim, chunk = 16 keys
+            key = blk * BK + chunk * 16
+            return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
+                    tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
+        key = blk * BK + row
+        return (T.address_of(vbuf[bi, hk, tirx.min(key, TK - 1), chunk * 8]), 16,
+                tirx.Cast("uint32", tirx.Select(key < TK, 16, 0)))
+
+    def tile_off(base, rows, row, chunk):
+        """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
+        return (base + tirx.floordiv(chunk, 8) * (rows * 64) + row * 64
+                + tirx.bitwise_xor(tirx.floormod(chunk, 8), tirx.floormod(row, 8)) * 8)
+
+    def q_off(row, chunk):
+        return tile_off(0, BQ, row, chunk)
+
+    def o_off(row, chunk):
+        return tile_off(0, BQ, row, chunk)
+
+    def k_off(slot, row, chunk):
+        return tile_off(K_BASE + slot * K_ELEMS, BK, row, chunk)
+
+    def v_off(slot, row, chunk):
+        return tile_off(V_BASE + slot * V_ELEMS, V_ROWS, row, chunk)
+
+    def scaled(acc, b, h, i, j, r=0, row_fold=None):
+        # fp8: acc * k scale of key j when the k scale is per key; the row's q (and per-head k)
+        # scale is in row_fold[r] (times scale * log2 e when folded)
+        if K_PER_KEY:
+            acc = acc * scale_at(1, b, h // G, j)
+        if fold_scale:
+            return acc
+        if QUANT:
+            acc = acc * row_fold[r]
+        s = _as_f32(score_mod(acc * tirx.const(scale, f32), b, h, i, j, *CAPTURE_BUFFERS))
+        return s * tirx.const(_LOG2E, f32)
+
+    def to_log2(x, r=0, row_fold=None):
+        if fold_scale:
+            return x * (row_fold[r] if QUANT else tirx.const(scale * _LOG2E, f32))
+        return x
+
+    def exp_arg(s, m, r=0, row_fold=None):
+        if fold_scale:
+            out = s * (row_fold[r] if QUANT else tirx.const(scale * _LOG2E, f32)) - m
+        else:
+            out = s - m
+        return out + tirx.const(SHIFT, f32) if PV8 else out
+
+    def keep(b, h, i, j):
+        conds = []
+        if NKB * BK != TK:
+            conds.append(j < TK)
+        if kb_lower is not None:
+            conds.append(j >= i + kb_lower)
+        if kb_upper is not None:
+            conds.append(j <= i + kb_upper)
+        if mask_mod is not None:
+            conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
+        if not conds:
+            return tirx.const(True, "bool")
+        out = conds[0]
+        for cnd in conds[1:]:
+            out = tirx.And(out, cnd)
+        return out
+
+    def masked(acc, b, h, i, j, r=0, row_fold=None):
+        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
+
+    def block_lo(q0):
+        if USE_TABLE:
+            return i32(0)               # positions in the compacted list
+        if kb_lower is None:
+            return i32(0)
+        return tirx.floordiv(tirx.max(q0 + kb_lower, 0), BK)
+
+    def block_hi(q0, count=None):
+        if USE_TABLE:
+            return count[0]             # the count of non-empty key blocks
+        q_last = tirx.min(q0 + (BQ - 1), S - 1)
+        if kb_upper is None:
+            return i32(NKB)
+        return tirx.max(tirx.floordiv(tirx.min(q_last + kb_upper, TK - 1), BK) + 1, block_lo(q0))
+
+    def tile_is_full(r0, kb, kv_list=None):
+        """No element of warp rows r0 .. r0+15 x key block kb needs the element mask."""
+        if USE_TABLE:           # the tile map says full (2) for the whole query block
+            full = tirx.EQ(tirx.bitwise_and(kv_list[0], 1), 1)
+            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+        if not band_is_mask:
+            return tirx.const(False, "bool")
+        r_last = r0 + 15
+        j0 = kb * BK
+        conds = []
+        if NKB * BK != TK:
+            conds.append(j0 + BK <= TK)
+        if kb_lower is not None:
+            conds.append(j0 >= r_last + kb_lower)
+        if kb_upper is not None:
+            conds.append(j0 + (BK - 1) <= r0 + kb_upper)
+        if not conds:
+            return tirx.const(True, "bool")
+        out = conds[0]
+        for cnd in conds[1:]:
+            out = tirx.And(out, cnd)
+        return out
+
+    def within(count, index):
+        if count % NT == 0:
+            return tirx.const(True, "bool")
+        return index < count
+
+    def both(a, c):
+        return tirx.And(a, c)
+
+    wg_s = f"wgmma.mma_async.sync.aligned.m64n{BK}k{32 if QUANT else 16}.f32.{qk_t}.{qk_t}"
+    wg_o = f"wgmma.mma_async.sync.aligned.m64n{DV}k{32 if PV8 else 16}.f32.e4m3.{v_t}" if PV8 else \
+        f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}"
+    TRANS_S = () if QUANT else (0, 0)     # fp8 wgmma has no transpose immediates (K-major only)
+    TRANS_O = () if PV8 else (1,)
+    cvt = f"cvt.rn.{ptx_t}x2.f32"
+    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
+    cpa = "cp.async.cg.shared.global"
+    ex2 = "ex2.approx.ftz.f32"
+
+    V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
+    NKC = -(-NKB // 32)              # warp-sized chunks of a tile-map row
+
+    @T.prim_func(check_well_formed=False)
+    def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+             v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
+             lse: T.Buffer((B, H, S), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.x"):
+                for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                    smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
+                    p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
+                    s_acc = T.decl_buffer((NSA,), "float32", scope="local")
+                    o_acc = T.decl_buffer((NOA,), "float32", scope="local")
+                    m_run = T.decl_buffer((2,), "float32", scope="local")
+                    l_run = T.decl_buffer((2,), "float32", scope="local")
+                    m_use = T.decl_buffer((2,), "float32", scope="local")
+                    red = T.decl_buffer((2,), "float32", scope="local")
+                    saddr = T.decl_buffer((1,), "uint64", scope="local")
+                    # table mode: [0, count) the non-empty key blocks (kb * 2 + full), [NKB] the count
+                    # (inside smem's allocation, past the tiles and the alignment slack: TVM's merge of
+                    # dynamic shared buffers would alias a second one with the tiles it sees only
+                    # through address_of)
+                    kv_list = T.decl_buffer((NKB + 1,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
+                                            scope="shared.dyn")
+                    cnt = T.decl_buffer((1,), "int32", scope="local")
+                    ent = T.decl_buffer((2,), "int32", scope="local")         # list entries (table mode)
+                    row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
+                    p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
+                    T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
+                    # align the tiles to 1024 bytes (the 128-byte swizzle's period)
+                    pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
+                    sbase = saddr[0] + T.Cast(u64, pad)
+                    pe = pad // 2                          # aligned base, in elements
+                    b = bh // H
+                    h = bh % H
+                    hk = h // G
+                    qb = NQB - 1 - qb_rev
+                    q0 = qb * BQ
+                    wg = tx // 128
+                    warp = tx // 32
+                    lane = tx % 32
+                    r0 = q0 + warp * 16                    # first query row of this warp
+                    # ---- prologue: Q tile (then the key-block list), then the first key blocks
+                    for it in T.unroll(Q_ITERS):
+                        if within(BQ * CQ, it * NT + tx):
+                            T.ptx[cpa](
+                                T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
+                                               (it * NT + tx) % CQ * EQ]),
+                                16,
+                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                    # (the tile-map row is read while the Q tile is in flight)
+                    if USE_TABLE:
+                        # warp 0 compacts this query block's row of the tile map
+                        if warp == 0:
+                            cnt[0] = 0
+                            for c in T.serial(NKC):
+                                tv = T.if_then_else(c * 32 + lane < NKB,
+                                                    TILE_MAP[qb, T.min(c * 32 + lane, NKB - 1)], 0)
+                                ballot = T.cuda.ballot_sync(FULL_MASK, tv != 0)
+                                if tv != 0:
+                                    kv_list[cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
+                                        (c * 32 + lane) * 2 + T.Select(tv == 2, 1, 0)
+                                cnt[0] = cnt[0] + T.popcount(ballot)
+                            if lane == 0:
+                                kv_list[NKB] = cnt[0]
+                        T.tvm_storage_sync("shared")
+                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    if QUANT:
+                        for r in T.unroll(2):
+                            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
+                                T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(
+                                    scale * _LOG2E if fold_scale else 1.0)
+                    kb_lo = block_lo(q0)
+                    kb_hi = block_hi(q0, cnt)
+                    for st in T.unroll(AHEAD):
+                        if kb_lo + st < kb_hi:
+                            if USE_TABLE:
+                                ent[1] = kv_list[kb_lo + st]
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[pe + k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min(block_at(ent, 1, kb_lo + st) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * EQ]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            block_at(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(V_ROWS * CVL, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[pe + v_off(st, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                                        *v_src(v, b, hk, block_at(ent, 1, kb_lo + st), it * NT + tx))
+                        T.ptx["cp.async.commit_group"]()
+                    # ---- running state
+                    for r in T.unroll(2):
+                        m_run[r] = NEG_INF
+                        l_run[r] = T.float32(0)
+                    for e in T.unroll(NOA):
+                        o_acc[e] = T.float32(0)
+                    # ---- the key loop
+                    for kb in T.serial(kb_lo, kb_hi):
+                        T.ptx["cp.async.wait_group"](AHEAD - 1)
+                        T.ptx["fence.proxy.async.shared::cta"]()
+                        T.tvm_storage_sync("shared")
+                        if USE_TABLE:
+                            ent[0] = kv_list[kb]
+                        # prefetch key block kb + AHEAD into the slot of block kb + AHEAD - NS, whose
+                        # products every warpgroup waited for before the barrier
+                        if kb + AHEAD < kb_hi:
+                            if USE_TABLE:
+                                ent[1] = kv_list[kb + AHEAD]
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[pe + k_off((kb - kb_lo + AHEAD) % NS,
+                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min(block_at(ent, 1, kb + AHEAD) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * EQ]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            block_at(ent, 1, kb + AHEAD) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(V_ROWS * CVL, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[pe + v_off((kb - kb_lo + AHEAD) % NS,
+                                                                (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                                        *v_src(v, b, hk, block_at(ent, 1, kb + AHEAD), it * NT + tx))
+                        T.ptx["cp.async.commit_group"]()
+                        # ---- S = Q Kᵀ (one wgmma group: D/16 k steps)
+                        T.ptx["wgmma.fence.sync.aligned"]()
+                        for kd in T.unroll(KD):
+                            T.ptx[wg_s](
+                                *[s_acc[i] for i in range(NSA)],
+                                (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
+                                + U(DESC_K),
+                                (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((kb - kb_lo) % NS) * K_ELEMS) // 8
+                                                         + (kd // 4) * (BK * 8) + (kd % 4) * 2)
+                                + U(DESC_K),
+                                kd > 0, 1, 1, *TRANS_S)
+                        T.ptx["wgmma.commit_group.sync.aligned"]()
+                        if OVERLAP:
+                            # O += P V of the previous block runs under this block's softmax
+                            if kb > kb_lo:
+                                for kk in T.unroll(KK):
+                                    T.ptx[wg_o](
+                                        *[o_acc[i] for i in range(NOA)],
+                                        p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
+                                        v_desc(sbase, (kb - 1 - kb_lo) % NS, kk),
+                                        kb >= 0, 1, 1, *TRANS_O)
+                                T.ptx["wgmma.commit_group.sync.aligned"]()
+                                T.ptx["wgmma.wait_group.sync.aligned"](1)
+                            else:
+                                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                        else:
+                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                        # ---- score_mod, mask (partial tiles only), log2 domain
+                        if tile_is_full(r0, block_at(ent, 0, kb), ent):
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(4):
+                                    s_acc[nt * 4 + e] = scaled(
+                                        s_acc[nt * 4 + e], b, h,
+                                        r0 + lane // 4 + e // 2 * 8,
+                                        block_at(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+                        else:
+                            for nt in T.unroll(NKT):
+                                for e in T.unroll(4):
+                                    s_acc[nt * 4 + e] = masked(
+                                        s_acc[nt * 4 + e], b, h,
+                                        r0 + lane // 4 + e // 2 * 8,
+                                        block_at(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+                        # ---- online softmax
+                        for r in T.unroll(2):
+                            red[r] = NEG_INF
+                        for nt in T.unroll(NKT):
+                            for e in T.unroll(4):
+                                red[e // 2] = T.max(red[e // 2], s_acc[nt * 4 + e])
+                        for r in T.unroll(2):
+                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
+                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
+                            red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
+                            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
+                            T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
+                            l_run[r] = l_run[r] * m_run[r]
+                        if not OVERLAP:
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(4):
+                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+                        for nt in T.unroll(NKT):
+                            for e in T.unroll(4):
+                                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))
+                                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
+                        if OVERLAP:
+                            if kb > kb_lo:
+                                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                            for nd in T.unroll(NDV):
+                                for e in T.unroll(4):
+                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+                        for r in T.unroll(2):
+                            m_run[r] = red[r]
+                        # ---- P (16-bit, in registers): the A fragments of P·V
+                        if PV8:
+                            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of
+                            # n8 groups 4 kk + 2 (e // 2) + {0, 1} (V's keys are permuted to match)
+                            for kk in T.unroll(KK):
+                                for e in T.unroll(4):
+                                    for g in T.unroll(2):
+                                        T.ptx[cvt8](p16[g],
+                                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
+                                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
+                                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
+                                        T.Cast("uint32", p16[1]), T.uint32(16))
+                        else:
+                            for kk in T.unroll(KK):
+                                for e in T.unroll(4):
+                                    T.ptx[cvt](p_frag[kk, e],
+                                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
+                                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+                        # ---- O += P V (one wgmma group: block_k/16 k steps)
+                        if not OVERLAP:
+                            T.ptx["wgmma.fence.sync.aligned"]()
+                            for kk in T.unroll(KK):
+                                T.ptx[wg_o](
+                                    *[o_acc[i] for i in range(NOA)],
+                                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
+                                    v_desc(sbase, (kb - kb_lo) % NS, kk),
+                                    kb >= 0, 1, 1, *TRANS_O)
+                            T.ptx["wgmma.commit_group.sync.aligned"]()
+                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    if OVERLAP:
+                        # P V of the last key block
+                        if kb_hi > kb_lo:
+                            T.ptx["wgmma.fence.sync.aligned"]()
+                            for kk in T.unroll(KK):
+                                T.ptx[wg_o](
+                                    *[o_acc[i] for i in range(NOA)],
+                                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
+                                    v_desc(sbase, (kb_hi - 1 - kb_lo) % NS, kk),
+                                    kb_hi >= 0, 1, 1, *TRANS_O)
+                            T.ptx["wgmma.commit_group.sync.aligned"]()
+                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    # ---- epilogue
+                    T.ptx["cp.async.wait_group"](0)
+                    T.tvm_storage_sync("shared")
+                    for r in T.unroll(2):
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
+                        red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                        if PV8:
+                            red[r] = red[r] * scale_at(2, b, hk, 0)
+                    for hf in T.unroll(2):
+                        if both(lane % 4 == 0, r0 + hf * 8 + lane // 4 < S):
+                            lse[b, h, r0 + hf * 8 + lane // 4] = T.Select(
+                                l_run[hf] > T.float32(0),
+                                (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
+                                NEG_INF)
+                    # (the output tile needs no alignment: it is staged from the unaligned base)
+                    for nd in T.unroll(NDV):
+                        for e in T.unroll(4):
+                            smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                                T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+                    T.tvm_storage_sync("shared")
+                    for it in T.unroll(O_ITERS):
+                        if within(BQ * CV, it * NT + tx):
+                            if q0 + (it * NT + tx) // CV < S:
+                                for e in T.vectorized(8):
+                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+
+    extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
+    if extra:
+        # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
+        main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)
+    tvm.tirx.analysis.verify_well_formed(main)
+    return tvm.IRModule({"main": main})
