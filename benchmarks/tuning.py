@@ -70,6 +70,8 @@ def part_export(args) -> None:
     t0 = time.perf_counter()
     n = 0
     for name, S, path, vname, shapes in GPU_SHAPES:
+        if args.kernels and name not in args.kernels.split(","):
+            continue
         m = export_candidates(path, args.export_dir, "cuda", shapes, args.dtype or "bf16", variant_name=vname,
                               target_options={"arch": args.arch or "sm_90a"}, fatbin=args.fatbin)
         n += len(m["candidates"])
@@ -477,6 +479,7 @@ def main():
                     help="export: build the GPU candidates here (split flow); gpu: report default vs tuned "
                     "and the search replay from measured results (--results)")
     ap.add_argument("--export-dir", default=os.path.join(ROOT, ".gpuT", "cands"))
+    ap.add_argument("--kernels", help="export: only these GPU kernels (comma-separated: sdpa, causal_mha, causal_gqa, decode)")
     ap.add_argument("--fatbin", action="store_true", help="export: compile the fatbins here with nvcc too")
     ap.add_argument("--results", help="gpu: results JSONL written by attncc.schedules.measure_candidates")
     ap.add_argument("--shapes", default="sdpa:1024,sdpa:2048,sdpa:4096,causal:1024,causal:2048,causal:4096")
