@@ -121,32 +121,8 @@ def _heavy_score_mod(spec: FlashKernelSpec) -> bool:
     return heavy(expr) if not isinstance(expr, (int, float)) else False
 
 
-def _dtype_of(expr) -> str:
-    ty = getattr(expr, "ty", None)
-    if ty is not None and hasattr(ty, "dtype"):
-        return str(ty.dtype)
-    return str(expr.dtype)
-
-
-def _as_bool(expr):
-    from tvm import tirx
-    from tvm.ir import Expr as PrimExpr
-
-    if isinstance(expr, (bool, np.bool_)):
-        return tirx.const(bool(expr), "bool")
-    if isinstance(expr, PrimExpr) and not _dtype_of(expr).startswith("bool"):
-        return tirx.NE(expr, tirx.const(0, _dtype_of(expr)))
-    return expr
-
-
-def _as_f32(expr):
-    from tvm import tirx
-
-    if isinstance(expr, (int, float, np.floating, np.integer)):
-        return tirx.const(float(expr), "float32")
-    if _dtype_of(expr) != "float32":
-        return tirx.Cast("float32", expr)
-    return expr
+# the TIR expression helpers shared with cuda.py and rocm.py
+from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of  # noqa: E402
 
 
 def lower(spec: FlashKernelSpec, config):
