@@ -531,7 +531,15 @@ def test_export_candidates_writes_manifests_and_counts_rejections(tmp_path):
     assert m["reference"] == {"kind": "sdpa", "causal": True, "scale": 0.125}
     assert m["input_shapes"]["q"] == [1, 2, 256, 64] and m["out_shape"] == [1, 2, 256, 64]
     ids = {c["id"] for c in m["candidates"]}
-    assert ids == {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2", "wgmma-q128-k128-w8-s2"}   # + the default
+    # + the target's default config, which is always measured beside the candidates
+    from attncc.compiler import compile_variant
+
+    d = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
+                        target_options={"arch": "sm_90a"}, build=False, tuning_db=False).config
+    default_id = f"wgmma-q{d.block_q}-k{d.block_k}-w{d.num_warps}-s{d.num_stages}"
+    assert d.mma == "wgmma" and default_id not in {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2"}
+    assert ids == {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2", default_id}
+    assert [c["id"] for c in m["candidates"] if c["default"]] == [default_id]
     assert sum(c["default"] for c in m["candidates"]) == 1 and not m["build_failed"]
     for c in m["candidates"]:
         so = out / os.path.basename(os.path.dirname(next(out.glob("*/manifest.json")))) / c["file"]
