@@ -540,6 +540,7 @@ def test_export_candidates_writes_manifests_and_counts_rejections(tmp_path):
     assert d.mma == "wgmma" and default_id not in {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2"}
     assert ids == {"wgmma-q64-k64-w4-s2", "wgmma-q128-k64-w8-s2", default_id}
     assert [c["id"] for c in m["candidates"] if c["default"]] == [default_id]
+    assert {c["kernel_revision"] for c in m["candidates"]} == {"wgmma-2"}    # the ping-pong kernel measures them
     assert sum(c["default"] for c in m["candidates"]) == 1 and not m["build_failed"]
     for c in m["candidates"]:
         so = out / os.path.basename(os.path.dirname(next(out.glob("*/manifest.json")))) / c["file"]
@@ -607,6 +608,34 @@ def test_ingest_results_makes_compile_for_sm90a_pick_the_record(tmp_path):
     k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
                         build=False, tuning_db=str(tmp_path / "only_h200.jsonl"), target_options={"arch": "sm_80"})
     assert k.config_source.startswith("target default")
+
+
+def test_records_of_another_kernel_revision_are_not_used(tmp_path):
+    """A record measured on an older revision of the kernel its config runs (before a schedule
+    change) is skipped; one of the current revision, or one that names none, is used."""
+    from attncc.compiler import compile_variant
+    from attncc.schedules.db import make_key
+    from attncc.targets import cuda
+
+    shapes = {"B": 1, "H": 2, "S": 256, "D": 64}
+    probe = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes=shapes, build=False, tuning_db=False,
+                            target_options={"arch": "sm_90a"})
+    key = make_key(probe.source_ir, probe.spec, "cuda", "NVIDIA H100")
+    cfg = dict(dataclasses.asdict(probe.config), block_q=64, num_warps=4, block_k=64, num_stages=2)
+    current = cuda.kernel_revision(probe.spec, dataclasses.replace(probe.config, **cfg))
+    assert current == "wgmma-2"
+    db = tmp_path / "rev.jsonl"
+    TuningDB(db).append(record_for(key, cfg, 1e-6, runs=5, extra={"kernel_revision": "wgmma-1"}))
+
+    def pick():
+        return compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes=shapes, build=False,
+                               tuning_db=str(db), target_options={"arch": "sm_90a"})
+
+    k = pick()
+    assert k.config_source.startswith("target default") and k.config == probe.config   # stale: the default
+    TuningDB(db).append(record_for(key, dict(cfg, num_stages=3), 2e-6, runs=5, extra={"kernel_revision": current}))
+    k = pick()
+    assert k.config.block_q == 64 and k.config.num_stages == 3 and k.config_source.startswith("tuned record")
 
 
 def test_cli_ingest_then_compile_with_arch(tmp_path):

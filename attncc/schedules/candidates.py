@@ -209,8 +209,12 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
         except Exception:  # noqa: BLE001
             predicted = None
         cid = config_id(c)
-        entries.append({"id": cid, "config": dataclasses.asdict(c), "file": cid + ".so",
-                        "default": c == default, "predicted_s": predicted})
+        entry = {"id": cid, "config": dataclasses.asdict(c), "file": cid + ".so",
+                 "default": c == default, "predicted_s": predicted}
+        revision = getattr(kernel.target, "kernel_revision", None)
+        if revision is not None:
+            entry["kernel_revision"] = revision(kernel.spec, c)
+        entries.append(entry)
     emit("start", candidates=len(entries))
 
     failed = []

@@ -6,7 +6,9 @@ dtype, target and device, looked up in order in
    (``~/.cache/attncc/tuning.jsonl``), where ``attncc tune`` writes by default,
 3. the packaged defaults (``attncc/schedules/defaults.jsonl``, shipped with attncc),
 
-the first that has a record whose config is valid for this kernel; else the target's
+the first that has a record whose config is valid for this kernel (and, where the target
+names kernel revisions -- cuda's ``kernel_revision`` -- whose record was measured on the
+revision that config runs now, or says nothing about it); else the target's
 default config.  The device is the local GPU's name when it is the architecture asked for,
 else the architecture's usual GPU (cuda: ``--arch sm_90a`` -> 'NVIDIA H100'); records of
 that device come first, then records of a device on the same chip (the family's
@@ -78,6 +80,7 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
     key = make_key(func, spec, target, family.device_name(options))
     base = tgt.default_config(spec)                 # the kernel's config class (cuda: prefill or decode)
     fields = {f.name for f in dataclasses.fields(base)}
+    revision = getattr(tgt, "kernel_revision", None)
     devices = [key.device] + list(getattr(family, "equivalent_devices", lambda d: [])(key.device))
     for device in devices:                           # the device itself first, then the same chip
         dkey = dataclasses.replace(key, device=device)
@@ -92,6 +95,9 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
                     family.validate(spec, cfg, options)
                 except (ConfigError, TypeError, ValueError):
                     continue
+                measured_on = rec.extra.get("kernel_revision")
+                if measured_on is not None and revision is not None and measured_on != revision(spec, cfg):
+                    continue                       # measured on another revision of the kernel
                 return rec, path, dkey
     return None, None, key
 

@@ -456,7 +456,7 @@ def _record(man, cand, hello, res, phase, session, trial, arch_device) -> dict:
     for k in ("min_s", "err", "tol", "lse_err", "lse_tol", "load_s", "round"):
         if res.get(k) is not None:
             rec[k] = round(res[k], 9) if isinstance(res[k], float) else res[k]
-    for k in ("predicted_s", "build_s"):
+    for k in ("predicted_s", "build_s", "kernel_revision"):
         if cand.get(k) is not None:
             rec[k] = cand[k]
     return rec

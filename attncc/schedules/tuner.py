@@ -748,6 +748,7 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
 
     session = uuid.uuid4().hex[:8]
     base_extra = {"variant": kernel.variant, "shape": dict(kernel.env), "session": session}
+    revision = getattr(kernel.target, "kernel_revision", None)
     if options.get("arch"):
         base_extra["arch"] = options["arch"]
 
@@ -780,6 +781,12 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
                 v = getattr(trial, k)
                 if v is not None:
                     extra[k] = round(v, 9) if k != "others_cpu" else round(v, 2)
+            if revision is not None:          # which kernel revision measured it (lookup checks it)
+                try:
+                    extra["kernel_revision"] = revision(kernel.spec, dataclasses.replace(
+                        kernel.target.default_config(kernel.spec), **out.config))
+                except Exception:  # noqa: BLE001 - a config the target cannot even build stays unstamped
+                    pass
             tdb.append(record_for(key, out.config, out.time_s, spread=out.spread, runs=out.runs,
                                   status=out.status, error=out.error, extra=extra))
             if out.status == OK:

@@ -58,6 +58,21 @@ from attncc.targets import _cuda_wgmma as _wgmma_dense  # Hopper wgmma prefill k
 from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for tile maps, captures, fp8
 
 
+# Which kernel (and which revision of it) a config runs: tuning records carry it, and a
+# record measured on another revision is not used (its config may no longer be the best).
+# Bump a revision when a kernel's schedule changes what is fast.
+KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-1", "decode": "decode-1"}
+
+
+def kernel_revision(spec: FlashKernelSpec, config) -> str:
+    """The kernel revision ``config`` runs for ``spec`` (see KERNEL_REVISIONS)."""
+    if isinstance(config, _decode.DecodeConfig):
+        return KERNEL_REVISIONS["decode"]
+    if getattr(config, "mma", "sync") == "wgmma":
+        return KERNEL_REVISIONS["wgmma_sparse" if _wgmma_for(spec) is _wgmma_sparse else "wgmma"]
+    return KERNEL_REVISIONS["sync"]
+
+
 def _wgmma_for(spec: FlashKernelSpec):
     """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel iterates a
     tile map, reads captured tensors or takes fp8 inputs (features the ping-pong kernel of
