@@ -60,10 +60,20 @@ def registers_estimate(spec: FlashKernelSpec, config) -> int:
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
+    check_tiles(spec, config, arch)
+    check_resources(spec, config, smem_limit, shared_memory_bytes(spec, config))
+
+
+def _bad(spec: FlashKernelSpec, c, msg: str):
+    raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
+
+
+def check_tiles(spec: FlashKernelSpec, config, arch) -> None:
+    """The wgmma kernels' arch, warpgroup, tile and head-dim rules (also _cuda_wgmma_sparse's)."""
     c = config
 
     def bad(msg):
-        raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
+        _bad(spec, c, msg)
 
     if arch is not None and arch != "sm_90a":
         bad(f"mma='wgmma' needs Hopper (arch sm_90a), not {arch}")
@@ -83,12 +93,16 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
                              "(128-byte swizzled tiles); use mma='sync'", variant=spec.name or None)
     if spec.head_dim_v > 256:
         bad(f"mma='wgmma': head_dim_v ({spec.head_dim_v}) over 256 (wgmma n)")
-    smem = shared_memory_bytes(spec, c)
+
+
+def check_resources(spec: FlashKernelSpec, config, smem_limit: int, smem: int) -> None:
+    """Shared memory (``smem`` bytes, the kernel module's own count) and fragment registers."""
     if smem > smem_limit:
-        bad(f"needs {smem} bytes of shared memory per block, over the {smem_limit}: lower block_k "
-            "or num_stages")
-    if registers_estimate(spec, c) > 200:
-        bad(f"holds about {registers_estimate(spec, c)} registers of fragments per thread: lower block_k")
+        _bad(spec, config, f"needs {smem} bytes of shared memory per block, over the {smem_limit}: lower block_k "
+             "or num_stages")
+    if registers_estimate(spec, config) > 200:
+        _bad(spec, config, f"holds about {registers_estimate(spec, config)} registers of fragments per thread: "
+             "lower block_k")
 
 
 def _heavy_score_mod(spec: FlashKernelSpec) -> bool:

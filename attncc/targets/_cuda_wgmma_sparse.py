@@ -122,8 +122,8 @@ def fp8_v_layout(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(v[:, :, v_key_permutation(T), :], 2, 3))
 
 
-def registers_estimate(spec: FlashKernelSpec, config) -> int:
-    return spec.head_dim_v // 2 + config.block_k // 2 + config.block_k // 4 + 16
+# the tile rules, register estimate and resource checks are _cuda_wgmma's
+from attncc.targets._cuda_wgmma import check_resources, check_tiles, registers_estimate  # noqa: E402,F401
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -132,24 +132,7 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
     def bad(msg):
         raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
 
-    if arch is not None and arch != "sm_90a":
-        bad(f"mma='wgmma' needs Hopper (arch sm_90a), not {arch}")
-    if c.num_warps not in (4, 8, 12):
-        bad(f"mma='wgmma' takes 1, 2 or 3 warpgroups: num_warps 4, 8 or 12, got {c.num_warps}")
-    if c.block_q != 16 * c.num_warps:
-        bad(f"mma='wgmma': each warpgroup owns 64 query rows, so block_q must be "
-            f"16 * num_warps = {16 * c.num_warps}, got {c.block_q}")
-    if c.block_k % 16 or not 16 <= c.block_k <= 256:
-        bad(f"mma='wgmma': block_k must be a multiple of 16 in [16, 256] (wgmma n and k), got {c.block_k}")
-    if c.num_stages < 2 or c.num_stages > 4:
-        bad(f"num_stages must be 2, 3 or 4 (cp.async pipeline depth), got {c.num_stages}")
-    for name in ("head_dim", "head_dim_v"):
-        d = getattr(spec, name)
-        if d % 64:
-            raise ShapeError(f"cuda target, mma='wgmma': {name} ({d}) must be a multiple of 64 "
-                             "(128-byte swizzled tiles); use mma='sync'", variant=spec.name or None)
-    if spec.head_dim_v > 256:
-        bad(f"mma='wgmma': head_dim_v ({spec.head_dim_v}) over 256 (wgmma n)")
+    check_tiles(spec, c, arch)
     if spec.quant_dtype is not None:
         from attncc.errors import DTypeError
         if spec.quant_dtype not in _FP8_PTX:
@@ -166,12 +149,7 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
                 raise ShapeError("cuda target, fp8 P·V: per-block V scales are not supported (the V scale must be "
                                  "per tensor or per head: --quantize-granularity tensor|head)",
                                  variant=spec.name or None)
-    smem = shared_memory_bytes(spec, c)
-    if smem > smem_limit:
-        bad(f"needs {smem} bytes of shared memory per block, over the {smem_limit}: lower block_k "
-            "or num_stages")
-    if registers_estimate(spec, c) > 200:
-        bad(f"holds about {registers_estimate(spec, c)} registers of fragments per thread: lower block_k")
+    check_resources(spec, c, smem_limit, shared_memory_bytes(spec, c))
 
 
 # the TIR expression helpers shared with cuda.py and rocm.py
