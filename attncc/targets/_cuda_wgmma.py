@@ -41,7 +41,6 @@ from attncc.errors import ConfigError, ShapeError
 from attncc.targets.spec import FlashKernelSpec
 
 _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
-_LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 ALIGN_BYTES = 1024
 # switches of the schedule for experiment builds ("split", "pingpong", "qb_fast"; a build
@@ -135,8 +134,8 @@ def _heavy_score_mod(spec: FlashKernelSpec) -> bool:
     return heavy(expr) if not isinstance(expr, (int, float)) else False
 
 
-# the TIR expression helpers shared with cuda.py and rocm.py
-from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of  # noqa: E402
+# key range, score_mod and element mask, shared with cuda.py and rocm.py
+from attncc.targets._gpu_flash import FlashIndexing  # noqa: E402
 
 
 def lower(spec: FlashKernelSpec, config):
@@ -150,7 +149,6 @@ def lower(spec: FlashKernelSpec, config):
     G = spec.group
     dtype = spec.dtype
     ptx_t = _PTX_TYPE[dtype]
-    scale = float(spec.scale)
 
     BQ, BK = config.block_q, config.block_k
     NW, NS = config.num_warps, config.num_stages
@@ -184,8 +182,6 @@ def lower(spec: FlashKernelSpec, config):
         kb_lower = None
     band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
     score_mod = spec.score_mod
-    mask_mod = spec.mask_mod
-    fold_scale = score_mod is None
 
     f32 = "float32"
     NEG_INF = tirx.const(float("-inf"), f32)
@@ -251,41 +247,9 @@ def lower(spec: FlashKernelSpec, config):
     def v_off(slot, row, chunk):
         return tile_off(V_BASE + slot * V_ELEMS, BK, row, chunk)
 
-    def scaled(acc, b, h, i, j):
-        if fold_scale:
-            return acc
-        s = _as_f32(score_mod(acc * tirx.const(scale, f32), b, h, i, j))
-        return s * tirx.const(_LOG2E, f32)
-
-    def to_log2(x):
-        if fold_scale:
-            return x * tirx.const(scale * _LOG2E, f32)
-        return x
-
-    def exp_arg(s, m):
-        if fold_scale:
-            return s * tirx.const(scale * _LOG2E, f32) - m
-        return s - m
-
-    def keep(b, h, i, j):
-        conds = []
-        if NKB * BK != TK:
-            conds.append(j < TK)
-        if kb_lower is not None:
-            conds.append(j >= i + kb_lower)
-        if kb_upper is not None:
-            conds.append(j <= i + kb_upper)
-        if mask_mod is not None:
-            conds.append(_as_bool(mask_mod(b, h, i, j)))
-        if not conds:
-            return tirx.const(True, "bool")
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.And(out, cnd)
-        return out
-
-    def masked(acc, b, h, i, j):
-        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j), NEG_INF)
+    # score_mod (log2 units), the element mask and the scale folding: shared with cuda.py and rocm.py
+    ix = FlashIndexing(spec, BQ, BK, 16)
+    scaled, to_log2, exp_arg, keep, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.keep, ix.masked
 
     def block_lo(q0):
         if kb_lower is None:
