@@ -187,14 +187,35 @@ def test_fp8_with_a_runtime_block_mask_compiles():
     assert "__ballot_sync" in src and src.count("m64n128k32.f32.e4m3.e4m3") == 2
 
 
-def test_fp8_pv_export_is_refused_until_the_runtime_applies_the_v_layout():
-    from attncc.export import ExportError, export as export_kernel
-
+def test_fp8_pv_export_declares_the_v_layout_the_runtime_applies():
     from attncc.export import build_manifest
+    from attncc.runtime import _kernel, _layouts
 
     k = _fp8(quant={"dtype": "fp8", "pv": True}, build=False)
-    with pytest.raises(ExportError, match="fp8 P·V"):
-        build_manifest(k)
+    man = build_manifest(k)
+    v = [a for a in man["kernel_args"] if a["name"] == "v"][0]
+    spec = k.spec
+    assert v["source"]["layout"] == _layouts.FP8_V and v["dtype"] == spec.quant_dtype
+    assert v["shape"] == [spec.batch, spec.kv_heads, spec.head_dim_v, _layouts.padded_kv_len(spec.kv_len)]
+    # the runtime's layout (numpy path) is the one the kernel was verified with on the GPU
+    x = np.random.default_rng(0).standard_normal((1, 2, 45, 8)).astype(ml_dtypes.float8_e4m3fn)
+    got = _kernel._layout(x, _layouts.FP8_V, "numpy")
+    want = _cuda_wgmma.fp8_v_layout(x)
+    assert got.shape == (1, 2, 8, 64) and got.dtype == x.dtype
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    with pytest.raises(AttnccError, match="layout 'nope'"):
+        _kernel._layout(x, "nope", "numpy")
+
+
+def test_fp8_v_layout_in_torch_equals_numpy():
+    torch = pytest.importorskip("torch")
+    from attncc.runtime import _layouts
+
+    x = np.random.default_rng(1).standard_normal((2, 1, 70, 16)).astype(ml_dtypes.float8_e4m3fn)
+    t = torch.from_numpy(x.view(np.uint8)).view(torch.float8_e4m3fn)
+    got = _layouts.fp8_v_layout(t)
+    assert tuple(got.shape) == (2, 1, 16, 96) and got.dtype == torch.float8_e4m3fn
+    assert np.array_equal(got.view(torch.uint8).numpy(), _layouts.fp8_v_layout(x).view(np.uint8))
 
 
 def test_int8_on_cuda_is_one_clear_error():

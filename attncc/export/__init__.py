@@ -160,16 +160,19 @@ def build_manifest(kernel) -> dict:
                              "block": int(op.attrs.get("block", 1))})
         sources.append({"prologue": index[id(op)], "result": v.index})
 
-    if kernel.target_name == "cuda" and spec.quant_dtype and spec.quant_pv:
-        raise ExportError("export of a CUDA kernel with fp8 P·V is not supported yet: the kernel reads V "
-                          "transposed and key-permuted (attncc.targets._cuda_wgmma_sparse.fp8_v_layout), a host "
-                          "prologue step the runtime does not apply; export without --quantize-pv",
-                          variant=kernel.variant)
     in_dtypes = [spec.quant_dtype or spec.dtype, spec.quant_dtype or spec.dtype,
                  spec.quant_dtype if spec.quant_pv else spec.dtype]
     in_shapes = [[spec.batch, spec.q_heads, spec.q_len, spec.head_dim],
                  [spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim],
                  [spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim_v]]
+    if kernel.target_name == "cuda" and spec.quant_dtype and spec.quant_pv \
+            and getattr(kernel.config, "mma", None) == "wgmma":
+        # the fp8 P·V kernel reads V transposed and key-permuted: the runtime applies the layout
+        # to the quantized v (attncc.runtime._layouts.fp8_v_layout) before the launch
+        from attncc.runtime._layouts import FP8_V, padded_kv_len
+
+        in_shapes[2] = [spec.batch, spec.kv_heads, spec.head_dim_v, padded_kv_len(spec.kv_len)]
+        sources[2] = dict(sources[2], layout=FP8_V)
     args = [{"name": n, "role": "input", "dtype": d, "shape": s, "source": src}
             for n, d, s, src in zip("qkv", in_dtypes, in_shapes, sources[:3])]
     args += [{"name": o["name"], "role": "output", "dtype": o["dtype"], "shape": o["shape"]} for o in outputs]

@@ -426,6 +426,8 @@ class Kernel:
                 out.append(values[self._index[src["input"]]])
             else:
                 out.append(results[src["prologue"]][src["result"]])
+            if src is not None and src.get("layout"):
+                out[-1] = _layout(out[-1], src["layout"], fw)
         return out
 
     def _fill_tables(self, args, ops, device):
@@ -528,6 +530,17 @@ def _wrap(t, fw: str):
 
         return cupy.from_dlpack(t)
     return t
+
+
+def _layout(x, layout: str, fw: str):
+    """A kernel argument's own layout (attncc.runtime._layouts), applied on x's device."""
+    from attncc.runtime import _layouts
+
+    if layout != _layouts.FP8_V:
+        raise AttnccError(f"this runtime does not know the argument layout '{layout}' (newer attncc export?)")
+    if fw == "torch":
+        return _layouts.fp8_v_layout(x)
+    return _layouts.fp8_v_layout(_to_host(x))
 
 
 def _quantize(x, p: dict, fw: str):

@@ -79,12 +79,19 @@ def _elem_bytes(spec: FlashKernelSpec):
     return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
 
 
+def chained(config) -> int:
+    """Query blocks a thread block runs one after another (``CudaConfig.query_blocks``)."""
+    return int(getattr(config, "query_blocks", 1) or 1)
+
+
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = _elem_bytes(spec)
+    qc = chained(config)
     q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)
+    q_tile = 2 * q_tile + ALIGN_BYTES if qc > 1 else q_tile
     kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
     nkb = -(-spec.kv_len // config.block_k)
-    table = 4 * (nkb + 1) if use_block_table(spec) else 0
+    table = 4 * (nkb + 1) * qc if use_block_table(spec) else 0
     return q_tile + kv + ALIGN_BYTES + table
 
 
@@ -95,31 +102,8 @@ def use_block_table(spec: FlashKernelSpec) -> bool:
     return spec.tile_map is not None or spec.runtime_tile_map is not None
 
 
-def padded_kv_len(kv_len: int) -> int:
-    """Keys of the transposed fp8 V of the host prologue (a multiple of 32)."""
-    return -(-kv_len // 32) * 32
-
-
-def v_key_permutation(kv_len: int) -> np.ndarray:
-    """Position p of the transposed fp8 V holds key ``perm[p]``: inside each group of 32,
-    position 16 hi + 4 c + e holds key 8 (2 hi + e // 2) + 2 c + e % 2 -- the key that the
-    wgmma accumulator puts at byte e of register hi of lane-in-quad c (see the P fragment)."""
-    p = np.arange(padded_kv_len(kv_len))
-    g, r = p // 32, p % 32
-    hi, c, e = r // 16, r % 16 // 4, r % 4
-    return g * 32 + 8 * (2 * hi + e // 2) + 2 * c + e % 2
-
-
-def fp8_v_layout(v: np.ndarray) -> np.ndarray:
-    """The host prologue of fp8 P·V: v [B, H, T, Dv] -> [B, H, Dv, T32] (T rounded up to 32,
-    zero padded), keys permuted by ``v_key_permutation``."""
-    v = np.asarray(v)
-    T = v.shape[2]
-    T32 = padded_kv_len(T)
-    if T32 != T:
-        pad = np.zeros(v.shape[:2] + (T32 - T, v.shape[3]), dtype=v.dtype)
-        v = np.concatenate([v, pad], axis=2)
-    return np.ascontiguousarray(np.swapaxes(v[:, :, v_key_permutation(T), :], 2, 3))
+# the fp8 V layout is a runtime step too (exported kernels apply it without TVM): one definition
+from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutation  # noqa: E402,F401
 
 
 # the tile rules, register estimate and resource checks are _cuda_wgmma's
@@ -133,6 +117,12 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
         raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
 
     check_tiles(spec, c, arch)
+    if chained(c) > 1:
+        if c.num_stages != 2:
+            bad(f"query_blocks={chained(c)} chains query blocks through one key pipeline that loads one "
+                "block ahead: num_stages must be 2")
+        if spec.quant_dtype is not None:
+            bad("query_blocks > 1 does not take fp8 inputs yet: use query_blocks=1")
     if spec.quant_dtype is not None:
         from attncc.errors import DTypeError
         if spec.quant_dtype not in _FP8_PTX:
@@ -153,7 +143,7 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
 
 
 # the TIR expression helpers shared with cuda.py and rocm.py
-from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of  # noqa: E402
+from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of, eager_logic  # noqa: E402,E501
 
 
 def lower(spec: FlashKernelSpec, config):
@@ -196,12 +186,17 @@ def lower(spec: FlashKernelSpec, config):
 
     # shared memory map, in 16-bit units from the 1024-byte aligned base
     Q_ELEMS = BQ * max(D * QB, DV * 2) // 2
-    K_BASE = Q_ELEMS
+    QC = chained(config)              # query blocks chained per thread block (query_blocks)
+    CHAIN = QC > 1
+    NQG = -(-NQB // QC)               # thread blocks along the query axis
+    # chained: two Q tiles (the next block's loads early) and 1 KB above them (the O staging)
+    K_BASE = Q_ELEMS * 2 + ALIGN_BYTES // 2 if CHAIN else Q_ELEMS
     K_ELEMS = BK * D * QB // 2
     V_BASE = K_BASE + NS * K_ELEMS
     V_ELEMS = BK * DV * VB // 2
     LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2     # table mode: the key-block list (int32)
-    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if use_block_table(spec) else 0)
+    LS = NKB + 1                      # one key-block list (entries, then the count) per chained block
+    SMEM_ELEMS = LIST_BASE + (2 * LS * QC if use_block_table(spec) else 0)
 
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
@@ -333,14 +328,14 @@ def lower(spec: FlashKernelSpec, config):
             conds.append(j >= i + kb_lower)
         if kb_upper is not None:
             conds.append(j <= i + kb_upper)
-        if mask_mod is not None:
+        if mask_mod is not None and not band_is_mask:     # an exact band is the mask itself
             conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
         if not conds:
             return tirx.const(True, "bool")
         out = conds[0]
         for cnd in conds[1:]:
             out = tirx.And(out, cnd)
-        return out
+        return eager_logic(out)
 
     def masked(acc, b, h, i, j, r=0, row_fold=None):
         return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
@@ -402,15 +397,118 @@ def lower(spec: FlashKernelSpec, config):
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
+    # grid order as _cuda_wgmma's: the query blocks of one (batch, head) are neighbours in the
+    # launch order, so a wave of blocks reads the keys and values of few heads (L2 hits);
+    # blockIdx.y holds batch x heads, at most 65535
+    QB_FAST = B * H <= 65535
     NKC = -(-NKB // 32)              # warp-sized chunks of a tile-map row
+    MAP_BATCH = min(NKC, 8)          # chunks loaded together
+    NKC_OUTER = -(-NKC // MAP_BATCH)
+
+    @T.macro
+    def qk_product(q_buf, slot, s_acc, sbase, wg):
+        """S = Q Kᵀ: one wgmma group of D/16 (fp8: D/32) k steps, committed, not waited for;
+        ``q_buf`` the Q tile (chained mode: 0 or 1), ``slot`` the K slot."""
+        T.ptx["wgmma.fence.sync.aligned"]()
+        for kd in T.unroll(KD):
+            T.ptx[wg_s](
+                *[s_acc[i] for i in range(NSA)],
+                (sbase >> U(4)) + T.Cast(u64, q_buf * (Q_ELEMS // 8) + (kd // 4) * (BQ * 8) + wg * (64 * 8)
+                                         + (kd % 4) * 2) + U(DESC_K),
+                (sbase >> U(4)) + T.Cast(u64, (K_BASE + slot * K_ELEMS) // 8 + (kd // 4) * (BK * 8) + (kd % 4) * 2)
+                + U(DESC_K),
+                kd > 0, 1, 1, *TRANS_S)
+        T.ptx["wgmma.commit_group.sync.aligned"]()
+
+    @T.macro
+    def softmax_p(kbv, is_full, pv_pending, s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold,
+                  b, h, r0, lane):
+        """S of key block ``kbv`` -> score_mod, mask (unless ``is_full``), online softmax (m, l and
+        O rescaled; with OVERLAP after waiting for the P·V in flight when ``pv_pending``), and P
+        as the A fragments of P·V."""
+        # ---- score_mod, mask (partial tiles only), log2 domain
+        if is_full:
+            for nt in T.unroll(NKT):
+                for e in T.unroll(4):
+                    s_acc[nt * 4 + e] = scaled(
+                        s_acc[nt * 4 + e], b, h,
+                        r0 + lane // 4 + e // 2 * 8,
+                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+        else:
+            for nt in T.unroll(NKT):
+                for e in T.unroll(4):
+                    s_acc[nt * 4 + e] = masked(
+                        s_acc[nt * 4 + e], b, h,
+                        r0 + lane // 4 + e // 2 * 8,
+                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+        # ---- online softmax
+        for r in T.unroll(2):
+            red[r] = NEG_INF
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                red[e // 2] = T.max(red[e // 2], s_acc[nt * 4 + e])
+        for r in T.unroll(2):
+            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
+            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
+            red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
+            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
+            T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
+            l_run[r] = l_run[r] * m_run[r]
+        if not OVERLAP:
+            for nd in T.unroll(NDV):
+                for e in T.unroll(4):
+                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))
+                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
+        if OVERLAP:
+            if pv_pending:
+                T.ptx["wgmma.wait_group.sync.aligned"](0)
+            for nd in T.unroll(NDV):
+                for e in T.unroll(4):
+                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+        for r in T.unroll(2):
+            m_run[r] = red[r]
+        # ---- P (16-bit, in registers): the A fragments of P·V
+        if PV8:
+            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of
+            # n8 groups 4 kk + 2 (e // 2) + {0, 1} (V's keys are permuted to match)
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    for g in T.unroll(2):
+                        T.ptx[cvt8](p16[g],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
+                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
+                        T.Cast("uint32", p16[1]), T.uint32(16))
+        else:
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    T.ptx[cvt](p_frag[kk, e],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+
+    @T.macro
+    def pv_product(slot, o_acc, p_frag, sbase, kb):
+        """O += P V of the V tile in ``slot``: one wgmma group, waited for."""
+        T.ptx["wgmma.fence.sync.aligned"]()
+        for kk in T.unroll(KK):
+            T.ptx[wg_o](
+                *[o_acc[i] for i in range(NOA)],
+                p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
+                v_desc(sbase, slot, kk),
+                kb >= 0, 1, 1, *TRANS_O)
+        T.ptx["wgmma.commit_group.sync.aligned"]()
+        T.ptx["wgmma.wait_group.sync.aligned"](0)
 
     @T.prim_func(check_well_formed=False)
     def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
              v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
-            for bh in T.thread_binding(B * H, thread="blockIdx.x"):
+        for qb_rev in T.thread_binding(NQB, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y" if QB_FAST else "blockIdx.x"):
                 for tx in T.thread_binding(NT, thread="threadIdx.x"):
                     smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
                     p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
@@ -428,6 +526,7 @@ def lower(spec: FlashKernelSpec, config):
                     kv_list = T.decl_buffer((NKB + 1,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
                                             scope="shared.dyn")
                     cnt = T.decl_buffer((1,), "int32", scope="local")
+                    tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries (table mode)
                     ent = T.decl_buffer((2,), "int32", scope="local")         # list entries (table mode)
                     row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
@@ -459,14 +558,19 @@ def lower(spec: FlashKernelSpec, config):
                         # warp 0 compacts this query block's row of the tile map
                         if warp == 0:
                             cnt[0] = 0
-                            for c in T.serial(NKC):
-                                tv = T.if_then_else(c * 32 + lane < NKB,
-                                                    TILE_MAP[qb, T.min(c * 32 + lane, NKB - 1)], 0)
-                                ballot = T.cuda.ballot_sync(FULL_MASK, tv != 0)
-                                if tv != 0:
-                                    kv_list[cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
-                                        (c * 32 + lane) * 2 + T.Select(tv == 2, 1, 0)
-                                cnt[0] = cnt[0] + T.popcount(ballot)
+                            # the row's entries are loaded MAP_BATCH chunks of 32 at a time, all loads
+                            # issued before the first ballot (one memory latency per batch, not per chunk)
+                            for c0 in T.serial(NKC_OUTER):
+                                for c1 in T.unroll(MAP_BATCH):
+                                    tvs[c1] = T.if_then_else((c0 * MAP_BATCH + c1) * 32 + lane < NKB,
+                                                             TILE_MAP[qb, T.min((c0 * MAP_BATCH + c1) * 32 + lane,
+                                                                                NKB - 1)], 0)
+                                for c1 in T.unroll(MAP_BATCH):
+                                    ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
+                                    if tvs[c1] != 0:
+                                        kv_list[cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
+                                            ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                                    cnt[0] = cnt[0] + T.popcount(ballot)
                             if lane == 0:
                                 kv_list[NKB] = cnt[0]
                         T.tvm_storage_sync("shared")
@@ -535,17 +639,7 @@ def lower(spec: FlashKernelSpec, config):
                                         *v_src(v, b, hk, block_at(ent, 1, kb + AHEAD), it * NT + tx))
                         T.ptx["cp.async.commit_group"]()
                         # ---- S = Q Kᵀ (one wgmma group: D/16 k steps)
-                        T.ptx["wgmma.fence.sync.aligned"]()
-                        for kd in T.unroll(KD):
-                            T.ptx[wg_s](
-                                *[s_acc[i] for i in range(NSA)],
-                                (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
-                                + U(DESC_K),
-                                (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((kb - kb_lo) % NS) * K_ELEMS) // 8
-                                                         + (kd // 4) * (BK * 8) + (kd % 4) * 2)
-                                + U(DESC_K),
-                                kd > 0, 1, 1, *TRANS_S)
-                        T.ptx["wgmma.commit_group.sync.aligned"]()
+                        qk_product(0, (kb - kb_lo) % NS, s_acc, sbase, wg)
                         if OVERLAP:
                             # O += P V of the previous block runs under this block's softmax
                             if kb > kb_lo:
@@ -561,79 +655,11 @@ def lower(spec: FlashKernelSpec, config):
                                 T.ptx["wgmma.wait_group.sync.aligned"](0)
                         else:
                             T.ptx["wgmma.wait_group.sync.aligned"](0)
-                        # ---- score_mod, mask (partial tiles only), log2 domain
-                        if tile_is_full(r0, block_at(ent, 0, kb), ent):
-                            for nt in T.unroll(NKT):
-                                for e in T.unroll(4):
-                                    s_acc[nt * 4 + e] = scaled(
-                                        s_acc[nt * 4 + e], b, h,
-                                        r0 + lane // 4 + e // 2 * 8,
-                                        block_at(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-                        else:
-                            for nt in T.unroll(NKT):
-                                for e in T.unroll(4):
-                                    s_acc[nt * 4 + e] = masked(
-                                        s_acc[nt * 4 + e], b, h,
-                                        r0 + lane // 4 + e // 2 * 8,
-                                        block_at(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-                        # ---- online softmax
-                        for r in T.unroll(2):
-                            red[r] = NEG_INF
-                        for nt in T.unroll(NKT):
-                            for e in T.unroll(4):
-                                red[e // 2] = T.max(red[e // 2], s_acc[nt * 4 + e])
-                        for r in T.unroll(2):
-                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
-                            red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
-                            red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
-                            m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
-                            T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
-                            l_run[r] = l_run[r] * m_run[r]
-                        if not OVERLAP:
-                            for nd in T.unroll(NDV):
-                                for e in T.unroll(4):
-                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
-                        for nt in T.unroll(NKT):
-                            for e in T.unroll(4):
-                                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))
-                                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
-                        if OVERLAP:
-                            if kb > kb_lo:
-                                T.ptx["wgmma.wait_group.sync.aligned"](0)
-                            for nd in T.unroll(NDV):
-                                for e in T.unroll(4):
-                                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
-                        for r in T.unroll(2):
-                            m_run[r] = red[r]
-                        # ---- P (16-bit, in registers): the A fragments of P·V
-                        if PV8:
-                            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of
-                            # n8 groups 4 kk + 2 (e // 2) + {0, 1} (V's keys are permuted to match)
-                            for kk in T.unroll(KK):
-                                for e in T.unroll(4):
-                                    for g in T.unroll(2):
-                                        T.ptx[cvt8](p16[g],
-                                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
-                                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
-                                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
-                                        T.Cast("uint32", p16[1]), T.uint32(16))
-                        else:
-                            for kk in T.unroll(KK):
-                                for e in T.unroll(4):
-                                    T.ptx[cvt](p_frag[kk, e],
-                                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
-                                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+                        softmax_p(block_at(ent, 0, kb), tile_is_full(r0, block_at(ent, 0, kb), ent), kb > kb_lo,
+                                  s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold, b, h, r0, lane)
                         # ---- O += P V (one wgmma group: block_k/16 k steps)
                         if not OVERLAP:
-                            T.ptx["wgmma.fence.sync.aligned"]()
-                            for kk in T.unroll(KK):
-                                T.ptx[wg_o](
-                                    *[o_acc[i] for i in range(NOA)],
-                                    p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
-                                    v_desc(sbase, (kb - kb_lo) % NS, kk),
-                                    kb >= 0, 1, 1, *TRANS_O)
-                            T.ptx["wgmma.commit_group.sync.aligned"]()
-                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                            pv_product((kb - kb_lo) % NS, o_acc, p_frag, sbase, kb)
                     if OVERLAP:
                         # P V of the last key block
                         if kb_hi > kb_lo:
@@ -674,6 +700,214 @@ def lower(spec: FlashKernelSpec, config):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
+    # ------------------------------------------------------------------ chained query blocks
+    # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 (in the
+    # launch's heavy-first order) as ONE stream of key tiles.  The cp.async pipeline prefetches
+    # across the boundary: the last tile of block i loads the first K/V tile of block i + 1 and
+    # its Q tile (into the other of two Q buffers), and block i's write-out runs while they are
+    # in flight -- the start and the write-out of a query block no longer stall the SM (at low
+    # density they cost as much as two tiles).  Needs num_stages 2 (one tile ahead, both products
+    # waited for within the step).  A query block without key blocks takes one tile, masked
+    # entirely (the table and the band are exact), so it still writes zeros and lse = -inf.
+    def chained_kernel():
+        def item_q0(g_rev, item):
+            return (NQB - 1 - (g_rev * QC + item)) * BQ
+
+        def item_count(g_rev, item, kv_list):
+            """Key tiles of chained block ``item`` (>= 1), a local-register-safe expression."""
+            if USE_TABLE:
+                return tirx.max(kv_list[item * LS + NKB], 1)
+            q0 = item_q0(g_rev, item)
+            return tirx.max(block_hi(q0) - block_lo(q0), 1)
+
+        def item_entry(g_rev, item, pos, kv_list):
+            """(key block << 1) | full of tile ``pos`` of chained block ``item`` (0: key block 0,
+            masked, for a block without key blocks)."""
+            if USE_TABLE:
+                return tirx.if_then_else(kv_list[item * LS + NKB] > 0, kv_list[item * LS + pos], 0)
+            q0 = item_q0(g_rev, item)
+            return tirx.if_then_else(block_hi(q0) > block_lo(q0), (block_lo(q0) + pos) * 2, 0)
+
+        def entry_full(entv, r0):
+            if USE_TABLE:
+                full = tirx.EQ(tirx.bitwise_and(entv, 1), 1)
+                kbv = tirx.shift_right(entv, 1)
+                return tirx.And(full, kbv * BK + BK <= TK) if NKB * BK != TK else full
+            return tile_is_full(r0, tirx.shift_right(entv, 1))
+
+        @T.macro
+        def load_q(q_buf, q0, smem, q, pe, tx, b, h):
+            for it in T.unroll(Q_ITERS):
+                if within(BQ * CQ, it * NT + tx):
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + q_buf * Q_ELEMS + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                        T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * EQ]),
+                        16,
+                        T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+
+        @T.macro
+        def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
+            for it in T.unroll(K_ITERS):
+                if within(BK * CQ, it * NT + tx):
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                        T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1), (it * NT + tx) % CQ * EQ]),
+                        16,
+                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+            for it in T.unroll(V_ITERS):
+                if within(V_ROWS * CVL, it * NT + tx):
+                    T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                               *v_src(v, b, hk, blk, it * NT + tx))
+
+        @T.macro
+        def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
+            for nd in T.unroll(NDV):
+                for e in T.unroll(4):
+                    smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                        T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+            T.tvm_storage_sync("shared")
+            for it in T.unroll(O_ITERS):
+                if within(BQ * CV, it * NT + tx):
+                    if q0 + (it * NT + tx) // CV < S:
+                        for e in T.vectorized(8):
+                            out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+
+        @T.prim_func(check_well_formed=False)
+        def main_chain(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+                       v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
+                       lse: T.Buffer((B, H, S), "float32")):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            for g_rev in T.thread_binding(NQG, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
+                for bh in T.thread_binding(B * H, thread="blockIdx.y" if QB_FAST else "blockIdx.x"):
+                    for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                        smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
+                        p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
+                        s_acc = T.decl_buffer((NSA,), "float32", scope="local")
+                        o_acc = T.decl_buffer((NOA,), "float32", scope="local")
+                        m_run = T.decl_buffer((2,), "float32", scope="local")
+                        l_run = T.decl_buffer((2,), "float32", scope="local")
+                        m_use = T.decl_buffer((2,), "float32", scope="local")
+                        red = T.decl_buffer((2,), "float32", scope="local")
+                        saddr = T.decl_buffer((1,), "uint64", scope="local")
+                        # table mode: one list per chained block, LS ints apart (entries, then the count)
+                        kv_list = T.decl_buffer((LS * QC,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
+                                                scope="shared.dyn")
+                        cnt = T.decl_buffer((1,), "int32", scope="local")
+                        tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")
+                        ent = T.decl_buffer((2,), "int32", scope="local")
+                        # the stream position: [0] block, [1] tile within it, [2] its tile count, [3] all tiles
+                        cur = T.decl_buffer((4,), "int32", scope="local")
+                        nxt = T.decl_buffer((2,), "int32", scope="local")          # the prefetched tile's block, tile
+                        row_fold = T.decl_buffer((2,), "float32", scope="local")   # (fp8 only; not chained)
+                        p16 = T.decl_buffer((2,), "uint16", scope="local")
+                        T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
+                        pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
+                        sbase = saddr[0] + T.Cast(u64, pad)
+                        pe = pad // 2
+                        b = bh // H
+                        h = bh % H
+                        hk = h // G
+                        wg = tx // 128
+                        warp = tx // 32
+                        lane = tx % 32
+                        n_items = T.min(QC, NQB - g_rev * QC)
+                        # ---- prologue: Q of the first block; the lists of all blocks (warp w: block w, w + NW, ..)
+                        load_q(0, item_q0(g_rev, 0), smem, q, pe, tx, b, h)
+                        if USE_TABLE:
+                            for wi in T.serial((QC + NW - 1) // NW):
+                                if wi * NW + warp < n_items:
+                                    cnt[0] = 0
+                                    for c0 in T.serial(NKC_OUTER):
+                                        for c1 in T.unroll(MAP_BATCH):
+                                            tvs[c1] = T.if_then_else(
+                                                (c0 * MAP_BATCH + c1) * 32 + lane < NKB,
+                                                TILE_MAP[NQB - 1 - (g_rev * QC + wi * NW + warp),
+                                                         T.min((c0 * MAP_BATCH + c1) * 32 + lane, NKB - 1)], 0)
+                                        for c1 in T.unroll(MAP_BATCH):
+                                            ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
+                                            if tvs[c1] != 0:
+                                                kv_list[(wi * NW + warp) * LS + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
+                                                    ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                                            cnt[0] = cnt[0] + T.popcount(ballot)
+                                    if lane == 0:
+                                        kv_list[(wi * NW + warp) * LS + NKB] = cnt[0]
+                            T.tvm_storage_sync("shared")
+                        cur[3] = 0
+                        for it in T.serial(n_items):
+                            cur[3] = cur[3] + item_count(g_rev, it, kv_list)
+                        cur[0] = 0
+                        cur[1] = 0
+                        cur[2] = item_count(g_rev, 0, kv_list)
+                        ent[1] = item_entry(g_rev, 0, 0, kv_list)
+                        load_kv(tirx.shift_right(ent[1], 1), 0, smem, k, v, pe, tx, b, hk)
+                        T.ptx["cp.async.commit_group"]()
+                        for r in T.unroll(2):
+                            m_run[r] = NEG_INF
+                            l_run[r] = T.float32(0)
+                        for e in T.unroll(NOA):
+                            o_acc[e] = T.float32(0)
+                        # ---- the tile stream
+                        for t in T.serial(cur[3]):
+                            T.ptx["cp.async.wait_group"](0)
+                            T.ptx["fence.proxy.async.shared::cta"]()
+                            T.tvm_storage_sync("shared")
+                            ent[0] = item_entry(g_rev, cur[0], cur[1], kv_list)
+                            # prefetch tile t + 1 (and, when it starts the next block, that block's Q)
+                            if t + 1 < cur[3]:
+                                if cur[1] + 1 < cur[2]:
+                                    nxt[0] = cur[0]
+                                    nxt[1] = cur[1] + 1
+                                else:
+                                    nxt[0] = cur[0] + 1
+                                    nxt[1] = 0
+                                    load_q((cur[0] + 1) % 2, item_q0(g_rev, cur[0] + 1), smem, q, pe, tx, b, h)
+                                ent[1] = item_entry(g_rev, nxt[0], nxt[1], kv_list)
+                                load_kv(tirx.shift_right(ent[1], 1), (t + 1) % 2, smem, k, v, pe, tx, b, hk)
+                            T.ptx["cp.async.commit_group"]()
+                            qk_product(cur[0] % 2, t % 2, s_acc, sbase, wg)
+                            T.ptx["wgmma.wait_group.sync.aligned"](0)
+                            softmax_p(tirx.shift_right(ent[0], 1),
+                                      entry_full(ent[0], item_q0(g_rev, cur[0]) + warp * 16), t > 0,
+                                      s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold, b, h,
+                                      item_q0(g_rev, cur[0]) + warp * 16, lane)
+                            pv_product(t % 2, o_acc, p_frag, sbase, t)
+                            if cur[1] + 1 == cur[2]:
+                                # ---- write-out of this block (the next block's loads are in flight)
+                                for r in T.unroll(2):
+                                    l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
+                                    l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
+                                    red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                                for hf in T.unroll(2):
+                                    if both(lane % 4 == 0, item_q0(g_rev, cur[0]) + warp * 16 + hf * 8 + lane // 4 < S):
+                                        lse[b, h, item_q0(g_rev, cur[0]) + warp * 16 + hf * 8 + lane // 4] = T.Select(
+                                            l_run[hf] > T.float32(0),
+                                            (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2), NEG_INF)
+                                # staged at a static offset (so the O store vectorizes), after every
+                                # warpgroup's last read of Q: the slack below Q tile 0 and tile 0 itself, or
+                                # tile 1 and the 1 KB above it -- never the next block's Q tile
+                                T.tvm_storage_sync("shared")
+                                if cur[0] % 2 == 0:
+                                    store_out(0, item_q0(g_rev, cur[0]), smem, out, o_acc, red, tx, warp, lane, b, h)
+                                else:
+                                    store_out(Q_ELEMS + ALIGN_BYTES // 2, item_q0(g_rev, cur[0]), smem, out, o_acc,
+                                              red, tx, warp, lane, b, h)
+                                for r in T.unroll(2):
+                                    m_run[r] = NEG_INF
+                                    l_run[r] = T.float32(0)
+                                for e in T.unroll(NOA):
+                                    o_acc[e] = T.float32(0)
+                                cur[0] = cur[0] + 1
+                                cur[1] = 0
+                                if cur[0] < n_items:
+                                    cur[2] = item_count(g_rev, cur[0], kv_list)
+                            else:
+                                cur[1] = cur[1] + 1
+                        T.ptx["cp.async.wait_group"](0)
+        return main_chain
+
+    if CHAIN:
+        main = chained_kernel()
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter

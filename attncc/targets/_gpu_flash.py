@@ -82,6 +82,43 @@ def as_f32(expr):
     return expr
 
 
+def reads_memory(expr) -> bool:
+    """True when the TIR expression loads from global memory (a captured tensor: document ids).
+    Loads of the kernel's local values (lane, row, key block: registers) do not count."""
+    from tvm.ir.expr import Expr, TensorLoad      # ``buffer[index]`` builds a TensorLoad in TVM 0.27
+
+    if isinstance(expr, TensorLoad):
+        scope = getattr(expr.source, "scope", None)
+        return scope is None or scope() == "global" or any(reads_memory(i) for i in expr.indices)
+    for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(expr, field, None)
+        if isinstance(sub, Expr) and reads_memory(sub):
+            return True
+    args = getattr(expr, "args", None)
+    return bool(args) and any(isinstance(a, Expr) and reads_memory(a) for a in args)
+
+
+def eager_logic(expr):
+    """``a && b`` / ``a || b`` over conditions that load from memory, rewritten as bitwise
+    and/or of 0/1 integers.  CUDA C's ``&&`` does not evaluate its right side when the left
+    is false, so a mask like ``kv <= q && doc[q] == doc[kv]`` became a branch per element
+    around each gather: the 64 loads of a thread's score tile were issued one after another
+    (each waiting for the branch) instead of all together.  The kernels clamp every index of a
+    captured tensor, so evaluating both sides is always safe.  Conditions that read no memory
+    are returned unchanged (nvcc predicates them already; their generated code stays the same)."""
+    from tvm import tirx
+
+    if not reads_memory(expr):
+        return expr
+    if isinstance(expr, (tirx.And, tirx.Or)):
+        a, b = (tirx.Cast("int32", eager_logic(x)) for x in (expr.a, expr.b))
+        op = tirx.bitwise_and if isinstance(expr, tirx.And) else tirx.bitwise_or
+        return tirx.NE(op(a, b), tirx.const(0, "int32"))
+    if isinstance(expr, tirx.Not):
+        return tirx.EQ(tirx.Cast("int32", eager_logic(expr.a)), tirx.const(0, "int32"))
+    return expr
+
+
 def _all(conds):
     from tvm import tirx
 
@@ -90,7 +127,7 @@ def _all(conds):
     out = conds[0]
     for cnd in conds[1:]:
         out = tirx.And(out, cnd)
-    return out
+    return eager_logic(out)
 
 
 @dataclass(frozen=True)
@@ -175,7 +212,9 @@ class FlashIndexing:
             conds.append(j >= i + self.lower_offset)
         if self.upper_offset is not None:
             conds.append(j <= i + self.upper_offset)
-        if self.spec.mask_mod is not None:
+        if self.spec.mask_mod is not None and not self.spec.key_bounds.exact:
+            # (an exact band IS the mask: its two comparisons above replace the mask's own,
+            # which would repeat them per element)
             conds.append(as_bool(self.spec.mask_mod(b, h, i, j, *self.captures)))
         return _all(conds)
 

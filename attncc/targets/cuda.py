@@ -61,7 +61,7 @@ from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for t
 # Which kernel (and which revision of it) a config runs: tuning records carry it, and a
 # record measured on another revision is not used (its config may no longer be the best).
 # Bump a revision when a kernel's schedule changes what is fast.
-KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-1", "decode": "decode-1"}
+KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-2", "decode": "decode-1"}
 
 
 def kernel_revision(spec: FlashKernelSpec, config) -> str:
@@ -69,15 +69,17 @@ def kernel_revision(spec: FlashKernelSpec, config) -> str:
     if isinstance(config, _decode.DecodeConfig):
         return KERNEL_REVISIONS["decode"]
     if getattr(config, "mma", "sync") == "wgmma":
-        return KERNEL_REVISIONS["wgmma_sparse" if _wgmma_for(spec) is _wgmma_sparse else "wgmma"]
+        return KERNEL_REVISIONS["wgmma_sparse" if _wgmma_for(spec, config) is _wgmma_sparse else "wgmma"]
     return KERNEL_REVISIONS["sync"]
 
 
-def _wgmma_for(spec: FlashKernelSpec):
+def _wgmma_for(spec: FlashKernelSpec, config=None):
     """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel iterates a
-    tile map, reads captured tensors or takes fp8 inputs (features the ping-pong kernel of
-    ``_cuda_wgmma`` does not have yet), else ``_cuda_wgmma``."""
+    tile map, reads captured tensors, takes fp8 inputs or chains query blocks (features the
+    ping-pong kernel of ``_cuda_wgmma`` does not have yet), else ``_cuda_wgmma``."""
     if spec.quant_dtype is not None or spec.captures or _wgmma_sparse.use_block_table(spec):
+        return _wgmma_sparse
+    if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
     return _wgmma_dense
 
@@ -129,6 +131,10 @@ class CudaConfig:
     mma             "sync": mma.sync m16n8k16 (sm_80 and newer, this file); "wgmma": Hopper
                     warpgroup wgmma.mma_async (sm_90a, _cuda_wgmma.py; block_q = 16 *
                     num_warps, q_in_registers unused)
+    query_blocks    wgmma only: query blocks one thread block runs as one stream of key tiles,
+                    the next block's Q and first K/V loaded under the current one's last tile
+                    and write-out (_cuda_wgmma_sparse.py; num_stages 2).  > 1 pays at low mask
+                    density, where a block's start and write-out cost as much as its tiles.
     """
 
     block_q: int = 128
@@ -137,6 +143,7 @@ class CudaConfig:
     num_stages: int = 2
     q_in_registers: bool = True
     mma: str = "sync"
+    query_blocks: int = 1
 
 
 Config = CudaConfig
@@ -154,7 +161,7 @@ def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
     if isinstance(config, DecodeConfig):
         return _decode.shared_memory_bytes(spec, config)
     if config.mma == "wgmma":
-        return _wgmma_for(spec).shared_memory_bytes(spec, config)
+        return _wgmma_for(spec, config).shared_memory_bytes(spec, config)
     q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
     return 2 * (q_tile + kv)
@@ -226,7 +233,7 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
     def bad(msg):
         raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
 
-    for name in ("block_q", "block_k", "num_warps", "num_stages"):
+    for name in ("block_q", "block_k", "num_warps", "num_stages", "query_blocks"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             bad(f"{name} must be a positive integer, got {value!r}")
@@ -235,8 +242,10 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
     if c.mma not in ("sync", "wgmma"):
         bad(f"mma must be 'sync' or 'wgmma', got {c.mma!r}")
     _check_kernel_takes(spec, c)
+    if c.query_blocks > 1 and c.mma != "wgmma":
+        bad(f"query_blocks={c.query_blocks} needs mma='wgmma' (the chained kernel is the Hopper one)")
     if c.mma == "wgmma":
-        return _wgmma_for(spec).validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
+        return _wgmma_for(spec, c).validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     if c.num_warps not in (1, 2, 4, 8, 16):
         bad(f"num_warps must be 1, 2, 4, 8 or 16, got {c.num_warps}")
     if c.block_q % (16 * c.num_warps):
@@ -330,7 +339,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     if config.mma == "wgmma":
         _validate_spec(spec)
         validate_config(spec, config)
-        return _wgmma_for(spec).lower(spec, config)
+        return _wgmma_for(spec, config).lower(spec, config)
     import tvm
     from tvm import tirx
     from tvm.script import tirx as T

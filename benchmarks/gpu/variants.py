@@ -126,3 +126,9 @@ def doc_causal(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: 
                doc: Tensor["S", "i32"]):
     # packed documents, causal inside each (examples/document_mask.py at D=128)
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx))
+
+
+@variant(defaults=dict(B=1, H=4, S=1100, D=128))
+def late_keys(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    # queries below 600 keep no key (out 0, lse -inf): whole query blocks without key blocks
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: kv_idx + 600 <= q_idx)

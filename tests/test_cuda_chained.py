@@ -1,0 +1,176 @@
+"""Issue 4's low-density work on the Hopper kernel, checked without a GPU: chained query blocks
+(``CudaConfig.query_blocks``: one thread block runs several query blocks as one stream of key
+tiles, the next block's Q and K/V loaded under the current block's last tile and write-out)
+and eager mask logic (conditions that gather from captured tensors are evaluated without
+``&&`` branches).  The GPU tests skip cleanly without a Hopper device; the GPU machine runs
+the same kernels through benchmarks/gpu/attention.py (build.py --only sparse)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from attncc.compiler import compile_variant, verify  # noqa: E402
+from attncc.errors import ConfigError  # noqa: E402
+from attncc.targets import _cuda_wgmma_sparse as sparse, cuda  # noqa: E402
+from attncc.targets._gpu_flash import eager_logic  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
+H100 = {"arch": "sm_90a"}
+CHAIN = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(tvm.cuda(0).exist) and cuda.local_arch() == "sm_90a"
+    except Exception:
+        return False
+
+
+needs_hopper = pytest.mark.skipif(not _has_gpu(), reason="no Hopper (sm_90a) CUDA device")
+
+
+def _compile(name, shapes, path=VARIANTS, build=True, **cfg):
+    return compile_variant(path, variant_name=name if path == VARIANTS else None, target="cuda", dtype="bf16",
+                           shapes=shapes, config=dict(CHAIN, **cfg), target_options=H100, build=build)
+
+
+# --------------------------------------------------------------------------- eager mask logic
+
+
+def test_eager_logic_rewrites_only_conditions_that_load():
+    from tvm import tirx
+
+    doc = tirx.decl_buffer((16,), "int32", "doc")
+    i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
+    plain = tirx.And(j <= i, j >= i - 4)
+    assert eager_logic(plain).same_as(plain)          # no loads: unchanged (nvcc predicates it)
+    text = str(eager_logic(tirx.And(j <= i, tirx.Or(doc[i] == doc[j], tirx.Not(doc[j] == 0)))))
+    assert " and " not in text and " or " not in text and "not " not in text
+    assert "&" in text and "|" in text and text.count("doc[") == 3
+
+
+def test_document_mask_gathers_are_not_behind_branches():
+    k = compile_variant(VARIANTS, variant_name="doc_causal", target="cuda", dtype="bf16",
+                        shapes={"S": 1024, "H": 2}, target_options=H100, build=False)
+    tir = cuda.lower(k.spec, k.config).script()
+    # every condition that reads the document ids is combined with & (both sides evaluated),
+    # never with `and` (CUDA's &&: a branch per element in front of each gather)
+    lines = [ln for ln in tir.splitlines() if "doc[" in ln and ("if " in ln or "Select" in ln)]
+    assert lines, "the masked tiles read the document ids"
+    for ln in lines:
+        assert " and " not in ln, ln
+
+
+# --------------------------------------------------------------------------- chained query blocks
+
+
+def test_chained_configs_are_checked():
+    with pytest.raises(ConfigError, match="num_stages must be 2"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, query_blocks=2, num_stages=3)
+    with pytest.raises(ConfigError, match="needs mma='wgmma'"):
+        compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16", shapes={"S": 1100, "H": 4},
+                        config=dict(mma="sync", block_q=128, num_warps=4, block_k=64, query_blocks=2),
+                        target_options=H100, build=False)
+    with pytest.raises(ConfigError, match="query_blocks must be a positive integer"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, query_blocks=0)
+    with pytest.raises(ConfigError, match="fp8"):
+        compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 700},
+                        config=dict(CHAIN, query_blocks=2), target_options=H100, build=False,
+                        quantize={"dtype": "fp8"})
+
+
+def test_chained_bands_run_the_sparse_module_with_two_q_tiles():
+    one = _compile("sw_256", {"S": 1100, "H": 4}, build=False)
+    two = _compile("sw_256", {"S": 1100, "H": 4}, build=False, query_blocks=2)
+    assert cuda._wgmma_for(one.spec, one.config) is not sparse      # the ping-pong kernel
+    assert cuda._wgmma_for(two.spec, two.config) is sparse
+    assert cuda.kernel_revision(two.spec, two.config) == cuda.KERNEL_REVISIONS["wgmma_sparse"]
+    q_tile = 128 * 128 * 2
+    assert cuda.shared_memory_bytes(two.spec, two.config) - sparse.shared_memory_bytes(
+        two.spec, dict_config(two.config, query_blocks=1)) == q_tile + sparse.ALIGN_BYTES
+    tir = cuda.lower(two.spec, two.config).script()
+    # one stream of tiles per thread block: ceil(9 / 2) = 5 blocks along the query axis, the
+    # prefetch loads the next block's Q into the other Q tile
+    assert re.search(r"T.thread_binding\(5, thread=\"blockIdx.x\"\)", tir)
+    assert "for t in range(cur[3])" in tir
+
+
+def dict_config(config, **kw):
+    import dataclasses
+    return dataclasses.replace(config, **kw)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,shapes,path,qc", [
+    ("sw_256", {"S": 1100, "H": 4}, VARIANTS, 4),
+    ("late_keys", {}, VARIANTS, 3),
+    ("doc_causal", {"S": 700}, VARIANTS, 2),
+    (None, {"S": 700}, os.path.join(ROOT, "examples", "local_global.py"), 3),
+])
+def test_chained_kernels_compile_without_spills(tmp_path, name, shapes, path, qc):
+    k = _compile(name, shapes, path=path, query_blocks=qc)
+    src = tmp_path / "k.cu"
+    src.write_text(k.source())
+    p = subprocess.run(["nvcc", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-Xptxas", "-v",
+                        str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "0 bytes spill stores" in p.stdout + p.stderr
+
+
+def test_tuning_space_searches_chained_blocks_with_two_stages_only():
+    from attncc.schedules.space import SearchSpace
+
+    k = compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 4},
+                        target_options=H100, build=False)
+    space = SearchSpace("cuda", k.spec, options=H100)
+    valid = space.valid_configs()
+    chained = [c for c in valid if c.query_blocks > 1]
+    assert chained and all(c.mma == "wgmma" and c.num_stages == 2 for c in chained)
+    assert any(c.query_blocks == 1 for c in valid)
+
+
+# --------------------------------------------------------------------------- on a Hopper GPU
+
+
+@needs_hopper
+@pytest.mark.parametrize("name,shapes,path,qc", [
+    ("sw_256", {"S": 1100, "H": 4}, VARIANTS, 4),
+    ("late_keys", {}, VARIANTS, 3),                   # query blocks without key blocks: zeros, lse -inf
+    ("doc_causal", {"S": 700}, VARIANTS, 2),
+    (None, {"S": 700}, os.path.join(ROOT, "examples", "document_mask.py"), 2),
+])
+def test_chained_kernels_match_the_reference(name, shapes, path, qc):
+    k = _compile(name, shapes, path=path, query_blocks=qc)
+    rep = verify(k, seed=0)
+    assert rep.passed, (rep.max_error, rep.tolerance)
+
+
+# --------------------------------------------------------------------------- band masks
+
+
+@pytest.mark.parametrize("mma", ["wgmma", "sync"])
+def test_an_exact_band_masks_with_its_two_comparisons_only(mma):
+    cfg = dict(CHAIN) if mma == "wgmma" else dict(mma="sync", block_q=128, block_k=64, num_warps=4)
+    k = compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16", shapes={"S": 1100, "H": 4},
+                        config=cfg, target_options=H100, build=False)
+    assert k.spec.key_bounds.exact
+    tir = cuda.lower(k.spec, k.config).script()
+    # the variant's mask is (kv <= q) & (q - kv < 256): the band j in [i - 255, i] says the same,
+    # so a masked score compares against the band's two ends (and the ragged key end) only
+    selects = [ln for ln in tir.splitlines() if "T.Select(" in ln and 'T.float32("-inf")' in ln
+               and "s_acc" in ln.split("=")[0]]
+    assert selects
+    for ln in selects:
+        cond = ln.split("T.Select(", 1)[1]
+        assert cond.count(" and ") <= 2, ln                 # < 1100, >= i - 255, <= i
+        assert "-255" in cond and "< 256" not in cond and "q_idx" not in cond
