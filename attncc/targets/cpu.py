@@ -11,7 +11,10 @@ It reads top to bottom as four stages:
    stored once);
 2. ``pack_k``  -- ``scale * k`` (times log2 e without a score_mod) -> float32,
    transposed per key block to ``[key_block, head_dim, block_k]`` so that the
-   Q·Kᵀ inner loop loads whole vectors of keys; padded keys are zero;
+   Q·Kᵀ inner loop loads whole vectors of keys; padded keys are zero.  Whole key
+   blocks are transposed as vector_width x vector_width tiles in registers
+   (shuffles); the ragged last block, a head_dim that is no multiple of the vector
+   width and FP8 keys take an element loop;
 3. ``pack_v``  -- only for float16/bfloat16 or a ``head_dim_v`` that is not a
    multiple of the register tile: v -> float32, padded (float32 v is read in
    place; keys of a ragged last block are clamped, their probability is 0);
@@ -31,7 +34,9 @@ It reads top to bottom as four stages:
 
 A tile is *full* when it lies wholly inside the key bounds, has no padded keys
 and the bounds are the whole mask (``exact`` or no mask_mod): full tiles skip
-the mask arithmetic.  GQA/MQA reads kv head ``h // group``; nothing is copied
+the mask arithmetic, and partial tiles of an exact band test only the band.
+Gathers from captured inputs (``doc[kv_idx]``) lose their range clamp where the
+index is provably in range, so they load whole vectors.  GQA/MQA reads kv head ``h // group``; nothing is copied
 per query head.  Everything is computed in float32; the output is cast to the
 input dtype on the final store.
 
@@ -352,12 +357,41 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
     NEG_INF = tirx.const(float("-inf"), f32)
 
     # ---- Python helpers evaluated by the TVMScript parser (they build PrimExprs)
+    def with_indices(fn, lead, i, j):
+        """``fn(*lead, i, j, *captures)`` with the clamps of its gathers (``doc[kv_idx]`` is
+        ``doc[max(min(kv_idx, S - 1), 0)]``) removed where the kernel's index is in range: rows
+        are < q_len unless the last query block is ragged, keys < kv_len unless the last key
+        block is.  A clamped vector index is a gather (a load and an insert per lane); an
+        unclamped one is one vector load."""
+        if not CAPTURE_BUFFERS:
+            return fn(*lead, i, j, *CAPTURE_BUFFERS)
+        import tvm_ffi
+        from tvm.ir import Expr as PrimExpr, Range, Var
+        from tvm.ir.expr import TensorLoad
+        from tvm.sym import Analyzer
+
+        i_var, j_var = tirx.Var("q_idx", "int32"), tirx.Var("kv_idx", "int32")
+        expr = fn(*lead, i_var, j_var, *CAPTURE_BUFFERS)
+        if not isinstance(expr, PrimExpr):
+            return expr
+        analyzer = Analyzer()
+        if SP == S:
+            analyzer.bind(i_var, Range(0, S))
+        if TP == TK:
+            analyzer.bind(j_var, Range(0, TK))
+        expr = tvm_ffi.structural_map(
+            expr, (TensorLoad, lambda ld: ld.source[tuple(analyzer.simplify(x) for x in ld.indices)]),
+            order="post")
+        return tvm_ffi.structural_map(
+            expr, (Var, lambda var: i if var.same_as(i_var) else (j if var.same_as(j_var) else var)),
+            order="post")
+
     def modded(s, b, h, i, j):
         # Scores are kept in log2 units (softmax by exp2).  Without a score_mod the
         # factor log2(e) is folded into the scale of the packed keys.
         if score_mod is None:
             return s
-        return _as_f32(score_mod(s, b, h, i, j, *CAPTURE_BUFFERS)) * tirx.const(_LOG2E, f32)
+        return _as_f32(with_indices(score_mod, (s, b, h), i, j)) * tirx.const(_LOG2E, f32)
 
     def keep(b, h, i, j):
         conds = []
@@ -367,8 +401,9 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
             conds.append(j >= i + kb_lower)
         if kb_upper is not None:
             conds.append(j <= i + kb_upper)
-        if mask_mod is not None:
-            conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
+        if mask_mod is not None and not band_is_mask:
+            # (an exact band is the whole mask: the two comparisons above are it)
+            conds.append(_as_bool(with_indices(mask_mod, (b, h), i, j)))
         if not conds:
             return tirx.const(True, "bool")
         out = conds[0]
@@ -469,6 +504,49 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
     PACK_Q = QDT != f32
     PACK_V = VDT != f32 or DVP != DV
 
+    # pack_k of whole key blocks as VW x VW tiles transposed in registers: VW row loads
+    # (head_dim contiguous), log2(VW) rounds of two-vector shuffles, VW column stores
+    # (keys contiguous).  Element by element the transposition costs a load and an
+    # insert per float and was most of the kernel's fixed cost at low tile density.
+    PACK_K_SHUFFLE = D % VW == 0 and not KDT.startswith("float8")
+
+    def pack_k_by_tiles(bkb):
+        # a Python bool is decided while parsing; only a ragged last key block needs a branch
+        if not PACK_K_SHUFFLE or TP == TK:
+            return PACK_K_SHUFFLE
+        return bkb % NKB < NKB - 1
+
+    def pack_k_tile(k, kp, b, hk, kb, j0, d0):
+        """Emit kp[b, hk, kb, d0 + c, j0 + r] = k_scale * k[b, hk, kb*BK + j0 + r, d0 + c]
+        for r, c < VW (called while the TVMScript is parsed: it adds statements)."""
+        rows = []
+        for r in range(VW):
+            key = kb * BK + j0 + r
+            row = k[b, hk, key, tirx.Ramp(d0, 1, VW)]
+            if KDT == "bfloat16":
+                # bits << 16 (exact); TVM 0.27's vector Cast from bfloat16 gave wrong values here
+                row = tirx.reinterpret(f"float32x{VW}", tirx.shift_left(
+                    tirx.Cast(f"uint32x{VW}", tirx.reinterpret(f"uint16x{VW}", row)),
+                    tirx.Broadcast(tirx.const(16, "uint32"), VW)))
+            elif KDT != f32:
+                row = tirx.Cast(f"float32x{VW}", row)
+            rows.append(T.bind(row * tirx.Broadcast(dequant(1, b, hk, key) * tirx.const(k_scale, f32), VW)))
+        half = VW // 2
+        while half >= 1:
+            # swap the off-diagonal half x half blocks of every 2*half x 2*half block
+            lo_idx = [c if not c & half else VW + c - half for c in range(VW)]
+            hi_idx = [c + half if not c & half else VW + c for c in range(VW)]
+            nxt = list(rows)
+            for r in range(VW):
+                if not r & half:
+                    pair = [rows[r], rows[r + half]]
+                    nxt[r] = T.bind(tirx.Shuffle(pair, lo_idx))
+                    nxt[r + half] = T.bind(tirx.Shuffle(pair, hi_idx))
+            rows = nxt
+            half //= 2
+        for c in range(VW):
+            T.buffer_store(kp, rows[c], [b, hk, kb, d0 + c, tirx.Ramp(j0, 1, VW)])
+
     def qrow(r):
         # rows of the ragged last query block are clamped (computed twice, stored once)
         return r if SP == S else tirx.min(r, S - 1)
@@ -494,16 +572,22 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
             # ---- pack_k: scale * k, transposed per key block, padded keys zero
             kp = T.alloc_buffer((B, KVH, NKB, D, BK), "float32")
             for bkb in T.parallel(B * KVH * NKB):
-                for d in T.serial(D):
-                    for jv in T.serial(NKV):
-                        for lane in T.vectorized(VW):
-                            kp[bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB, d, jv * VW + lane] = T.if_then_else(
-                                bkb % NKB * BK + jv * VW + lane < TK,
-                                to_f32(k[bkb // NKB // KVH, bkb // NKB % KVH,
-                                         T.min(bkb % NKB * BK + jv * VW + lane, TK - 1), d]) * (dequant(
-                                    1, bkb // NKB // KVH, bkb // NKB % KVH,
-                                    T.min(bkb % NKB * BK + jv * VW + lane, TK - 1)) * T.float32(k_scale)),
-                                T.float32(0))
+                if pack_k_by_tiles(bkb):
+                    # whole key blocks: VW x VW tiles transposed in registers
+                    for jb in T.serial(NKV):
+                        for db in T.serial(D // VW):
+                            pack_k_tile(k, kp, bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB, jb * VW, db * VW)
+                else:
+                    for d in T.serial(D):
+                        for jv in T.serial(NKV):
+                            for lane in T.vectorized(VW):
+                                kp[bkb // NKB // KVH, bkb // NKB % KVH, bkb % NKB, d, jv * VW + lane] = T.if_then_else(
+                                    bkb % NKB * BK + jv * VW + lane < TK,
+                                    to_f32(k[bkb // NKB // KVH, bkb // NKB % KVH,
+                                             T.min(bkb % NKB * BK + jv * VW + lane, TK - 1), d]) * (dequant(
+                                        1, bkb // NKB // KVH, bkb // NKB % KVH,
+                                        T.min(bkb % NKB * BK + jv * VW + lane, TK - 1)) * T.float32(k_scale)),
+                                    T.float32(0))
             # ---- pack_v: only to convert the dtype or pad head_dim_v (ragged keys are
             # clamped in place: their probabilities are exactly 0)
             if PACK_V:
