@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO
 from attncc.errors import AttnccError
+from attncc.schedules.space import config_dict  # noqa: E402
 from attncc.schedules import get_family
 from attncc.schedules.db import (TuningDB, TuningDBWarning, TuningKey, config_medians, record_for,
                                  shape_bucket)
@@ -595,7 +596,7 @@ def test_ingest_results_makes_compile_for_sm90a_pick_the_record(tmp_path):
     # no GPU here: --arch sm_90a means 'NVIDIA H100'; the H200's record is the same chip
     k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes={"B": 1, "H": 2, "S": 256, "D": 64},
                         build=False, tuning_db=str(db), target_options={"arch": "sm_90a"})
-    assert dataclasses.asdict(k.config) == FIXTURE_BEST
+    assert config_dict(k.config) == FIXTURE_BEST             # (query_blocks at its default: left out)
     assert "on NVIDIA H200 (a record of the same chip: none of NVIDIA H100 itself)" in k.config_source
     # a record of the H100 itself wins over the H200's, even a slower one
     h100 = record_for(dataclasses.replace(info["best"].key, device="NVIDIA H100"),

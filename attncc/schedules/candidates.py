@@ -44,6 +44,7 @@ import time
 from typing import Callable, Optional
 
 from attncc.errors import AttnccError
+from attncc.schedules.space import config_dict
 
 FORMAT = "attncc-candidates/1"
 _WORKER_CACHE: dict = {}
@@ -51,7 +52,7 @@ _WORKER_CACHE: dict = {}
 
 def config_id(config) -> str:
     """A short file name for a config: its knob values ('wgmma-q128-k128-w8-s2')."""
-    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    d = config_dict(config) if dataclasses.is_dataclass(config) else dict(config)
     parts = []
     if "mma" in d:
         parts.append(str(d["mma"]))
@@ -209,7 +210,7 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
         except Exception:  # noqa: BLE001
             predicted = None
         cid = config_id(c)
-        entry = {"id": cid, "config": dataclasses.asdict(c), "file": cid + ".so",
+        entry = {"id": cid, "config": config_dict(c), "file": cid + ".so",
                  "default": c == default, "predicted_s": predicted}
         revision = getattr(kernel.target, "kernel_revision", None)
         if revision is not None:
@@ -278,7 +279,7 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
         "reference": reference_of(spec),
         "space": {"knobs": {k.name: list(k.values) for k in space.knobs}, "size": space.size, "valid": len(valid),
                   "rejected": dict(space.rejected.most_common())},
-        "default_config": dataclasses.asdict(default),
+        "default_config": config_dict(default),
         "candidates": entries,
         "build_failed": failed,
         "built": not dry_run,

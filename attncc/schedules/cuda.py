@@ -11,13 +11,14 @@ once it is listed:
     num_stages      2, 3, 4         cp.async pipeline depth (shared-memory slots)
     q_in_registers  True, False     Q fragments kept in registers
     mma             sync, wgmma     mma.sync or Hopper wgmma (sm_90a)
-    query_blocks    1, 2, 4         Hopper wgmma: query blocks chained per thread block
+    query_blocks    (not searched)  Hopper wgmma: query blocks chained per thread block; at
+                                    most 3 % faster where measured (window 256, S=16k), so it is
+                                    a --config knob, not a tuning dimension
     num_splits      1 .. 16         decode: key ranges per (batch, kv head)
     block_rows      16, 32, 64      decode: packed (head, query) rows per block
 
 On Hopper (``arch`` sm_90*) prefill searches HOPPER_GRIDS instead: the wgmma kernel's grid
-(block_k 64/96/128; 1-3 warpgroups as block_q 64/128/192; 2/3 stages; 1, 2 or 4 query
-blocks chained per thread block, with 2 stages) and mma.sync's
+(block_k 64/96/128; 1-3 warpgroups as block_q 64/128/192; 2/3 stages) and mma.sync's
 (block_q 64/128, 4/8 warps, block_k 64/128, 2/3 stages, Q in registers or not) -- 35 valid
 configs at D=128.  Decode searches DECODE_SEARCH (50 valid at D=128).
 
@@ -74,14 +75,12 @@ HOPPER_VALUES = {
     "num_stages": (2, 3),
     "q_in_registers": (True, False),
     "mma": ("wgmma", "sync"),
-    "query_blocks": (1, 2, 4),
 }
 HOPPER_GRIDS = {
     "wgmma": {"block_q": (64, 128, 192), "block_k": (64, 96, 128), "num_stages": (2, 3),
-              "q_in_registers": (True,),           # the wgmma kernel keeps Q in shared memory: one value
-              "query_blocks": (1, 2, 4)},          # chained query blocks (2 stages only): pays at low density
+              "q_in_registers": (True,)},          # the wgmma kernel keeps Q in shared memory: one value
     "sync": {"block_q": (64, 128), "num_warps": (4, 8), "block_k": (64, 128), "num_stages": (2, 3),
-             "q_in_registers": (True, False), "query_blocks": (1,)},
+             "q_in_registers": (True, False)},
 }
 # decode (split-KV kernel) on any arch
 DECODE_SEARCH = {"block_k": (64, 128), "num_warps": (2, 4, 8), "num_stages": (2, 3),

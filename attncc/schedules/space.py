@@ -20,6 +20,19 @@ class Knob:
     doc: str = ""
 
 
+def config_dict(config) -> dict:
+    """A config's knob values as a dict (tuning records, candidate names): fields marked
+    ``omit_default`` in their metadata are left out while at their default (knobs added after
+    records were written: the old records keep matching)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("omit_default") and value == f.default:
+            continue
+        out[f.name] = value
+    return out
+
+
 def reason_of(exc: ConfigError) -> str:
     """The rejection reason of a ConfigError as a countable class: without the config's
     repr and with numbers replaced by N ("block_k (N) must be a multiple of ...")."""
@@ -83,7 +96,7 @@ class SearchSpace:
 
     @staticmethod
     def as_dict(config) -> dict:
-        return dataclasses.asdict(config)
+        return config_dict(config)
 
     def check(self, config) -> Optional[str]:
         """None if ``config`` can build this kernel, else the reason (counted once)."""

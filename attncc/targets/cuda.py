@@ -143,7 +143,9 @@ class CudaConfig:
     num_stages: int = 2
     q_in_registers: bool = True
     mma: str = "sync"
-    query_blocks: int = 1
+    # (left out of tuning records and candidate names at its default, so records and names
+    # written before the knob existed still match)
+    query_blocks: int = dataclasses.field(default=1, metadata={"omit_default": True})
 
 
 Config = CudaConfig
@@ -193,6 +195,9 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
+        narrow = _narrow_band_config(spec, arch)
+        if narrow is not None:
+            return narrow
         last = None
         # 3 stages pay in the ping-pong kernel; with a score_mod (ALiBi 365 vs 345 TFLOP/s) and in
         # the tile-map/fp8 kernel (its 3-stage path overlaps P·V differently: 390 vs 425) 2 do
@@ -220,6 +225,30 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
         cfg = dataclasses.replace(cfg, q_in_registers=False)
     if registers_estimate(spec, cfg) > 240:
         cfg = dataclasses.replace(cfg, block_q=block_q, num_warps=block_q // 16)
+    return cfg
+
+
+# A band whose key range (plus one block) is at most this fraction of the keys: each query
+# block visits 2-3 key blocks, and the kernel is latency-bound (ncu on the H200, window 256 at
+# S=16k: 34 % of peak DRAM bandwidth, 34 % of SM throughput, 8 warps an SM).  Two thread blocks
+# an SM of 64 x 64 tiles overlap one's loads with the other's math: 0.147 vs 0.159-0.168 ms
+# for the 128 x 128 configs (window 1024, fraction 0.07: 0.364 vs 0.347, so not there).
+NARROW_BAND_FRACTION = 0.05
+
+
+def _narrow_band_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
+    kb = spec.key_bounds
+    if (not kb.exact or kb.lower_offset is None or kb.upper_offset is None or spec.score_mod is not None
+            or spec.quant_dtype is not None or spec.captures):
+        return None
+    width = kb.upper_offset - kb.lower_offset + 1
+    if (width + 128) / spec.kv_len > NARROW_BAND_FRACTION:
+        return None
+    cfg = CudaConfig(block_q=64, block_k=64, num_warps=4, num_stages=2, mma="wgmma")
+    try:
+        validate_config(spec, cfg, arch)
+    except (ConfigError, ShapeError):
+        return None
     return cfg
 
 

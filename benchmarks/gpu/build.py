@@ -276,9 +276,13 @@ def _low_density_entries():
     s16 = {"B": 1, "S": 16384}
     docs = dict(mask="document", docs=[8, 16, 32])
     cdocs = dict(mask="document_causal", docs=[4, 16])
-    for cfg, names in ((None, ("full", "causal", "sw_256", "sw_1024", "sw_4096", "doc_mask", "doc_causal")),
+    lows = ("sw_256", "sw_1024", "doc_mask", "doc_causal")
+    for cfg, names in ((None, ("full", "causal", "sw_4096") + lows),
+                       (dict(num_stages=3), ("full", "sw_4096") + lows),
+                       (dict(block_k=64, num_stages=3), ("full",) + lows),
+                       (dict(block_k=64, num_stages=4), ("full",) + lows),
                        (ch(4), ("sw_256",)),
-                       (two, ("full", "sw_256", "sw_1024", "doc_mask", "doc_causal"))):
+                       (two, ("full",) + lows)):
         for n in names:
             sp = {"full": dict(mask="full"), "causal": dict(mask="causal"), "doc_mask": docs,
                   "doc_causal": cdocs}.get(

@@ -127,16 +127,16 @@ def test_chained_kernels_compile_without_spills(tmp_path, name, shapes, path, qc
     assert "0 bytes spill stores" in p.stdout + p.stderr
 
 
-def test_tuning_space_searches_chained_blocks_with_two_stages_only():
-    from attncc.schedules.space import SearchSpace
+def test_chained_blocks_are_a_config_knob_not_a_tuning_dimension():
+    from attncc.schedules.space import SearchSpace, config_dict
 
     k = compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 4},
                         target_options=H100, build=False)
     space = SearchSpace("cuda", k.spec, options=H100)
-    valid = space.valid_configs()
-    chained = [c for c in valid if c.query_blocks > 1]
-    assert chained and all(c.mma == "wgmma" and c.num_stages == 2 for c in chained)
-    assert any(c.query_blocks == 1 for c in valid)
+    assert "query_blocks" not in space.names() and all(c.query_blocks == 1 for c in space.valid_configs())
+    # records and candidate names leave the knob out at its default, so older records still match
+    assert "query_blocks" not in config_dict(k.config)
+    assert config_dict(dict_config(k.config, query_blocks=2, num_stages=2))["query_blocks"] == 2
 
 
 # --------------------------------------------------------------------------- on a Hopper GPU
@@ -174,3 +174,17 @@ def test_an_exact_band_masks_with_its_two_comparisons_only(mma):
         cond = ln.split("T.Select(", 1)[1]
         assert cond.count(" and ") <= 2, ln                 # < 1100, >= i - 255, <= i
         assert "-255" in cond and "< 256" not in cond and "q_idx" not in cond
+
+
+def test_narrow_bands_default_to_two_blocks_an_sm():
+    def config(name, S):
+        return compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"S": S},
+                               target_options=H100, build=False, tuning_db=False).config
+
+    narrow = config("sw_256", 16384)          # (256 + 128) / 16k keys: 2-3 key blocks a query block
+    assert (narrow.block_q, narrow.block_k, narrow.num_warps, narrow.num_stages) == (64, 64, 4, 2)
+    assert cuda.shared_memory_bytes(compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16",
+                                                    shapes={"S": 16384}, target_options=H100, build=False,
+                                                    tuning_db=False).spec, narrow) * 2 <= 228 * 1024
+    for name, S in (("sw_1024", 16384), ("sw_256", 4096), ("causal", 16384)):
+        assert config(name, S).block_q == 128, name           # wider bands keep the 128 x 128 default
