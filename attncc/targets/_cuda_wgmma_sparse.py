@@ -60,7 +60,6 @@ inside each group of 32 so that the S accumulator fragment *is* the fp8 A fragme
 
 from __future__ import annotations
 
-import numpy as np
 
 from attncc.errors import ConfigError, ShapeError
 from attncc.targets.spec import FlashKernelSpec
