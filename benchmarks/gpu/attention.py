@@ -112,6 +112,10 @@ def verify_one(man, fn, dev):
         got = out.float().cpu().numpy()
         got_lse = lse.cpu().numpy()
         ref = evaluate(func, inputs, "float64", env)
+        if not ref.lse:
+            # a tensor-level program (examples/masked_softmax.py): its unfused IR has no
+            # log-sum-exp; compiler.verify checks out and lse against the fused op's reference
+            return verify_generic(man, fn, dev)
         naive = evaluate(func, inputs, "native", env)
         floor = 1e-3
         tol = tolerance(ref.outputs[0], naive.outputs[0], floor)
