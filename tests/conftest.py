@@ -17,3 +17,15 @@ if str(REPO) not in sys.path:       # the suite runs from a checkout without an 
 def example_ids(paths) -> list[str]:
     return [p.stem for p in paths]
 CHECK_INPUTS = sorted((TESTS / "filecheck").glob("*.attn"))
+
+
+def hopper_gpu_available() -> bool:
+    """A CUDA device of arch sm_90a that TVM can run on (the GPU tests skip cleanly without)."""
+    try:
+        import tvm
+
+        from attncc.targets import cuda
+
+        return bool(tvm.cuda(0).exist) and cuda.local_arch() == "sm_90a"
+    except Exception:
+        return False

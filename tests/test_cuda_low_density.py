@@ -16,6 +16,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
+from conftest import hopper_gpu_available  # noqa: E402
+
 from attncc.compiler import compile_variant, verify  # noqa: E402
 from attncc.errors import ConfigError  # noqa: E402
 from attncc.targets import _cuda_wgmma_sparse as sparse, cuda  # noqa: E402
@@ -29,14 +31,7 @@ CHAIN = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2)
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 
 
-def _has_gpu() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist) and cuda.local_arch() == "sm_90a"
-    except Exception:
-        return False
-
-
-needs_hopper = pytest.mark.skipif(not _has_gpu(), reason="no Hopper (sm_90a) CUDA device")
+needs_hopper = pytest.mark.skipif(not hopper_gpu_available(), reason="no Hopper (sm_90a) CUDA device")
 
 
 def _compile(name, shapes, path=VARIANTS, build=True, **cfg):

@@ -19,6 +19,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
+from conftest import hopper_gpu_available  # noqa: E402
+
 from attncc.compiler import compile_variant, verify  # noqa: E402
 from attncc.errors import AttnccError, DTypeError, ShapeError, TargetError  # noqa: E402
 from attncc.targets import _cuda_wgmma_sparse as _cuda_wgmma, cuda  # noqa: E402
@@ -31,14 +33,7 @@ H100 = {"arch": "sm_90a"}
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 
 
-def _has_gpu() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist) and cuda.local_arch() == "sm_90a"
-    except Exception:
-        return False
-
-
-needs_hopper = pytest.mark.skipif(not _has_gpu(), reason="no Hopper (sm_90a) CUDA device")
+needs_hopper = pytest.mark.skipif(not hopper_gpu_available(), reason="no Hopper (sm_90a) CUDA device")
 
 
 def _nvcc(tmp_path, text):
