@@ -60,6 +60,8 @@ def _entries(only):
         return _sparse_entries()
     if only == "lowdensity":
         return _low_density_entries()
+    if only == "wide":
+        return _wide_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -296,6 +298,26 @@ def _low_density_entries():
     return out
 
 
+def _wide_entries():
+    """Three warpgroups (block_q 192: 12 warps an SM instead of 8) at low density: the ncu
+    profile of the low-density pass found the kernel latency bound with 2 warps a scheduler."""
+    out = []
+    s16 = {"B": 1, "S": 16384}
+    for cfg in (dict(block_q=192, num_warps=12, block_k=128, num_stages=2),
+                dict(block_q=192, num_warps=12, block_k=64, num_stages=3)):
+        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
+                      ("sw_1024", dict(mask="window", window=1024)),
+                      ("doc_mask", dict(mask="document", docs=[16, 32])),
+                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
+                            config=dict(WGMMA, **cfg), sparse=sp))
+    out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
+                    config=dict(WGMMA, block_q=192, num_warps=12, block_k=128, num_stages=2)))
+    out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
+                    shapes={"S": 700}, config=dict(WGMMA, block_q=192, num_warps=12, block_k=128, num_stages=2)))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -387,7 +409,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard", default="0/1", help="I/N: build every N-th kernel from the I-th (run N builds "
                     "in parallel into the same --out; TVM's lowering is single-threaded)")
