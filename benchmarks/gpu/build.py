@@ -62,6 +62,8 @@ def _entries(only):
         return _low_density_entries()
     if only == "wide":
         return _wide_entries()
+    if only == "fp8":
+        return _fp8_bench_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -318,6 +320,20 @@ def _wide_entries():
     return out
 
 
+def _fp8_bench_entries():
+    """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
+    and S=16k (B=1), the configs compile picks."""
+    out = []
+    fp8 = dict(dtype="fp8", granularity="head")
+    for s_ in (4096, 16384):
+        shp = {"B": 16384 // s_, "S": s_}
+        for name in ("full", "causal"):
+            for mode, quant in (("bf16", None), ("fp8 QK", fp8), ("fp8 QK+PV", dict(fp8, pv=True))):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
+                                quantize=quant, fp8=dict(group=f"{name} S={s_}", mode=mode)))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -409,7 +425,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard", default="0/1", help="I/N: build every N-th kernel from the I-th (run N builds "
                     "in parallel into the same --out; TVM's lowering is single-threaded)")
