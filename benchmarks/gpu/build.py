@@ -313,6 +313,16 @@ def _wide_entries():
                       ("doc_causal", dict(mask="document_causal", docs=[16]))):
             out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
                             config=dict(WGMMA, **cfg), sparse=sp))
+    # two blocks an SM of 64 x 64 tiles, each chaining 2 or 4 query blocks
+    for qc in (2, 4):
+        cfg = dict(block_q=64, num_warps=4, block_k=64, num_stages=2, query_blocks=qc)
+        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
+                      ("doc_mask", dict(mask="document", docs=[16, 32])),
+                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
+                            config=dict(WGMMA, **cfg), sparse=sp))
+        out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None,
+                        dtype="bf16", shapes={"S": 700}, config=dict(WGMMA, **cfg)))
     out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
                     config=dict(WGMMA, block_q=192, num_warps=12, block_k=128, num_stages=2)))
     out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
