@@ -3,7 +3,7 @@
 tiles, the next block's Q and K/V loaded under the current block's last tile and write-out)
 and eager mask logic (conditions that gather from captured tensors are evaluated without
 ``&&`` branches).  The GPU tests skip cleanly without a Hopper device; the GPU machine runs
-the same kernels through benchmarks/gpu/attention.py (build.py --only sparse)."""
+the same kernels through benchmarks/gpu/attention.py (build.py --only lowdensity)."""
 
 from __future__ import annotations
 
