@@ -230,9 +230,10 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
 
 # A band whose key range (plus one block) is at most this fraction of the keys: each query
 # block visits 2-3 key blocks, and the kernel is latency-bound (ncu on the H200, window 256 at
-# S=16k: 34 % of peak DRAM bandwidth, 34 % of SM throughput, 8 warps an SM).  Two thread blocks
-# an SM of 64 x 64 tiles overlap one's loads with the other's math: 0.147 vs 0.159-0.168 ms
-# for the 128 x 128 configs (window 1024, fraction 0.07: 0.364 vs 0.347, so not there).
+# S=16k: 34 % of peak DRAM bandwidth, 34 % of SM throughput, 8 warps an SM).  64 x 32 tiles,
+# one warpgroup, 2 stages (50 KB, 122 registers) let four thread blocks share an SM and hide
+# each other's loads: window 256 0.136 ms, against 0.147 (64 x 64) and 0.159-0.168 (128 x 128);
+# window 1024 (fraction 0.07) is faster at 128 x 128 (0.347 vs 0.387 ms), so it stays there.
 NARROW_BAND_FRACTION = 0.05
 
 
@@ -244,7 +245,7 @@ def _narrow_band_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[
     width = kb.upper_offset - kb.lower_offset + 1
     if (width + 128) / spec.kv_len > NARROW_BAND_FRACTION:
         return None
-    cfg = CudaConfig(block_q=64, block_k=64, num_warps=4, num_stages=2, mma="wgmma")
+    cfg = CudaConfig(block_q=64, block_k=32, num_warps=4, num_stages=2, mma="wgmma")
     try:
         validate_config(spec, cfg, arch)
     except (ConfigError, ShapeError):

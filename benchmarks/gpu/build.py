@@ -313,6 +313,26 @@ def _wide_entries():
                       ("doc_causal", dict(mask="document_causal", docs=[16]))):
             out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
                             config=dict(WGMMA, **cfg), sparse=sp))
+    # 64 x 32 tiles: 48-80 KB, up to 4 thread blocks (16 warps) an SM; the whole density range
+    k32 = dict(block_q=64, num_warps=4, block_k=32)
+    for st in (2, 3):
+        for n, sp in (("causal", dict(mask="causal")), ("sw_1024", dict(mask="window", window=1024)),
+                      ("sw_4096", dict(mask="window", window=4096)),
+                      ("doc_mask", dict(mask="document", docs=[2, 4, 8])),
+                      ("doc_causal", dict(mask="document_causal", docs=[4]))):
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
+                            config=dict(WGMMA, num_stages=st, **k32), sparse=sp, range=True))
+    for st in (2, 4):
+        cfg = dict(block_q=64, num_warps=4, block_k=32, num_stages=st)
+        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
+                      ("doc_mask", dict(mask="document", docs=[16, 32])),
+                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
+                            config=dict(WGMMA, **cfg), sparse=sp))
+        out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None,
+                        dtype="bf16", shapes={"S": 700}, config=dict(WGMMA, **cfg)))
+        out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
+                        config=dict(WGMMA, **cfg)))
     # two blocks an SM of 64 x 64 tiles, each chaining 2 or 4 query blocks
     for qc in (2, 4):
         cfg = dict(block_q=64, num_warps=4, block_k=64, num_stages=2, query_blocks=qc)
@@ -437,6 +457,8 @@ def main(argv=None):
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
+                    help="only entries whose config has this knob value (repeatable)")
     ap.add_argument("--shard", default="0/1", help="I/N: build every N-th kernel from the I-th (run N builds "
                     "in parallel into the same --out; TVM's lowering is single-threaded)")
     args = ap.parse_args(argv)
@@ -448,7 +470,10 @@ def main(argv=None):
     manifests = []
     t0 = time.time()
     shard, nshards = (int(x) for x in args.shard.split("/"))
-    for e in _entries(args.only)[shard::nshards]:
+    where = dict(w.split("=", 1) for w in args.where)
+    picked = [e for e in _entries(args.only)
+              if all(str((e.get("config") or {}).get(kk, e.get(kk))) == vv for kk, vv in where.items())]
+    for e in picked[shard::nshards]:
         shapes = e["shapes"]
         try:
             if shapes == "ragged":
