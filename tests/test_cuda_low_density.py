@@ -171,16 +171,20 @@ def test_an_exact_band_masks_with_its_two_comparisons_only(mma):
         assert "-255" in cond and "< 256" not in cond and "q_idx" not in cond
 
 
-def test_narrow_bands_default_to_four_blocks_an_sm():
-    def config(name, S):
+def test_sparse_compile_time_masks_default_to_four_blocks_an_sm():
+    def kernel(name, S):
         return compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"S": S},
-                               target_options=H100, build=False, tuning_db=False).config
+                               target_options=H100, build=False, tuning_db=False)
 
-    narrow = config("sw_256", 16384)          # (256 + 128) / 16k keys: 2-3 key blocks a query block
-    assert (narrow.block_q, narrow.block_k, narrow.num_warps, narrow.num_stages) == (64, 32, 4, 2)
-    # four thread blocks share an SM (shared memory; 4 x 128 threads x <= 128 registers fit too)
-    assert cuda.shared_memory_bytes(compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16",
-                                                    shapes={"S": 16384}, target_options=H100, build=False,
-                                                    tuning_db=False).spec, narrow) * 4 <= 228 * 1024 - 4 * 1024
-    for name, S in (("sw_1024", 16384), ("sw_256", 4096), ("causal", 16384)):
-        assert config(name, S).block_q == 128, name           # wider bands keep the 128 x 128 default
+    # at most 4 % of the 128 x 128 tiles non-empty: window 256 and 512-token chunks at 16k
+    for name in ("sw_256", "chunk_512"):
+        k = kernel(name, 16384)
+        c = k.config
+        assert (c.block_q, c.block_k, c.num_warps, c.num_stages) == (64, 32, 4, 2), name
+        # four thread blocks share an SM (shared memory; 4 x 128 threads x <= 128 registers fit too)
+        assert cuda.shared_memory_bytes(k.spec, c) * 4 <= 228 * 1024 - 4 * 1024
+    # denser masks keep the 128 x 128 default: window 1024 and 2048-token chunks (6-7 %), window
+    # 256 at 4k (9 %), causal; and document masks, whose density is known only per call
+    for name, S in (("sw_1024", 16384), ("chunk_2048", 16384), ("sw_256", 4096), ("causal", 16384),
+                    ("doc_mask", 16384)):
+        assert kernel(name, S).config.block_q == 128, name

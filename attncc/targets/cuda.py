@@ -195,9 +195,9 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
-        narrow = _narrow_band_config(spec, arch)
-        if narrow is not None:
-            return narrow
+        sparse = _low_density_config(spec, arch)
+        if sparse is not None:
+            return sparse
         last = None
         # 3 stages pay in the ping-pong kernel; with a score_mod (ALiBi 365 vs 345 TFLOP/s) and in
         # the tile-map/fp8 kernel (its 3-stage path overlaps P·V differently: 390 vs 425) 2 do
@@ -228,22 +228,24 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     return cfg
 
 
-# A band whose key range (plus one block) is at most this fraction of the keys: each query
-# block visits 2-3 key blocks, and the kernel is latency-bound (ncu on the H200, window 256 at
-# S=16k: 34 % of peak DRAM bandwidth, 34 % of SM throughput, 8 warps an SM).  64 x 32 tiles,
-# one warpgroup, 2 stages (50 KB, 122 registers) let four thread blocks share an SM and hide
-# each other's loads: window 256 0.136 ms, against 0.147 (64 x 64) and 0.159-0.168 (128 x 128);
-# window 1024 (fraction 0.07) is faster at 128 x 128 (0.347 vs 0.387 ms), so it stays there.
-NARROW_BAND_FRACTION = 0.05
+# A mask whose tiles are known at compile time (a band, or prune-sparsity's tile map) and at
+# most this fraction of whose 128 x 128 tiles are non-empty: each query block visits 2-3 key
+# blocks and the kernel is latency-bound (ncu on the H200, window 256 at S=16k: 34 % of peak
+# DRAM bandwidth, 34 % of SM throughput, 8 warps an SM).  64 x 32 tiles, one warpgroup, 2
+# stages (50 KB, 122 registers) let four thread blocks share an SM and hide each other's loads:
+# window 256 (density 0.023) 0.136 ms against 0.147 (64 x 64) and 0.159-0.168 (128 x 128);
+# chunked causal 512 (0.020) 0.130 vs 0.153.  At 0.066-0.068 (window 1024, chunks of 2048)
+# 128 x 128 is faster (0.347 vs 0.387, 0.362 vs 0.383 ms), so those stay.
+LOW_DENSITY = 0.04
 
 
-def _narrow_band_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
-    kb = spec.key_bounds
-    if (not kb.exact or kb.lower_offset is None or kb.upper_offset is None or spec.score_mod is not None
-            or spec.quant_dtype is not None or spec.captures):
+def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
+    if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
+            or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures):
         return None
-    width = kb.upper_offset - kb.lower_offset + 1
-    if (width + 128) / spec.kv_len > NARROW_BAND_FRACTION:
+    import numpy as np
+
+    if float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0)) > LOW_DENSITY:
         return None
     cfg = CudaConfig(block_q=64, block_k=32, num_warps=4, num_stages=2, mma="wgmma")
     try:

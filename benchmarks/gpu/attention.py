@@ -354,7 +354,8 @@ def bench_sparse(man, fn, dev, flex=True):
         for n in sp["docs"]:
             cases.append((f"{'causal ' if sp['mask'] == 'document_causal' else ''}documents={n}", _doc_ids(S, n)))
     else:
-        cases.append(({"full": "dense", "causal": "causal"}.get(sp["mask"], f"window={sp.get('window')}"), None))
+        cases.append((sp.get("label") or {"full": "dense", "causal": "causal"}.get(sp["mask"], f"window={sp.get('window')}"),
+                      None))
     rows = []
     for label, doc in cases:
         row = {"label": label, "mask": sp["mask"], "block_k": cfg.block_k,
@@ -372,6 +373,9 @@ def bench_sparse(man, fn, dev, flex=True):
         else:
             tiles = hk.tiles()
             tables, extra = [], []
+            from attncc.targets import cuda as _cuda
+            if _cuda.use_block_table(spec, cfg):       # a compile-time tile map is a kernel argument
+                tables = [torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.int32)).to(dev)]
             lo = spec.key_bounds.lower_offset
             up = spec.key_bounds.upper_offset
             if tiles is None:     # a band: the tiles the key loop visits
@@ -388,6 +392,12 @@ def bench_sparse(man, fn, dev, flex=True):
             hi_ = np.minimum(i + (up if up is not None else S), S - 1)
             lo_ = np.maximum(i + (lo if lo is not None else -S), 0)
             row["density_elements"] = float(np.clip(hi_ - lo_ + 1, 0, None).sum() / S / S)
+            if sp.get("chunk"):   # chunked causal: causal inside each chunk
+                c = int(sp["chunk"])
+                lens = np.full(S // c, c, np.float64)
+                if S % c:
+                    lens = np.append(lens, S % c)
+                row["density_elements"] = float((lens * (lens + 1) / 2).sum() / S / S)
         row["density"] = float(np.mean(np.asarray(tiles) != 0))
 
         def call():

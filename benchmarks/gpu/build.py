@@ -313,6 +313,18 @@ def _wide_entries():
                       ("doc_causal", dict(mask="document_causal", docs=[16]))):
             out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
                             config=dict(WGMMA, **cfg), sparse=sp))
+    # compile-time tile maps (chunked causal, 512- and 2048-token chunks) at 128 x 128 and 64 x 32
+    for cfg in (dict(), dict(block_q=64, num_warps=4, block_k=32, num_stages=2)):
+        for n in ("chunk_512", "chunk_2048"):
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16, config=dict(WGMMA, **cfg),
+                            sparse=dict(mask="chunk", label=f"chunked={n[6:]}", chunk=int(n[6:])),
+                            static=True))
+        out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=dict(WGMMA, **cfg),
+                        sparse=dict(mask="full"), static=True))
+    for ex_ in ("chunked", "local_global", "strided"):
+        out.append(dict(kind="verify", path=os.path.join("examples", ex_ + ".py"), name=None, dtype="bf16",
+                        shapes={"S": 1000}, config=dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2),
+                        static=True))
     # 64 x 32 tiles: 48-80 KB, up to 4 thread blocks (16 warps) an SM; the whole density range
     k32 = dict(block_q=64, num_warps=4, block_k=32)
     for st in (2, 3):

@@ -132,3 +132,14 @@ def doc_causal(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: 
 def late_keys(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
     # queries below 600 keep no key (out 0, lse -inf): whole query blocks without key blocks
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: kv_idx + 600 <= q_idx)
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def chunk_512(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    # chunked causal (Llama 4's local layers) with 512-token chunks: a compile-time tile map
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (q_idx // 512 == kv_idx // 512) & (kv_idx <= q_idx))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def chunk_2048(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (q_idx // 2048 == kv_idx // 2048) & (kv_idx <= q_idx))
