@@ -405,6 +405,27 @@ def lower(spec: FlashKernelSpec, config):
     NKC_OUTER = -(-NKC // MAP_BATCH)
 
     @T.macro
+    def compact_row(row, base, cnt, tvs, kv_list, lane):
+        """Table mode, one warp: the non-empty key blocks of tile-map row ``row`` as a list at
+        ``kv_list[base:]`` (entries key block * 2 + full), their count at ``kv_list[base + NKB]``.
+        The row is loaded MAP_BATCH chunks of 32 at a time, all loads issued before the first
+        ballot (one memory latency per batch, not per chunk)."""
+        cnt[0] = 0
+        for c0 in T.serial(NKC_OUTER):
+            for c1 in T.unroll(MAP_BATCH):
+                tvs[c1] = T.if_then_else((c0 * MAP_BATCH + c1) * 32 + lane < NKB,
+                                         TILE_MAP[row, T.min((c0 * MAP_BATCH + c1) * 32 + lane, NKB - 1)], 0)
+            for c1 in T.unroll(MAP_BATCH):
+                ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
+                if tvs[c1] != 0:
+                    kv_list[base + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane)))
+                                                                  - T.uint32(1)))] = \
+                        ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                cnt[0] = cnt[0] + T.popcount(ballot)
+        if lane == 0:
+            kv_list[base + NKB] = cnt[0]
+
+    @T.macro
     def qk_product(q_buf, slot, s_acc, sbase, wg):
         """S = Q Kᵀ: one wgmma group of D/16 (fp8: D/32) k steps, committed, not waited for;
         ``q_buf`` the Q tile (chained mode: 0 or 1), ``slot`` the K slot."""
@@ -556,22 +577,7 @@ def lower(spec: FlashKernelSpec, config):
                     if USE_TABLE:
                         # warp 0 compacts this query block's row of the tile map
                         if warp == 0:
-                            cnt[0] = 0
-                            # the row's entries are loaded MAP_BATCH chunks of 32 at a time, all loads
-                            # issued before the first ballot (one memory latency per batch, not per chunk)
-                            for c0 in T.serial(NKC_OUTER):
-                                for c1 in T.unroll(MAP_BATCH):
-                                    tvs[c1] = T.if_then_else((c0 * MAP_BATCH + c1) * 32 + lane < NKB,
-                                                             TILE_MAP[qb, T.min((c0 * MAP_BATCH + c1) * 32 + lane,
-                                                                                NKB - 1)], 0)
-                                for c1 in T.unroll(MAP_BATCH):
-                                    ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
-                                    if tvs[c1] != 0:
-                                        kv_list[cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
-                                            ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
-                                    cnt[0] = cnt[0] + T.popcount(ballot)
-                            if lane == 0:
-                                kv_list[NKB] = cnt[0]
+                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
                         T.tvm_storage_sync("shared")
                         cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
                     if QUANT:
@@ -816,21 +822,8 @@ def lower(spec: FlashKernelSpec, config):
                         if USE_TABLE:
                             for wi in T.serial((QC + NW - 1) // NW):
                                 if wi * NW + warp < n_items:
-                                    cnt[0] = 0
-                                    for c0 in T.serial(NKC_OUTER):
-                                        for c1 in T.unroll(MAP_BATCH):
-                                            tvs[c1] = T.if_then_else(
-                                                (c0 * MAP_BATCH + c1) * 32 + lane < NKB,
-                                                TILE_MAP[NQB - 1 - (g_rev * QC + wi * NW + warp),
-                                                         T.min((c0 * MAP_BATCH + c1) * 32 + lane, NKB - 1)], 0)
-                                        for c1 in T.unroll(MAP_BATCH):
-                                            ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
-                                            if tvs[c1] != 0:
-                                                kv_list[(wi * NW + warp) * LS + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane))) - T.uint32(1)))] = \
-                                                    ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
-                                            cnt[0] = cnt[0] + T.popcount(ballot)
-                                    if lane == 0:
-                                        kv_list[(wi * NW + warp) * LS + NKB] = cnt[0]
+                                    compact_row(NQB - 1 - (g_rev * QC + wi * NW + warp), (wi * NW + warp) * LS,
+                                                cnt, tvs, kv_list, lane)
                             T.tvm_storage_sync("shared")
                         cur[3] = 0
                         for it in T.serial(n_items):
