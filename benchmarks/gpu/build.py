@@ -301,64 +301,55 @@ def _low_density_entries():
 
 
 def _wide_entries():
-    """Three warpgroups (block_q 192: 12 warps an SM instead of 8) at low density: the ncu
-    profile of the low-density pass found the kernel latency bound with 2 warps a scheduler."""
+    """Tile shapes against the latency found at low density (ncu: 2 warps a scheduler): three
+    warpgroups (block_q 192), 64 x 32 tiles (four blocks an SM) over the density range and on
+    compile-time tile maps, and 64 x 64 tiles with chained query blocks.  Entries carry a tag
+    (build.py --where static=True / range=True builds one group)."""
     out = []
     s16 = {"B": 1, "S": 16384}
+    window = lambda w: dict(mask="window", window=w)                       # noqa: E731
+    docs = lambda *n: dict(mask="document", docs=list(n))                  # noqa: E731
+    cdocs = lambda *n: dict(mask="document_causal", docs=list(n))          # noqa: E731
+    sparse_set = (("full", dict(mask="full")), ("sw_256", window(256)), ("doc_mask", docs(16, 32)),
+                  ("doc_causal", cdocs(16)))
+
+    def bench(cfg, cases, **tag):
+        for n, sp in cases:
+            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
+                            config=dict(WGMMA, **cfg), sparse=sp, **tag))
+
+    def verify(path, name, shapes, cfg, **tag):
+        out.append(dict(kind="verify", path=path, name=name, dtype="bf16", shapes=shapes,
+                        config=dict(WGMMA, **cfg), **tag))
+
+    doc_example = os.path.join("examples", "document_mask.py")
     for cfg in (dict(block_q=192, num_warps=12, block_k=128, num_stages=2),
                 dict(block_q=192, num_warps=12, block_k=64, num_stages=3)):
-        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
-                      ("sw_1024", dict(mask="window", window=1024)),
-                      ("doc_mask", dict(mask="document", docs=[16, 32])),
-                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
-            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
-                            config=dict(WGMMA, **cfg), sparse=sp))
+        bench(cfg, sparse_set[:2] + (("sw_1024", window(1024)),) + sparse_set[2:])
     # compile-time tile maps (chunked causal, 512- and 2048-token chunks) at 128 x 128 and 64 x 32
-    for cfg in (dict(), dict(block_q=64, num_warps=4, block_k=32, num_stages=2)):
-        for n in ("chunk_512", "chunk_2048"):
-            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16, config=dict(WGMMA, **cfg),
-                            sparse=dict(mask="chunk", label=f"chunked={n[6:]}", chunk=int(n[6:])),
-                            static=True))
-        out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=dict(WGMMA, **cfg),
-                        sparse=dict(mask="full"), static=True))
-    for ex_ in ("chunked", "local_global", "strided"):
-        out.append(dict(kind="verify", path=os.path.join("examples", ex_ + ".py"), name=None, dtype="bf16",
-                        shapes={"S": 1000}, config=dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2),
-                        static=True))
-    # 64 x 32 tiles: 48-80 KB, up to 4 thread blocks (16 warps) an SM; the whole density range
     k32 = dict(block_q=64, num_warps=4, block_k=32)
+    for cfg in (dict(), dict(k32, num_stages=2)):
+        bench(cfg, [(n, dict(mask="chunk", label=f"chunked={n[6:]}", chunk=int(n[6:])))
+                    for n in ("chunk_512", "chunk_2048")] + [("full", dict(mask="full"))], static=True)
+    for ex_ in ("chunked", "local_global", "strided"):
+        verify(os.path.join("examples", ex_ + ".py"), None, {"S": 1000}, dict(k32, num_stages=2), static=True)
+    # 64 x 32 tiles: 48-80 KB, up to 4 thread blocks (16 warps) an SM; the whole density range
     for st in (2, 3):
-        for n, sp in (("causal", dict(mask="causal")), ("sw_1024", dict(mask="window", window=1024)),
-                      ("sw_4096", dict(mask="window", window=4096)),
-                      ("doc_mask", dict(mask="document", docs=[2, 4, 8])),
-                      ("doc_causal", dict(mask="document_causal", docs=[4]))):
-            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
-                            config=dict(WGMMA, num_stages=st, **k32), sparse=sp, range=True))
+        bench(dict(k32, num_stages=st), (("causal", dict(mask="causal")), ("sw_1024", window(1024)),
+                                         ("sw_4096", window(4096)), ("doc_mask", docs(2, 4, 8)),
+                                         ("doc_causal", cdocs(4))), range=True)
     for st in (2, 4):
-        cfg = dict(block_q=64, num_warps=4, block_k=32, num_stages=st)
-        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
-                      ("doc_mask", dict(mask="document", docs=[16, 32])),
-                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
-            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
-                            config=dict(WGMMA, **cfg), sparse=sp))
-        out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None,
-                        dtype="bf16", shapes={"S": 700}, config=dict(WGMMA, **cfg)))
-        out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
-                        config=dict(WGMMA, **cfg)))
+        bench(dict(k32, num_stages=st), sparse_set)
+        verify(doc_example, None, {"S": 700}, dict(k32, num_stages=st))
+        verify(VARIANTS, "sw_256", {"S": 1100, "H": 4}, dict(k32, num_stages=st))
     # two blocks an SM of 64 x 64 tiles, each chaining 2 or 4 query blocks
     for qc in (2, 4):
         cfg = dict(block_q=64, num_warps=4, block_k=64, num_stages=2, query_blocks=qc)
-        for n, sp in (("full", dict(mask="full")), ("sw_256", dict(mask="window", window=256)),
-                      ("doc_mask", dict(mask="document", docs=[16, 32])),
-                      ("doc_causal", dict(mask="document_causal", docs=[16]))):
-            out.append(dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes=s16,
-                            config=dict(WGMMA, **cfg), sparse=sp))
-        out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None,
-                        dtype="bf16", shapes={"S": 700}, config=dict(WGMMA, **cfg)))
-    out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
-                    config=dict(WGMMA, block_q=192, num_warps=12, block_k=128, num_stages=2)))
-    out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
-                    shapes={"S": 700}, config=dict(WGMMA, block_q=192, num_warps=12, block_k=128, num_stages=2)))
+        bench(cfg, sparse_set)
+        verify(doc_example, None, {"S": 700}, cfg)
+    wide = dict(block_q=192, num_warps=12, block_k=128, num_stages=2)
+    verify(VARIANTS, "sw_256", {"S": 1100, "H": 4}, wide)
+    verify(doc_example, None, {"S": 700}, wide)
     return out
 
 
