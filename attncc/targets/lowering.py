@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import sympy
@@ -274,8 +276,14 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
         formula = analyze_mask(mask)
         S, T = qs[2], ks[2]
 
-        def tile_map(block_q: int, block_k: int, _f=formula, _env=dict(env)):
-            return classify_tiles(_f, S, T, block_q, block_k, _env)
+        @functools.lru_cache(maxsize=16)
+        def _classified(block_q: int, block_k: int, _f=formula, _env=tuple(sorted(env.items()))):
+            return classify_tiles(_f, S, T, block_q, block_k, dict(_env))
+
+        def tile_map(block_q: int, block_k: int):
+            # memoized per block shape (the default-config rule, the kernel, the tuning space and
+            # the benchmarks ask for the same maps; 1.3 s for one at S=128k); a copy per caller
+            return _classified(int(block_q), int(block_k)).copy()
     captures = tuple((c.hint, c.type.concrete(env), c.type.dtype.tvm) for c in op.operands[3 + n_scales:])
     scales = tuple((f"{x}_scale", s.type.concrete(env)) for x, s in zip("qkv", op.operands[3:3 + n_scales]))
     runtime_tile_map = None
