@@ -133,8 +133,9 @@ class CudaConfig:
                     num_warps, q_in_registers unused)
     query_blocks    wgmma only: query blocks one thread block runs as one stream of key tiles,
                     the next block's Q and first K/V loaded under the current one's last tile
-                    and write-out (_cuda_wgmma_sparse.py; num_stages 2).  > 1 pays at low mask
-                    density, where a block's start and write-out cost as much as its tiles.
+                    and write-out (_cuda_wgmma_sparse.py; num_stages 2).  Measured at most 3 %
+                    faster (window 256 at S=16k on the H200) and slower on dense work: a knob,
+                    not a default (benchmarks/gpu/RESULTS.md, "Low density").
     """
 
     block_q: int = 128
@@ -243,8 +244,6 @@ def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[
     if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
             or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures):
         return None
-    import numpy as np
-
     if float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0)) > LOW_DENSITY:
         return None
     cfg = CudaConfig(block_q=64, block_k=32, num_warps=4, num_stages=2, mma="wgmma")
