@@ -405,6 +405,44 @@ def lower(spec: FlashKernelSpec, config):
     NKC_OUTER = -(-NKC // MAP_BATCH)
 
     @T.macro
+    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
+        for it in T.unroll(Q_ITERS):
+            if within(BQ * CQ, it * NT + tx):
+                T.ptx[cpa](
+                    T.address_of(smem[pe + q_buf * Q_ELEMS + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                    T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * EQ]),
+                    16,
+                    T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+
+    @T.macro
+    def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
+        for it in T.unroll(K_ITERS):
+            if within(BK * CQ, it * NT + tx):
+                T.ptx[cpa](
+                    T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                    T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1), (it * NT + tx) % CQ * EQ]),
+                    16,
+                    T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+        for it in T.unroll(V_ITERS):
+            if within(V_ROWS * CVL, it * NT + tx):
+                T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                           *v_src(v, b, hk, blk, it * NT + tx))
+
+    @T.macro
+    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
+        for nd in T.unroll(NDV):
+            for e in T.unroll(4):
+                smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+        T.tvm_storage_sync("shared")
+        for it in T.unroll(O_ITERS):
+            if within(BQ * CV, it * NT + tx):
+                if q0 + (it * NT + tx) // CV < S:
+                    for e in T.vectorized(8):
+                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                            smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+
+    @T.macro
     def compact_row(row, base, cnt, tvs, kv_list, lane):
         """Table mode, one warp: the non-empty key blocks of tile-map row ``row`` as a list at
         ``kv_list[base:]`` (entries key block * 2 + full), their count at ``kv_list[base + NKB]``.
@@ -565,14 +603,7 @@ def lower(spec: FlashKernelSpec, config):
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
                     # ---- prologue: Q tile (then the key-block list), then the first key blocks
-                    for it in T.unroll(Q_ITERS):
-                        if within(BQ * CQ, it * NT + tx):
-                            T.ptx[cpa](
-                                T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                               (it * NT + tx) % CQ * EQ]),
-                                16,
-                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                    load_q(0, q0, smem, q, pe, tx, b, h)
                     # (the tile-map row is read while the Q tile is in flight)
                     if USE_TABLE:
                         # warp 0 compacts this query block's row of the tile map
@@ -591,21 +622,7 @@ def lower(spec: FlashKernelSpec, config):
                         if kb_lo + st < kb_hi:
                             if USE_TABLE:
                                 ent[1] = kv_list[kb_lo + st]
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min(block_at(ent, 1, kb_lo + st) * BK
-                                                                    + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * EQ]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            block_at(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(V_ROWS * CVL, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + v_off(st, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
-                                        *v_src(v, b, hk, block_at(ent, 1, kb_lo + st), it * NT + tx))
+                            load_kv(block_at(ent, 1, kb_lo + st), st, smem, k, v, pe, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(2):
@@ -625,23 +642,7 @@ def lower(spec: FlashKernelSpec, config):
                         if kb + AHEAD < kb_hi:
                             if USE_TABLE:
                                 ent[1] = kv_list[kb + AHEAD]
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + k_off((kb - kb_lo + AHEAD) % NS,
-                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min(block_at(ent, 1, kb + AHEAD) * BK
-                                                                    + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * EQ]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            block_at(ent, 1, kb + AHEAD) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(V_ROWS * CVL, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[pe + v_off((kb - kb_lo + AHEAD) % NS,
-                                                                (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
-                                        *v_src(v, b, hk, block_at(ent, 1, kb + AHEAD), it * NT + tx))
+                            load_kv(block_at(ent, 1, kb + AHEAD), (kb - kb_lo + AHEAD) % NS, smem, k, v, pe, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                         # ---- S = Q Kᵀ (one wgmma group: D/16 k steps)
                         qk_product(0, (kb - kb_lo) % NS, s_acc, sbase, wg)
@@ -693,17 +694,7 @@ def lower(spec: FlashKernelSpec, config):
                                 (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
                     # (the output tile needs no alignment: it is staged from the unaligned base)
-                    for nd in T.unroll(NDV):
-                        for e in T.unroll(4):
-                            smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                    T.tvm_storage_sync("shared")
-                    for it in T.unroll(O_ITERS):
-                        if within(BQ * CV, it * NT + tx):
-                            if q0 + (it * NT + tx) // CV < S:
-                                for e in T.vectorized(8):
-                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                    store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
 
     # ------------------------------------------------------------------ chained query blocks
     # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 (in the
@@ -739,44 +730,6 @@ def lower(spec: FlashKernelSpec, config):
                 kbv = tirx.shift_right(entv, 1)
                 return tirx.And(full, kbv * BK + BK <= TK) if NKB * BK != TK else full
             return tile_is_full(r0, tirx.shift_right(entv, 1))
-
-        @T.macro
-        def load_q(q_buf, q0, smem, q, pe, tx, b, h):
-            for it in T.unroll(Q_ITERS):
-                if within(BQ * CQ, it * NT + tx):
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + q_buf * Q_ELEMS + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * EQ]),
-                        16,
-                        T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-
-        @T.macro
-        def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
-            for it in T.unroll(K_ITERS):
-                if within(BK * CQ, it * NT + tx):
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1), (it * NT + tx) % CQ * EQ]),
-                        16,
-                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-            for it in T.unroll(V_ITERS):
-                if within(V_ROWS * CVL, it * NT + tx):
-                    T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
-                               *v_src(v, b, hk, blk, it * NT + tx))
-
-        @T.macro
-        def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
-            for nd in T.unroll(NDV):
-                for e in T.unroll(4):
-                    smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                        T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-            T.tvm_storage_sync("shared")
-            for it in T.unroll(O_ITERS):
-                if within(BQ * CV, it * NT + tx):
-                    if q0 + (it * NT + tx) // CV < S:
-                        for e in T.vectorized(8):
-                            out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
         @T.prim_func(check_well_formed=False)
         def main_chain(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
