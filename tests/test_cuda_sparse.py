@@ -81,14 +81,32 @@ def test_band_masks_take_no_table():
 def test_the_key_loop_walks_the_compacted_list():
     k = compile_variant(os.path.join(ROOT, "examples", "chunked.py"), target="cuda", dtype="bf16",
                         shapes={"S": 1000}, target_options=H100, build=False)
+    # table mode runs on the ping-pong kernel (fp8 and chained query blocks on the other one)
+    assert cuda._wgmma_for(k.spec, k.config) is cuda._wgmma_dense
     tir = cuda.lower(k.spec, k.config).script()
     # the loop's extent is the count of non-empty key blocks (read once into a register) and
-    # every key block comes from the list: list entry >> 1, full flag = entry & 1
-    assert re.search(r"kb_hi: T.int32 = cnt", tir) and "for kb in range(kb_lo" in tir
-    assert "ent[0] >> 1" in tir and "ent[0] & 1 == 1" in tir
+    # every key block comes from the list: list entry >> 1, full flag = entry & 1 -- for the
+    # softmax of S_j (even warpgroups: ent[0]) and of S_{j-1} (odd ones: ent[1]), and for the
+    # loads ahead (ent[2]: K, ent[3]: V)
+    assert re.search(r"kb_hi: T.int32 = cnt", tir) and "for j in range(kb_lo + 1" in tir
+    for e in range(2):
+        assert f"ent[{e}] >> 1" in tir and f"ent[{e}] & 1 == 1" in tir
+    assert "ent[2] >> 1" in tir and "ent[3] >> 1" in tir
     assert "ballot_sync" in tir and "popcount" in tir
     tiles = k.spec.tile_map(128, 128)
     assert (tiles == 0).any() and (tiles == 2).any()
+
+
+def test_fp8_and_chained_blocks_keep_the_in_order_kernel():
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 700}, target_options=H100, build=False)
+    assert cuda._wgmma_for(k.spec, k.config) is cuda._wgmma_dense
+    assert cuda._wgmma_for(k.spec, cuda.CudaConfig(**dict(WGMMA, query_blocks=2))) is cuda._wgmma_sparse
+    q = compile_variant(VARIANTS, variant_name="doc_causal", target="cuda", dtype="bf16", shapes={"S": 700},
+                        target_options=H100, build=False, quantize={"dtype": "fp8"})
+    assert cuda._wgmma_for(q.spec, q.config) is cuda._wgmma_sparse
+    # a tile map takes 2 stages by default (measured: 2 beat 3 up to density ~0.15, equal below)
+    assert k.config.num_stages == 2 and k.config.block_q == 128
 
 
 @needs_nvcc

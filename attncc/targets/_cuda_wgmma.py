@@ -31,6 +31,15 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   same two products.  So a warpgroup's softmax runs while the other's products hold the
   tensor cores.  The first and the last step are peeled off the loop, and the products are
   issued outside the branches on the warpgroup, so that ptxas never serialises the wgmma.
+* table mode (``use_block_table``: masks that are no single band -- prefix-LM, strided,
+  local + global, chunked, document ids): the tile map ``int32 [NQB, NKB]`` (0 empty, 1
+  partial, 2 full; prune-sparsity's proof, or per call from captured tensors) is the argument
+  after ``lse``, the captured tensors follow it.  Warp 0 compacts its query block's row into
+  a shared list of the non-empty key blocks (``compact_row_macro``, shared with
+  ``_cuda_wgmma_sparse``) while Q is in flight; the key loop walks list positions, each
+  step reading the key blocks of its loads and of its softmax from the list, and full tiles
+  skip the element mask.  (Before: the sparse kernel's in-order schedule; ping-pong measured
+  4-7 % faster on document masks at 128 x 128, benchmarks/gpu/RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -51,7 +60,54 @@ _OPTIONS: dict = {}
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
-    return 2 * (q_tile + kv) + ALIGN_BYTES
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
+    return 2 * (q_tile + kv) + ALIGN_BYTES + table
+
+
+def use_block_table(spec: FlashKernelSpec) -> bool:
+    """True when the kernel iterates a tile map (the mask is not one band): table mode."""
+    if spec.mask_mod is None or spec.key_bounds.exact:
+        return False
+    return spec.tile_map is not None or spec.runtime_tile_map is not None
+
+
+def compact_row_macro(tile_map, nkb: int):
+    """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` macro (both wgmma
+    kernels) and the size of its ``tvs`` register buffer.
+
+    One warp turns row ``row`` of the tile map (int32 [NQB, NKB]: 0 empty, 1 partial, 2 full)
+    into the list of its non-empty key blocks at ``kv_list[base:]`` (entries key block * 2 +
+    full, in key order; ``__ballot_sync`` + ``popc``), their count at ``kv_list[base + NKB]``.
+    The row is loaded ``MAP_BATCH`` chunks of 32 at a time, all loads issued before the first
+    ballot (one memory latency per batch, not per chunk)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    FULL_MASK = tirx.const(0xFFFFFFFF, "uint32")
+    NKB = nkb
+    TILE_MAP = tile_map
+    NKC = -(-NKB // 32)              # warp-sized chunks of a tile-map row
+    MAP_BATCH = min(NKC, 8)          # chunks loaded together
+    NKC_OUTER = -(-NKC // MAP_BATCH)
+
+    @T.macro
+    def compact_row(row, base, cnt, tvs, kv_list, lane):
+        cnt[0] = 0
+        for c0 in T.serial(NKC_OUTER):
+            for c1 in T.unroll(MAP_BATCH):
+                tvs[c1] = T.if_then_else((c0 * MAP_BATCH + c1) * 32 + lane < NKB,
+                                         TILE_MAP[row, T.min((c0 * MAP_BATCH + c1) * 32 + lane, NKB - 1)], 0)
+            for c1 in T.unroll(MAP_BATCH):
+                ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
+                if tvs[c1] != 0:
+                    kv_list[base + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane)))
+                                                                  - T.uint32(1)))] = \
+                        ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                cnt[0] = cnt[0] + T.popcount(ballot)
+        if lane == 0:
+            kv_list[base + NKB] = cnt[0]
+
+    return compact_row, MAP_BATCH
 
 
 def registers_estimate(spec: FlashKernelSpec, config) -> int:
@@ -169,7 +225,16 @@ def lower(spec: FlashKernelSpec, config):
     K_ELEMS = BK * D
     V_BASE = K_BASE + NS * K_ELEMS
     V_ELEMS = BK * DV
-    SMEM_ELEMS = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
+    # table mode: the key-block list (int32), past the tiles and the alignment slack
+    LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
+    USE_TABLE = use_block_table(spec)
+    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
+    # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
+    # ids) follow it, read by the mask / score_mod expressions
+    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
+                       for name, shape, cdt in spec.captures]
+    compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
 
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
@@ -248,22 +313,35 @@ def lower(spec: FlashKernelSpec, config):
         return tile_off(V_BASE + slot * V_ELEMS, BK, row, chunk)
 
     # score_mod (log2 units), the element mask and the scale folding: shared with cuda.py and rocm.py
-    ix = FlashIndexing(spec, BQ, BK, 16)
+    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
     scaled, to_log2, exp_arg, keep, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.keep, ix.masked
 
     def block_lo(q0):
-        if kb_lower is None:
+        if USE_TABLE or kb_lower is None:     # table mode: positions in the compacted list
             return i32(0)
         return tirx.floordiv(tirx.max(q0 + kb_lower, 0), BK)
 
-    def block_hi(q0):
+    def block_hi(q0, cnt):
+        if USE_TABLE:
+            return cnt[0]                       # the count of non-empty key blocks
         q_last = tirx.min(q0 + (BQ - 1), S - 1)
         if kb_upper is None:
             return i32(NKB)
         return tirx.max(tirx.floordiv(tirx.min(q_last + kb_upper, TK - 1), BK) + 1, block_lo(q0))
 
-    def tile_is_full(r0, kb):
-        """No element of warp rows r0 .. r0+15 x key block kb needs the element mask."""
+    def key_block(ent, which, pos):
+        """The key block at loop position ``pos``: itself, or (table mode) that of the list
+        entry copied to the register ent[which] (key block * 2 + full)."""
+        if USE_TABLE:
+            return tirx.shift_right(ent[which], 1)
+        return pos
+
+    def tile_is_full(r0, kb, ent=None, which=0):
+        """No element of warp rows r0 .. r0+15 x key block kb needs the element mask (table
+        mode: the tile map says full for the whole query block)."""
+        if USE_TABLE:
+            full = tirx.EQ(tirx.bitwise_and(ent[which], 1), 1)
+            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
         if not band_is_mask:
             return tirx.const(False, "bool")
         r_last = r0 + 15
@@ -319,24 +397,29 @@ def lower(spec: FlashKernelSpec, config):
                     T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CV < TK, 16, 0)))
 
     @T.macro
-    def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk):
+    def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
         # K of block j + AHEAD into the slot of K_{j-1}, V of block j + AHEAD - 1 into that of
         # V_{j-2}: every warpgroup waited for the products that read them before this barrier.
-        # One commit group a step, empty or not (the waits count groups).
+        # One commit group a step, empty or not (the waits count groups).  Table mode: the key
+        # blocks at those list positions (copied to registers: a shared load cannot sit in a
+        # condition).
         if has_qk:
+            if USE_TABLE:
+                ent[2] = kv_list[T.min(j + AHEAD, NKB)]
+                ent[3] = kv_list[T.min(j + AHEAD - 1, NKB)]
             if j + AHEAD < kb_hi:
-                load_k(j + AHEAD, (j + AHEAD - kb_lo) % NS, smem, k, pe, tx, b, hk)
+                load_k(key_block(ent, 2, j + AHEAD), (j + AHEAD - kb_lo) % NS, smem, k, pe, tx, b, hk)
             if AHEAD == 1:
-                load_v(j, (j - kb_lo) % NS, smem, v, pe, tx, b, hk)
+                load_v(key_block(ent, 3, j), (j - kb_lo) % NS, smem, v, pe, tx, b, hk)
             elif j + AHEAD - 1 < kb_hi:
-                load_v(j + AHEAD - 1, (j + AHEAD - 1 - kb_lo) % NS, smem, v, pe, tx, b, hk)
+                load_v(key_block(ent, 3, j + AHEAD - 1), (j + AHEAD - 1 - kb_lo) % NS, smem, v, pe, tx, b, hk)
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
-    def softmax(kb, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h):
+    def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h):
         """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
         # ---- score_mod, mask (partial tiles only), log2 domain
-        if tile_is_full(r0, kb):
+        if is_full:
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):
                     s_acc[nt * 4 + e] = scaled(
@@ -410,7 +493,7 @@ def lower(spec: FlashKernelSpec, config):
 
     @T.macro
     def step(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane, sbase,
-             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run):
+             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent):
         """Key block j: the softmax of S_j (even warpgroups) or S_{j-1} (odd ones) and the
         products S_j = Q K_jᵀ (has_qk) and O += P_{j-1} V_{j-1} (has_pv).  The first and the
         last step are peeled off the loop (has_pv / has_qk False) so that no wgmma or wait
@@ -418,32 +501,38 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["cp.async.wait_group"](AHEAD - 1)     # K_j and V_{j-1} have landed
         T.ptx["fence.proxy.async.shared::cta"]()
         T.tvm_storage_sync("shared")
+        if USE_TABLE:      # the key blocks of S_j and S_{j-1}
+            ent[0] = kv_list[T.min(j, NKB)]
+            ent[1] = kv_list[T.max(j - 1, 0)]
         if is_odd(wg):
-            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk)
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
             if has_pv:
-                softmax(j - 1, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
+                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
                 rescale_convert(o_acc, alpha, p_frag, s_acc)
         # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
         gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
         if is_even(wg):
-            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk)
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
         if is_even(wg):
             if has_qk:
                 if SPLIT and has_pv:
                     T.ptx["wgmma.wait_group.sync.aligned"](1)
-                    softmax(j, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                 else:
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    softmax(j, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
                 rescale_convert(o_acc, alpha, p_frag, s_acc)
             else:
                 T.ptx["wgmma.wait_group.sync.aligned"](0)
         else:
             T.ptx["wgmma.wait_group.sync.aligned"](0)
 
-    @T.prim_func
+    @T.prim_func(check_well_formed=False)
     def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
              v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
@@ -461,6 +550,14 @@ def lower(spec: FlashKernelSpec, config):
                     alpha = T.decl_buffer((2,), "float32", scope="local")
                     red = T.decl_buffer((2,), "float32", scope="local")
                     saddr = T.decl_buffer((1,), "uint64", scope="local")
+                    # table mode: [0, count) the non-empty key blocks (kb * 2 + full), [NKB] the count
+                    # (inside smem's allocation: TVM's merge of dynamic shared buffers would alias a
+                    # second one with the tiles it sees only through address_of)
+                    kv_list = T.decl_buffer((NKB + 1,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
+                                            scope="shared.dyn")
+                    cnt = T.decl_buffer((1,), "int32", scope="local")
+                    tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
+                    ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -477,9 +574,7 @@ def lower(spec: FlashKernelSpec, config):
                     warp = tx // 32
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
-                    kb_lo = block_lo(q0)
-                    kb_hi = block_hi(q0)
-                    # ---- prologue: the Q tile and K of the first key block
+                    # ---- prologue: the Q tile, (table mode) the key-block list, K of the first key block
                     for it in T.unroll(Q_ITERS):
                         if within(BQ * CQ, it * NT + tx):
                             T.ptx[cpa](
@@ -488,13 +583,24 @@ def lower(spec: FlashKernelSpec, config):
                                                (it * NT + tx) % CQ * 8]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                    if USE_TABLE:
+                        # warp 0 compacts this query block's row of the tile map (Q in flight)
+                        if warp == 0:
+                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
+                        T.tvm_storage_sync("shared")
+                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    kb_lo = block_lo(q0)
+                    kb_hi = block_hi(q0, cnt)
                     # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})
                     for g in T.unroll(AHEAD):
+                        if USE_TABLE:
+                            ent[2] = kv_list[T.min(kb_lo + g, NKB)]
+                            ent[3] = kv_list[T.max(kb_lo + g - 1, 0)]
                         if kb_lo + g < kb_hi:
-                            load_k(kb_lo + g, g, smem, k, pe, tx, b, hk)
+                            load_k(key_block(ent, 2, kb_lo + g), g, smem, k, pe, tx, b, hk)
                         if g > 0:
                             if kb_lo + g - 1 < kb_hi:
-                                load_v(kb_lo + g - 1, g - 1, smem, v, pe, tx, b, hk)
+                                load_v(key_block(ent, 3, kb_lo + g - 1), g - 1, smem, v, pe, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(2):
@@ -507,12 +613,12 @@ def lower(spec: FlashKernelSpec, config):
                     # the last block (its P·V only)
                     if kb_lo < kb_hi:
                         step(kb_lo, True, False, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
                         for j in T.serial(kb_lo + 1, kb_hi):
                             step(j, True, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                                 sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                                 sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
                         step(kb_hi, False, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run)
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
@@ -540,4 +646,9 @@ def lower(spec: FlashKernelSpec, config):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
+    extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
+    if extra:
+        # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
+        main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)
+    tvm.tirx.analysis.verify_well_formed(main)
     return tvm.IRModule({"main": main})

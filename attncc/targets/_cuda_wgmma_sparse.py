@@ -1,12 +1,12 @@
-"""Hopper (sm_90a) prefill kernel for block tables, captured tensors and FP8.
+"""Hopper (sm_90a) prefill kernel for FP8 inputs and chained query blocks.
 
-cuda.py picks this module over ``_cuda_wgmma.py`` when the spec has a tile map to iterate
-(a mask that is no single band), captured tensors (document ids) or fp8 inputs.  It is the
-wgmma kernel as it stood before ``_cuda_wgmma.py`` gained the ping-pong schedule and the
-L2-friendly grid order (both developed on a branch in parallel with this one; each kernel
-was verified on the H200 as it is here: benchmarks/gpu/RESULTS.md, "Sparsity and FP8" and
-"Run 4").  Folding these features into ``_cuda_wgmma.py`` is open work; until then the two
-share the descriptor/layout scheme below but not code.
+cuda.py picks this module over ``_cuda_wgmma.py`` when the spec takes fp8 inputs or the
+config chains query blocks (``query_blocks`` > 1).  It is the wgmma kernel as it stood before
+``_cuda_wgmma.py`` gained the ping-pong schedule and the L2-friendly grid order (it has the
+grid order since).  Table mode (tile maps, captured tensors) runs on the ping-pong kernel
+now; this one keeps its own table mode for fp8 with a block mask and for chained blocks (the
+row compaction is ``_cuda_wgmma.compact_row_macro``, shared).  Folding fp8 and chaining into
+``_cuda_wgmma.py`` is open work; until then the two share the descriptor/layout scheme below.
 
 The original description follows.
 
@@ -94,19 +94,13 @@ def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     return q_tile + kv + ALIGN_BYTES + table
 
 
-def use_block_table(spec: FlashKernelSpec) -> bool:
-    """True when the kernel iterates a tile map (the mask is not one band)."""
-    if spec.mask_mod is None or spec.key_bounds.exact:
-        return False
-    return spec.tile_map is not None or spec.runtime_tile_map is not None
-
-
 # the fp8 V layout is a runtime step too (exported kernels apply it without TVM): one definition
 from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutation  # noqa: E402,F401
 
 
-# the tile rules, register estimate and resource checks are _cuda_wgmma's
-from attncc.targets._cuda_wgmma import check_resources, check_tiles, registers_estimate  # noqa: E402,F401
+# the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
+from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
+                                        registers_estimate, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -400,9 +394,7 @@ def lower(spec: FlashKernelSpec, config):
     # launch order, so a wave of blocks reads the keys and values of few heads (L2 hits);
     # blockIdx.y holds batch x heads, at most 65535
     QB_FAST = B * H <= 65535
-    NKC = -(-NKB // 32)              # warp-sized chunks of a tile-map row
-    MAP_BATCH = min(NKC, 8)          # chunks loaded together
-    NKC_OUTER = -(-NKC // MAP_BATCH)
+    compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
 
     @T.macro
     def load_q(q_buf, q0, smem, q, pe, tx, b, h):
@@ -441,27 +433,6 @@ def lower(spec: FlashKernelSpec, config):
                     for e in T.vectorized(8):
                         out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                             smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
-
-    @T.macro
-    def compact_row(row, base, cnt, tvs, kv_list, lane):
-        """Table mode, one warp: the non-empty key blocks of tile-map row ``row`` as a list at
-        ``kv_list[base:]`` (entries key block * 2 + full), their count at ``kv_list[base + NKB]``.
-        The row is loaded MAP_BATCH chunks of 32 at a time, all loads issued before the first
-        ballot (one memory latency per batch, not per chunk)."""
-        cnt[0] = 0
-        for c0 in T.serial(NKC_OUTER):
-            for c1 in T.unroll(MAP_BATCH):
-                tvs[c1] = T.if_then_else((c0 * MAP_BATCH + c1) * 32 + lane < NKB,
-                                         TILE_MAP[row, T.min((c0 * MAP_BATCH + c1) * 32 + lane, NKB - 1)], 0)
-            for c1 in T.unroll(MAP_BATCH):
-                ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
-                if tvs[c1] != 0:
-                    kv_list[base + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane)))
-                                                                  - T.uint32(1)))] = \
-                        ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
-                cnt[0] = cnt[0] + T.popcount(ballot)
-        if lane == 0:
-            kv_list[base + NKB] = cnt[0]
 
     @T.macro
     def qk_product(q_buf, slot, s_acc, sbase, wg):

@@ -55,7 +55,7 @@ from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (til
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
 from attncc.targets import _cuda_wgmma as _wgmma_dense  # Hopper wgmma prefill kernel (mma="wgmma")
-from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for tile maps, captures, fp8
+from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for fp8 and chained query blocks
 
 
 # Which kernel (and which revision of it) a config runs: tuning records carry it, and a
@@ -74,10 +74,10 @@ def kernel_revision(spec: FlashKernelSpec, config) -> str:
 
 
 def _wgmma_for(spec: FlashKernelSpec, config=None):
-    """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel iterates a
-    tile map, reads captured tensors, takes fp8 inputs or chains query blocks (features the
-    ping-pong kernel of ``_cuda_wgmma`` does not have yet), else ``_cuda_wgmma``."""
-    if spec.quant_dtype is not None or spec.captures or _wgmma_sparse.use_block_table(spec):
+    """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel takes fp8
+    inputs or chains query blocks (features the ping-pong kernel of ``_cuda_wgmma`` does not
+    have), else ``_cuda_wgmma`` (bands, tile maps, captured tensors)."""
+    if spec.quant_dtype is not None:
         return _wgmma_sparse
     if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
@@ -200,9 +200,12 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
         if sparse is not None:
             return sparse
         last = None
-        # 3 stages pay in the ping-pong kernel; with a score_mod (ALiBi 365 vs 345 TFLOP/s) and in
-        # the tile-map/fp8 kernel (its 3-stage path overlaps P·V differently: 390 vs 425) 2 do
-        stages = (2,) if spec.score_mod is not None or _wgmma_for(spec) is _wgmma_sparse else (3, 2)
+        # 3 stages pay in the ping-pong kernel on bands; 2 do with a score_mod (ALiBi 365 vs 345
+        # TFLOP/s), with a tile map (documents=2-8 2.380 / 1.381 / 0.756 ms vs 2.455 / 1.408 /
+        # 0.770 at 3; equal at 16-32) and in the fp8 kernel (its 3-stage path overlaps P·V
+        # differently: 390 vs 425)
+        stages = ((2,) if spec.score_mod is not None or _wgmma_for(spec) is _wgmma_sparse
+                  or _wgmma_dense.use_block_table(spec) else (3, 2))
         for block_k in (128, 64):
             for num_stages in stages:
                 cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")

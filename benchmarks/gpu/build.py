@@ -64,6 +64,8 @@ def _entries(only):
         return _wide_entries()
     if only == "fp8":
         return _fp8_bench_entries()
+    if only == "pingtable":
+        return _ping_table_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -353,6 +355,47 @@ def _wide_entries():
     return out
 
 
+def _ping_table_entries():
+    """Table mode (tile maps, document ids) on the ping-pong kernel (_cuda_wgmma.py; before: the
+    sparse kernel's schedule without ping-pong): every table-mode example verified at the
+    default config and the other tile shapes, and the density benchmark at 2 and 3 stages and
+    64 x 32 beside the dense and band kernels of the same run."""
+    out = []
+    s16 = {"B": 1, "S": 16384}
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+
+    def add(kind, path, name, dtype, shapes, cfg=None, **extra):
+        out.append(dict(kind=kind, path=path, name=name, dtype=dtype, shapes=shapes,
+                        config=None if cfg is None else dict(WGMMA, **cfg), **extra))
+
+    for n in ("document_mask", "chunked", "prefix_lm", "strided", "local_global"):
+        add("verify", ex(n), None, "bf16", "ragged")
+        add("verify", ex(n), None, "f16", {})
+    k32 = dict(block_q=64, num_warps=4, block_k=32, num_stages=2)
+    for cfg in (dict(), dict(num_stages=3, block_k=64), dict(block_q=192, num_warps=12, block_k=64), k32,
+                dict(k32, num_stages=4)):
+        add("verify", ex("document_mask"), None, "bf16", {"S": 700}, cfg)
+        add("verify", ex("local_global"), None, "bf16", {"S": 700}, cfg)
+    add("verify", VARIANTS, "doc_causal", "bf16", {"S": 700})
+    add("verify", VARIANTS, "doc_mask", "bf16", {"S": 1100, "H": 4})
+    add("verify", VARIANTS, "late_keys", "bf16", {})
+    add("verify", VARIANTS, "chunk_512", "bf16", {"S": 1100, "H": 4})
+    docs = dict(mask="document", docs=[2, 4, 8, 16, 32])
+    cdocs = dict(mask="document_causal", docs=[4, 16])
+    chunk = lambda c: dict(mask="chunk", label=f"chunked={c}", chunk=c)    # noqa: E731
+    add("bench", VARIANTS, "full", "bf16", s16, dict(), sparse=dict(mask="full"))
+    add("bench", VARIANTS, "full", "bf16", s16, None, sparse=dict(mask="full"))
+    add("bench", VARIANTS, "causal", "bf16", s16, None, sparse=dict(mask="causal"))
+    for w in (256, 1024):
+        add("bench", VARIANTS, f"sw_{w}", "bf16", s16, None, sparse=dict(mask="window", window=w))
+    for cfg in (None, dict(), k32):        # the default (3 stages), 2 stages, 64 x 32
+        add("bench", VARIANTS, "doc_mask", "bf16", s16, cfg, sparse=docs)
+        add("bench", VARIANTS, "doc_causal", "bf16", s16, cfg, sparse=cdocs)
+        for c in (512, 2048):
+            add("bench", VARIANTS, f"chunk_{c}", "bf16", s16, cfg, sparse=chunk(c))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -458,7 +501,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
