@@ -188,3 +188,96 @@ def test_sparse_compile_time_masks_default_to_four_blocks_an_sm():
     for name, S in (("sw_1024", 16384), ("chunk_2048", 16384), ("sw_256", 4096), ("causal", 16384),
                     ("doc_mask", 16384)):
         assert kernel(name, S).config.block_q == 128, name
+
+
+# --------------------------------------------------------------------------- small tiles per call
+
+
+def _docs(S, length):
+    """Sorted document ids of documents of ``length`` tokens."""
+    import numpy as np
+
+    return (np.arange(S) // length).astype("int32")
+
+
+def test_runtime_block_masks_get_a_small_tile_kernel_by_default():
+    k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
+                        target_options=H100, build=False)
+    assert k.config.small_below == cuda.SMALL_BELOW and (k.config.block_q, k.config.block_k) == (128, 128)
+    # compile-time maps pick their tile shape when compiling; fp8 stays on one kernel
+    chunked = compile_variant(os.path.join(ROOT, "examples", "chunked.py"), target="cuda", dtype="bf16",
+                              shapes={"S": 4096}, target_options=H100, build=False)
+    assert chunked.config.small_below == 0
+    fp8 = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
+                          target_options=H100, build=False, quantize={"dtype": "fp8"})
+    assert fp8.config.small_below == 0
+    # records and candidate names leave the knob out at its default
+    from attncc.schedules.space import config_dict
+    assert "small_below" not in config_dict(chunked.config) and config_dict(k.config)["small_below"] == cuda.SMALL_BELOW
+
+
+def test_small_below_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="small_below"):
+        _compile("sw_256", {"S": 1024}, build=False, small_below=0.05)           # no runtime block mask
+    with pytest.raises(ConfigError, match="small_below must be a fraction"):
+        _compile("doc_mask", {"S": 1024}, build=False, small_below=1.5)
+    with pytest.raises(ConfigError, match="small_below"):
+        _compile("doc_mask", {"S": 1024}, build=False, small_below=0.05, query_blocks=2)
+
+
+def test_the_call_picks_the_kernel_from_the_density_of_its_map():
+    k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
+                        target_options=H100, build=False)
+    spec, cfg = k.spec, k.config
+    fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 2048)])     # 2 documents: density 0.5
+    assert fn == "main" and tiles.shape == (32, 32)
+    fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 64)])       # 64 documents: the diagonal
+    assert fn == "main_small" and tiles.shape == (64, 128)
+    assert (tiles != 0).sum() == 64 * 2                                     # each 64-row block: two 32-key tiles
+
+
+@needs_nvcc
+def test_the_module_holds_both_kernels_and_the_export_names_the_second(tmp_path):
+    import json
+
+    from attncc.export import export as export_kernel
+
+    k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 2048, "H": 2},
+                        target_options=H100)
+    src = k.source()
+    assert re.search(r"void __launch_bounds__\(256\) main_kernel", src)
+    assert re.search(r"void __launch_bounds__\(128\) main_small_kernel", src)
+    assert "wgmma.mma_async.sync.aligned.m64n32k16" in src and "m64n128k16" in src
+    export_kernel(k, str(tmp_path / "doc"))
+    m = json.loads((tmp_path / "doc" / "manifest.json").read_text())
+    small = m["block_map"]["small"]
+    assert (small["function"], small["below"], small["block_q"], small["block_k"]) == \
+        ("main_small", cuda.SMALL_BELOW, 64, 32)
+
+
+def test_the_runtime_calls_the_small_kernel_for_sparse_maps():
+    """attncc.runtime's Kernel (the exported kernel's loader) makes the same choice as the
+    compiler: a function table and a host tile map, checked with stand-in functions."""
+    import numpy as np
+
+    from attncc.runtime import Kernel
+    from attncc.runtime._kernel import _Arg
+
+    k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
+                        target_options=H100, build=False)
+    from attncc.export import build_manifest
+    man = build_manifest(k)
+    calls = []
+    rt = Kernel(man, lambda *a: calls.append("main"), runtime_tile_map=k.spec.runtime_tile_map,
+                functions={"main_small": lambda *a: calls.append("main_small")})
+    table = [a for a in rt.kernel_args if a.role == "table"]
+    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128)), (_docs(4096, 2048), "main", (32, 32))):
+        ops = [a if a.role != "capture" else docs for a in rt.kernel_args]
+        args, fn = rt._fill_tables(list(rt.kernel_args), ops, (1, 0))
+        fn()
+        assert calls[-1] == want
+        t = [x for x in args if not isinstance(x, _Arg)]
+        assert len(t) == 1 and np.asarray(t[0]).shape == shape
+    assert table and man["block_map"]["small"]["below"] == cuda.SMALL_BELOW
+    with pytest.raises(Exception, match="main_small"):
+        Kernel(man, lambda *a: None, runtime_tile_map=k.spec.runtime_tile_map)

@@ -438,3 +438,18 @@ def test_jax_jit_calls_the_kernel(exported):
     np.testing.assert_array_equal(np.asarray(lse), want_lse)
     with pytest.raises(ar.ArgumentError, match="float16"):
         jax.jit(kernel)(*[jnp.asarray(a, jnp.float16) for a in ins])
+
+
+def test_copy_from_host_fills_a_runtime_tensor():
+    """The runtime's host-to-device copy (GPU tile maps of runtime block masks, numpy inputs of
+    CUDA kernels) on a CPU tensor: tvm_ffi takes the address as a ctypes pointer (a plain int
+    was refused: found on the H200 by benchmarks/gpu/check_small_export.py)."""
+    pytest.importorskip("tvm")
+    import numpy as np
+
+    from attncc.runtime import _native
+
+    t = _native.empty((3, 5), "int32")
+    a = np.arange(15, dtype=np.int32).reshape(3, 5)
+    _native.copy_from_host(t, a)
+    np.testing.assert_array_equal(np.from_dlpack(t), a)

@@ -188,6 +188,15 @@ def build_manifest(kernel) -> dict:
         if tables is not None:
             block_map["file"] = TILE_MAP
         else:
+            below = getattr(kernel.config, "small_below", 0)
+            if below:
+                from attncc.targets.cuda import small_config
+
+                small = small_config(kernel.config)
+                block_map["small"] = {
+                    "function": "main_small", "below": below, "block_q": small.block_q, "block_k": small.block_k,
+                    "how": "compute the tile map at block_q x block_k; when at most 'below' of it is non-empty, "
+                           "call 'function' with the tile map of these block sizes instead of main"}
             block_map.update({
                 "captures": [c[0] for c in spec.captures], "dims": dict(env),
                 "batch": spec.batch, "q_heads": spec.q_heads, "q_len": spec.q_len, "kv_len": spec.kv_len,
@@ -368,8 +377,10 @@ def runtime_kernel(kernel):
     runtime_tile_map = None
     if manifest["block_map"]["mode"] == "runtime":
         runtime_tile_map = kernel.spec.runtime_tile_map
+    small = manifest["block_map"].get("small")
+    functions = {small["function"]: executable[small["function"]]} if small else {}
     return Kernel(manifest, function, module=built, tile_map=_static_tables(kernel),
-                  runtime_tile_map=runtime_tile_map)
+                  runtime_tile_map=runtime_tile_map, functions=functions)
 
 
 __all__ = ["export", "build_manifest", "runtime_kernel", "ExportError", "runtime_library_dir", "FORMAT", "DATA_ALIGNMENT"]

@@ -99,6 +99,8 @@ def load(path: str, *, verify_files: bool = True) -> Kernel:
     try:
         module = tvm_ffi.load_module(os.path.abspath(kpath))
         function = module["main"]
+        small = manifest.get("block_map", {}).get("small")
+        functions = {small["function"]: module[small["function"]]} if small else {}
     except Exception as exc:
         text = str(exc).strip()
         raise LoadError(f"cannot load {kpath}: {text.splitlines()[-1] if text else type(exc).__name__} "
@@ -111,7 +113,7 @@ def load(path: str, *, verify_files: bool = True) -> Kernel:
     elif mode == "runtime":
         runtime_tile_map = load_block_map_function(manifest)
     return Kernel(manifest, function, module=module, tile_map=tile_map, runtime_tile_map=runtime_tile_map,
-                  path=path)
+                  path=path, functions=functions)
 
 
 def torch_op(kernel: Kernel, name: str):

@@ -100,11 +100,13 @@ class Kernel:
     """
 
     def __init__(self, manifest: dict, function, *, module=None, tile_map: Optional[np.ndarray] = None,
-                 runtime_tile_map: Optional[Callable] = None, path: Optional[str] = None):
+                 runtime_tile_map: Optional[Callable] = None, path: Optional[str] = None,
+                 functions: Optional[dict] = None):
         self.manifest = manifest
         self.name = manifest["variant"]
         self.path = path
         self._fn = function
+        self._functions = dict(functions or {})    # other entry points (block_map "small")
         self._module = module                       # keeps the loaded library alive
         self.inputs = [_Arg(d) for d in manifest["inputs"]]
         self.outputs = [_Arg(d) for d in manifest["outputs"]]
@@ -133,6 +135,10 @@ class Kernel:
             raise _native.LoadError(f"kernel '{self.name}' needs its block table (tile_map.npy)")
         if self.block_map.get("mode") == "runtime" and runtime_tile_map is None:
             raise _native.LoadError(f"kernel '{self.name}' needs a runtime block map")
+        small = self.block_map.get("small")
+        if small and small["function"] not in self._functions:
+            raise _native.LoadError(f"kernel '{self.name}' needs its function {small['function']!r} "
+                                    "(block_map.small)")
 
     # ------------------------------------------------------------------ description
 
@@ -345,7 +351,7 @@ class Kernel:
             outs = [g[0] for g in given]
             it = iter([g[1] for g in given])
         args = [next(it) if isinstance(x, _Arg) and x.role == "output" else x for x in args]
-        self._launch(self._fill_tables(args, ops, device))
+        self._launch(*self._fill_tables(args, ops, device))
         return outs[0], outs[1]
 
     # -- numpy, JAX, cupy, any DLPack ---------------------------------------------------
@@ -370,7 +376,7 @@ class Kernel:
             results = None
         it = iter(passed)
         args = [next(it) if isinstance(x, _Arg) and x.role == "output" else x for x in args]
-        self._launch(self._fill_tables(args, ops, device))
+        self._launch(*self._fill_tables(args, ops, device))
         if results is None:
             results = [_wrap(t, fw) for t in passed]
         return results[0], results[1]
@@ -431,8 +437,10 @@ class Kernel:
         return out
 
     def _fill_tables(self, args, ops, device):
+        """(arguments with the tile map filled in, the function to call)."""
         if self.block_map.get("mode", "none") == "none":
-            return args
+            return args, self._fn
+        fn = self._fn
         if self.block_map["mode"] == "static":
             t = self._static_tables.get(device)
             if t is None:
@@ -444,7 +452,13 @@ class Kernel:
             if entry is None:
                 bq, bk = self.block_map["block_q"], self.block_map["block_k"]
                 tiles = np.ascontiguousarray(np.asarray(self._runtime_tile_map(caps, bq, bk), dtype=np.int32))
-                entry = {}
+                entry = {"function": None}
+                small = self.block_map.get("small")
+                if small and float(np.mean(tiles != 0)) <= small["below"]:
+                    # a sparse call: the kernel of small tiles, with its own tile map
+                    entry["function"] = small["function"]
+                    tiles = np.ascontiguousarray(np.asarray(
+                        self._runtime_tile_map(caps, small["block_q"], small["block_k"]), dtype=np.int32))
                 if len(self._runtime_tables) >= 8:
                     self._runtime_tables.popitem(last=False)
                 self._runtime_tables[key] = entry
@@ -454,7 +468,9 @@ class Kernel:
             t = entry.get(device)
             if t is None:
                 t = entry[device] = self._table_arg(entry["tiles"], device)
-        return [t if isinstance(x, _Arg) and x.role == "table" else x for x in args]
+            if entry["function"] is not None:
+                fn = self._functions[entry["function"]]
+        return [t if isinstance(x, _Arg) and x.role == "table" else x for x in args], fn
 
     def _table_arg(self, tiles: np.ndarray, device):
         if device[0] == DL_CPU:
@@ -465,9 +481,9 @@ class Kernel:
         _native.copy_from_host(dst, np.ascontiguousarray(tiles, dtype=np.int32))
         return dst
 
-    def _launch(self, args):
+    def _launch(self, args, fn=None):
         try:
-            self._fn(*args)
+            (fn or self._fn)(*args)
         except AttnccError:
             raise
         except Exception as exc:   # the module's own argument checks; a TVM traceback never reaches a user

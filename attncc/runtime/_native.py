@@ -243,4 +243,5 @@ def view_as(tensor, dtype: str):
 
 def copy_from_host(tensor, array) -> None:
     """Copy a contiguous numpy array into a (device) tvm_ffi Tensor."""
-    global_func("runtime.TVMTensorCopyFromBytes")(tensor, array.ctypes.data, array.nbytes)
+    # (tvm_ffi takes a void* from a ctypes pointer, not from a Python int)
+    global_func("runtime.TVMTensorCopyFromBytes")(tensor, ctypes.c_void_p(array.ctypes.data), array.nbytes)

@@ -102,6 +102,8 @@ __all__ = [
     "shared_memory_bytes",
     "use_block_table",
     "block_tables",
+    "runtime_tables",
+    "small_config",
     "kernel_v",
 ]
 
@@ -136,6 +138,11 @@ class CudaConfig:
                     and write-out (_cuda_wgmma_sparse.py; num_stages 2).  Measured at most 3 %
                     faster (window 256 at S=16k on the H200) and slower on dense work: a knob,
                     not a default (benchmarks/gpu/RESULTS.md, "Low density").
+    small_below     wgmma with a block mask computed per call (captured tensors: document
+                    ids): when at most this fraction of the call's tiles (of this config's
+                    block_q x block_k) is non-empty, the call runs a second kernel of 64 x 32
+                    tiles (one warpgroup, 2 stages: four thread blocks an SM), built beside
+                    the first.  0: one kernel.  Hopper's default: SMALL_BELOW.
     """
 
     block_q: int = 128
@@ -147,6 +154,7 @@ class CudaConfig:
     # (left out of tuning records and candidate names at its default, so records and names
     # written before the knob existed still match)
     query_blocks: int = dataclasses.field(default=1, metadata={"omit_default": True})
+    small_below: float = dataclasses.field(default=0.0, metadata={"omit_default": True})
 
 
 Config = CudaConfig
@@ -211,7 +219,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
                 cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")
                 try:
                     validate_config(spec, cfg, arch)
-                    return cfg
+                    return _with_small_tiles(spec, cfg, arch)
                 except (ConfigError, ShapeError) as exc:
                     last = last or exc
                     continue
@@ -241,6 +249,29 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
 # chunked causal 512 (0.020) 0.130 vs 0.153.  At 0.066-0.068 (window 1024, chunks of 2048)
 # 128 x 128 is faster (0.347 vs 0.387, 0.362 vs 0.383 ms), so those stay.
 LOW_DENSITY = 0.04
+
+
+# A block mask computed per call (document ids) at most this dense on 128 x 128 tiles runs the
+# 64 x 32 kernel (CudaConfig.small_below): H200, S=16k, same run (benchmarks/gpu/RESULTS.md,
+# "Table mode on the ping-pong kernel"): documents=32 (density 0.049) 0.274 vs 0.305 ms, causal
+# documents=16 (0.046) 0.273 vs 0.298; at 0.085 (documents=16) 128 x 128 wins, 0.470 vs 0.485.
+SMALL_BELOW = 0.06
+
+
+def small_config(config: CudaConfig) -> CudaConfig:
+    """The second kernel's config of a ``small_below`` config: 64 x 32 tiles, one warpgroup."""
+    return CudaConfig(block_q=64, block_k=32, num_warps=4, num_stages=2, mma="wgmma")
+
+
+def _with_small_tiles(spec: FlashKernelSpec, cfg: CudaConfig, arch: Optional[str]) -> CudaConfig:
+    if spec.runtime_tile_map is None or spec.quant_dtype is not None or spec.score_mod is not None:
+        return cfg
+    out = dataclasses.replace(cfg, small_below=SMALL_BELOW)
+    try:
+        validate_config(spec, out, arch)
+    except (ConfigError, ShapeError):
+        return cfg
+    return out
 
 
 def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
@@ -278,6 +309,13 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
     _check_kernel_takes(spec, c)
     if c.query_blocks > 1 and c.mma != "wgmma":
         bad(f"query_blocks={c.query_blocks} needs mma='wgmma' (the chained kernel is the Hopper one)")
+    if isinstance(c.small_below, bool) or not isinstance(c.small_below, (int, float)) or not 0 <= c.small_below <= 1:
+        bad(f"small_below must be a fraction in [0, 1], got {c.small_below!r}")
+    if c.small_below > 0:
+        if c.mma != "wgmma" or spec.runtime_tile_map is None or spec.quant_dtype is not None or c.query_blocks > 1:
+            bad("small_below (a second kernel of 64 x 32 tiles for sparse calls) takes the wgmma kernel with a block "
+                "mask computed per call (captured tensors such as document ids), no fp8, no query_blocks")
+        validate_config(spec, small_config(c), arch)
     if c.mma == "wgmma":
         return _wgmma_for(spec, c).validate_config(spec, c, arch, _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT))
     if c.num_warps not in (1, 2, 4, 8, 16):
@@ -734,9 +772,15 @@ class CudaKernel:
     tables: Optional[tuple] = None
 
     def extra_args(self, extra=(), tiles=None, device=None) -> list:
-        """The arguments after (q, k, v, out, lse): the tile map (table mode; from the
+        """The arguments after (q, k, v, out, lse) of the call (see call_args)."""
+        return self.call_args(extra, tiles, device)[1]
+
+    def call_args(self, extra=(), tiles=None, device=None):
+        """(function, arguments after (q, k, v, out, lse)): the tile map (table mode; from the
         captured inputs when the mask reads them, once per distinct data), the scales
-        (fp8 kernels), the captured inputs.  ``extra`` is scales + captures (numpy)."""
+        (fp8 kernels), the captured inputs.  ``extra`` is scales + captures (numpy).  The
+        function is "main", or "main_small" (``config.small_below``) when the call's block
+        mask is that sparse."""
         import tvm
 
         spec = self.spec
@@ -754,6 +798,7 @@ class CudaKernel:
                                  variant=spec.name or None)
             arrays.append(a)
         out = []
+        function = "main"
         if use_block_table(spec, self.config):
             if tiles is None and spec.runtime_tile_map is not None:
                 caps = arrays[len(spec.scales):]
@@ -762,15 +807,14 @@ class CudaKernel:
                 if key not in cache:
                     if len(cache) >= 8:
                         cache.pop(next(iter(cache)))
-                    cache[key] = block_tables(spec, self.config,
-                                              spec.runtime_tile_map(caps, self.config.block_q, self.config.block_k))
-                tables = cache[key]
+                    cache[key] = runtime_tables(spec, self.config, caps)
+                function, tables = cache[key]
             else:
                 tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
             out += [tvm.runtime.tensor(np.ascontiguousarray(t), device=dev) for t in tables]
         elif tiles is not None:
             raise TargetError("this kernel takes no tile map", variant=spec.name or None)
-        return out + [tvm.runtime.tensor(a, device=dev) for a in arrays]
+        return function, out + [tvm.runtime.tensor(a, device=dev) for a in arrays]
 
     @property
     def mod(self):
@@ -778,6 +822,20 @@ class CudaKernel:
 
     def __call__(self, *args):
         return self.executable["main"](*args)
+
+    def function(self, name: str = "main"):
+        return self.executable[name]
+
+
+def runtime_tables(spec: FlashKernelSpec, config: CudaConfig, caps) -> tuple:
+    """(function, tables) of a call whose block mask is computed from the captured inputs
+    ``caps``: "main" with the config's tile map, or -- ``config.small_below`` set and at most
+    that fraction of the map non-empty -- "main_small" with the map of its 64 x 32 tiles."""
+    tiles = spec.runtime_tile_map(caps, config.block_q, config.block_k)
+    if getattr(config, "small_below", 0) > 0 and float(np.mean(np.asarray(tiles) != 0)) <= config.small_below:
+        small = small_config(config)
+        return "main_small", block_tables(spec, small, spec.runtime_tile_map(caps, small.block_q, small.block_k))
+    return "main", block_tables(spec, config, tiles)
 
 
 def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Optional[str] = None) -> CudaKernel:
@@ -799,6 +857,9 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
     validate_config(spec, config, arch)
     t0 = time.perf_counter()
     mod = lower(spec, config)
+    if getattr(config, "small_below", 0) > 0:       # the sparse calls' kernel, in the same module
+        small = lower(spec, small_config(config))["main"].with_attr("global_symbol", "main_small")
+        mod = tvm.IRModule({"main": mod["main"], "main_small": small})
     try:
         executable = tvm.compile(mod, target=cuda_target(arch))
     except Exception as exc:  # a TVM traceback never reaches a user
@@ -882,7 +943,8 @@ def run(built: CudaKernel, q, k, v, *extra, tiles=None):
         args.append(tvm.runtime.tensor(arr, device=dev))
     out = tvm.runtime.tensor(np.full(out_shape, np.nan, dtype=dt), device=dev)
     lse = tvm.runtime.tensor(np.full(lse_shape, np.nan, dtype=np.float32), device=dev)
-    built(*args, out, lse, *built.extra_args(extra, tiles, dev))
+    function, rest = built.call_args(extra, tiles, dev)
+    built.function(function)(*args, out, lse, *rest)
     dev.sync()
     return out.numpy(), lse.numpy()
 
@@ -907,8 +969,9 @@ def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: i
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
     caps = [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
     scales = [np.full(shape, 0.05, np.float32) for _, shape in spec.scales]
-    args.extend(built.extra_args(scales + caps, device=dev))
-    timer = built.executable.mod.time_evaluator("main", dev, number=number, repeat=repeat,
+    function, rest = built.call_args(scales + caps, device=dev)
+    args.extend(rest)
+    timer = built.executable.mod.time_evaluator(function, dev, number=number, repeat=repeat,
                                                 min_repeat_ms=0)
     return float(statistics.median(timer(*args).results))
 

@@ -66,6 +66,8 @@ def _entries(only):
         return _fp8_bench_entries()
     if only == "pingtable":
         return _ping_table_entries()
+    if only == "smalltiles":
+        return _small_tile_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -396,6 +398,37 @@ def _ping_table_entries():
     return out
 
 
+def _small_tile_entries():
+    """The per-call choice of kernel for block masks computed from captured tensors
+    (CudaConfig.small_below: 64 x 32 tiles for sparse calls), verified (both kernels of one
+    module) and timed beside the single-kernel configs, with the dense, band and compile-time
+    map kernels of the same run (the final time-vs-density table of issue 4)."""
+    out = []
+    s16 = {"B": 1, "S": 16384}
+
+    def add(kind, path, name, shapes, cfg=None, **extra):
+        out.append(dict(kind=kind, path=path, name=name, dtype="bf16", shapes=shapes,
+                        config=None if cfg is None else dict(WGMMA, **cfg), **extra))
+
+    add("verify", VARIANTS, "doc_mask", {"S": 4096, "H": 4})
+    add("verify", VARIANTS, "doc_causal", {"S": 4096, "H": 2})
+    add("verify", os.path.join("examples", "document_mask.py"), None, {"S": 4096})
+    k32 = dict(block_q=64, num_warps=4, block_k=32, num_stages=2)
+    docs = dict(mask="document", docs=[2, 4, 8, 16, 32, 64])
+    cdocs = dict(mask="document_causal", docs=[4, 16, 32])
+    for cfg in (None, dict(), k32):            # the default (per-call choice), 128 x 128 only, 64 x 32 only
+        add("bench", VARIANTS, "doc_mask", s16, cfg, sparse=docs)
+        add("bench", VARIANTS, "doc_causal", s16, cfg, sparse=cdocs)
+    add("bench", VARIANTS, "full", s16, dict(), sparse=dict(mask="full"))
+    add("bench", VARIANTS, "full", s16, None, sparse=dict(mask="full"))
+    add("bench", VARIANTS, "causal", s16, None, sparse=dict(mask="causal"))
+    for w in (256, 1024, 4096):
+        add("bench", VARIANTS, f"sw_{w}", s16, None, sparse=dict(mask="window", window=w))
+    for c in (512, 2048):
+        add("bench", VARIANTS, f"chunk_{c}", s16, None, sparse=dict(mask="chunk", label=f"chunked={c}", chunk=c))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -472,6 +505,8 @@ def _ident(e, k):
             c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}g"
             if getattr(cfg, "query_blocks", 1) > 1:
                 c += f"c{cfg.query_blocks}"
+            if getattr(cfg, "small_below", 0) > 0:
+                c += f"d{cfg.small_below:g}"
     text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
     quant = e.get("quantize")
     if quant:
@@ -501,7 +536,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
