@@ -281,3 +281,17 @@ def test_the_runtime_calls_the_small_kernel_for_sparse_maps():
     assert table and man["block_map"]["small"]["below"] == cuda.SMALL_BELOW
     with pytest.raises(Exception, match="main_small"):
         Kernel(man, lambda *a: None, runtime_tile_map=k.spec.runtime_tile_map)
+
+
+def test_one_warpgroup_tile_maps_run_in_order_bands_ping_pong():
+    """64 x 32 tiles have one warpgroup, so no ping-pong partner: a tile map runs on the in-order
+    kernel (measured 3-6 % faster), a band stays on the ping-pong kernel (the same speed)."""
+    small = dict(block_q=64, num_warps=4, block_k=32)
+    doc = _compile("doc_mask", {"S": 1024}, build=False, **small)
+    assert cuda._wgmma_for(doc.spec, doc.config) is cuda._wgmma_sparse
+    band = _compile("sw_256", {"S": 1024}, build=False, **small)
+    assert cuda._wgmma_for(band.spec, band.config) is cuda._wgmma_dense
+    big = _compile("doc_mask", {"S": 1024}, build=False)
+    assert cuda._wgmma_for(big.spec, big.config) is cuda._wgmma_dense
+    # the per-call small kernel of a runtime map is the in-order one
+    assert cuda._wgmma_for(doc.spec, cuda.small_config(big.config)) is cuda._wgmma_sparse

@@ -73,14 +73,26 @@ def kernel_revision(spec: FlashKernelSpec, config) -> str:
     return KERNEL_REVISIONS["sync"]
 
 
+# experiment builds only (benchmarks/gpu/build.py --only onewg): {"one_warpgroup": "inorder" or
+# "pingpong"} runs every one-warpgroup config on that schedule; empty = the rule below
+_ROUTE: dict = {}
+
+
 def _wgmma_for(spec: FlashKernelSpec, config=None):
     """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel takes fp8
     inputs or chains query blocks (features the ping-pong kernel of ``_cuda_wgmma`` does not
-    have), else ``_cuda_wgmma`` (bands, tile maps, captured tensors)."""
+    have), or iterates a tile map with one warpgroup (no ping-pong partner: the in-order
+    schedule measured 3-6 % faster at 64 x 32 on documents, causal documents and 512-token
+    chunks, the same on bands; H200, benchmarks/gpu/RESULTS.md); else ``_cuda_wgmma``
+    (bands, tile maps, captured tensors)."""
     if spec.quant_dtype is not None:
         return _wgmma_sparse
     if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
+    if getattr(config, "num_warps", None) == 4:
+        route = _ROUTE.get("one_warpgroup")
+        if route == "inorder" or (route is None and _wgmma_dense.use_block_table(spec)):
+            return _wgmma_sparse
     return _wgmma_dense
 
 NAME = "cuda"

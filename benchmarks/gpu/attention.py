@@ -390,7 +390,7 @@ def bench_sparse(man, fn, dev, flex=True, mod=None):
     rows = []
     for label, doc in cases:
         row = {"label": label, "mask": sp["mask"], "block_k": cfg.block_k,
-               "cfg": f"{cfg.block_q}x{cfg.block_k} s{cfg.num_stages}"
+               "cfg": f"{cfg.block_q}x{cfg.block_k} s{cfg.num_stages}" + next((" " + r for r in ("inorder", "pingpong") if man["id"].endswith("-" + r)), "")
                       + (f" c{cfg.query_blocks}" if getattr(cfg, "query_blocks", 1) > 1 else "")}
         run_fn = fn
         if doc is not None:

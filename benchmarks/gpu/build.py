@@ -68,6 +68,8 @@ def _entries(only):
         return _ping_table_entries()
     if only == "smalltiles":
         return _small_tile_entries()
+    if only == "onewg":
+        return _one_warpgroup_entries()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -413,6 +415,11 @@ def _small_tile_entries():
     add("verify", VARIANTS, "doc_mask", {"S": 4096, "H": 4})
     add("verify", VARIANTS, "doc_causal", {"S": 4096, "H": 2})
     add("verify", os.path.join("examples", "document_mask.py"), None, {"S": 4096})
+    # the band kernels after table mode moved into their module (their source differs only in
+    # where the key-block bounds are computed), and the compile-time maps at 64 x 32 (in order)
+    for n in ("sdpa", "causal_mha", "sliding_window", "alibi", "softcap", "causal_gqa", "chunked", "local_global"):
+        add("verify", os.path.join("examples", n + ".py"), None, "ragged")
+    add("verify", VARIANTS, "chunk_512", {"S": 4096, "H": 2})
     k32 = dict(block_q=64, num_warps=4, block_k=32, num_stages=2)
     docs = dict(mask="document", docs=[2, 4, 8, 16, 32, 64])
     cdocs = dict(mask="document_causal", docs=[4, 16, 32])
@@ -426,6 +433,31 @@ def _small_tile_entries():
         add("bench", VARIANTS, f"sw_{w}", s16, None, sparse=dict(mask="window", window=w))
     for c in (512, 2048):
         add("bench", VARIANTS, f"chunk_{c}", s16, None, sparse=dict(mask="chunk", label=f"chunked={c}", chunk=c))
+    return out
+
+
+def _one_warpgroup_entries():
+    """64 x 32 tiles (one warpgroup) on the ping-pong kernel (with one warpgroup it overlaps
+    S_j = Q K_j^T with P_{j-1} V_{j-1} but has no partner) against the in-order kernel of
+    _cuda_wgmma_sparse (``route``: cuda._ROUTE), same run: bands, compile-time and per-call
+    tile maps.  (Run 4 built the ping-pong side as route None, the rule then; the in-order one
+    won on tile maps and is now the rule's pick for them.)"""
+    out = []
+    s16 = {"B": 1, "S": 16384}
+    k32 = dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2)
+    for route in ("pingpong", "inorder"):
+        for name, sp in (("doc_mask", dict(mask="document", docs=[16, 32, 64])),
+                         ("doc_causal", dict(mask="document_causal", docs=[16, 32])),
+                         ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
+                         ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512))):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=k32,
+                            sparse=sp, route=route))
+        out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
+                        shapes={"S": 700}, config=k32, route=route))
+        out.append(dict(kind="verify", path=VARIANTS, name="sw_256", dtype="bf16", shapes={"S": 1100, "H": 4},
+                        config=k32, route=route))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=dict(WGMMA),
+                    sparse=dict(mask="full")))
     return out
 
 
@@ -536,7 +568,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
@@ -562,14 +594,18 @@ def main(argv=None):
                                         variant_name=e["name"], build=False, config=e["config"],
                                         target_options={"arch": args.arch})
                 shapes = {d: RAGGED[d] for d in probe.env if d in RAGGED}
+            cuda._ROUTE.clear()
+            if e.get("route"):
+                cuda._ROUTE["one_warpgroup"] = e["route"]
             k = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
                                 variant_name=e["name"], shapes=shapes, config=e["config"],
                                 target_options={"arch": args.arch}, quantize=e.get("quantize"))
         except Exception as exc:  # report and go on: one bad variant must not stop the batch
             print(f"SKIP {e['path']} {e['name']} {e['dtype']} {shapes}: {type(exc).__name__}: {exc}")
             continue
-        ident = _ident(e, k)
+        ident = _ident(e, k) + (f"-{e['route']}" if e.get("route") else "")
         src = cuda.source(k.built)
+        cuda._ROUTE.clear()
         sha = hashlib.sha256(src.encode()).hexdigest()
         src_path = os.path.join(srcdir, sha + ".cu")
         with open(src_path, "w") as f:
