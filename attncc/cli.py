@@ -101,6 +101,10 @@ def cmd_compile(args) -> int:
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
     print(f"target     {k.target_name}  config {cfg}")
     print(f"           config from {k.config_source}")
+    below = _small_below(k)
+    if below:
+        print(f"per call   a call whose {k.config.block_q}x{k.config.block_k} tile map is at most {below:.0%} non-empty "
+              "runs a second kernel of 64x32 tiles (main_small; small_below=0 in --config: one kernel)")
     t = k.times
     print(f"compile    {_fmt_time(t['total'])}  (load target {_fmt_time(t['target'])}, trace {_fmt_time(t['trace'])}, "
           f"passes {_fmt_time(t['passes'])}, TVM build {_fmt_time(t['build'])})")
@@ -154,7 +158,10 @@ def cmd_export(args) -> int:
     arch = f" {man['target']['arch']}" if man["target"].get("arch") else ""
     print(f"target     {k.target_name}{arch}  config "
           + ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__))
-    print(f"block map  {man['block_map']['mode']}")
+    small = man["block_map"].get("small")
+    print(f"block map  {man['block_map']['mode']}" + (
+        f"; at most {small['below']:.0%} non-empty: {small['function']} ({small['block_q']}x{small['block_k']} tiles)"
+        if small else ""))
     for role, entry in man["files"].items():
         size = os.path.getsize(os.path.join(args.output, entry["path"]))
         print(f"wrote      {os.path.join(args.output, entry['path'])}  ({role}, {size} bytes)")
@@ -371,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _small_below(k) -> float:
+    """The per-call small-tile threshold of a CUDA kernel (0 elsewhere)."""
+    if k.target_name != "cuda":
+        return 0.0
+    from attncc.targets.cuda import small_below
+
+    return small_below(k.spec, k.config)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -386,3 +402,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

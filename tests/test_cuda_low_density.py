@@ -203,17 +203,25 @@ def _docs(S, length):
 def test_runtime_block_masks_get_a_small_tile_kernel_by_default():
     k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
                         target_options=H100, build=False)
-    assert k.config.small_below == cuda.SMALL_BELOW and (k.config.block_q, k.config.block_k) == (128, 128)
+    assert k.config.small_below is None and (k.config.block_q, k.config.block_k) == (128, 128)
+    assert cuda.small_below(k.spec, k.config) == cuda.SMALL_BELOW
     # compile-time maps pick their tile shape when compiling; fp8 stays on one kernel
     chunked = compile_variant(os.path.join(ROOT, "examples", "chunked.py"), target="cuda", dtype="bf16",
                               shapes={"S": 4096}, target_options=H100, build=False)
-    assert chunked.config.small_below == 0
+    assert cuda.small_below(chunked.spec, chunked.config) == 0
     fp8 = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 2},
                           target_options=H100, build=False, quantize={"dtype": "fp8"})
-    assert fp8.config.small_below == 0
-    # records and candidate names leave the knob out at its default
+    assert cuda.small_below(fp8.spec, fp8.config) == 0
+    # records and candidate names leave the knob out at its default; a tuned record (a config
+    # without the knob) keeps the per-call choice, --config small_below=0 turns it off
     from attncc.schedules.space import config_dict
-    assert "small_below" not in config_dict(chunked.config) and config_dict(k.config)["small_below"] == cuda.SMALL_BELOW
+    assert "small_below" not in config_dict(k.config)
+    tuned = _compile("doc_mask", {"S": 4096, "H": 2}, build=False, num_stages=3)
+    assert cuda.small_below(tuned.spec, tuned.config) == cuda.SMALL_BELOW
+    off = _compile("doc_mask", {"S": 4096, "H": 2}, build=False, small_below=0)
+    assert cuda.small_below(off.spec, off.config) == 0
+    small = _compile("doc_mask", {"S": 4096, "H": 2}, build=False, block_q=64, num_warps=4, block_k=32)
+    assert cuda.small_below(small.spec, small.config) == 0        # already the small tiles
 
 
 def test_small_below_is_refused_where_it_cannot_apply():
@@ -295,3 +303,38 @@ def test_one_warpgroup_tile_maps_run_in_order_bands_ping_pong():
     assert cuda._wgmma_for(big.spec, big.config) is cuda._wgmma_dense
     # the per-call small kernel of a runtime map is the in-order one
     assert cuda._wgmma_for(doc.spec, cuda.small_config(big.config)) is cuda._wgmma_sparse
+
+
+def test_measure_and_the_tuner_pass_tables_scales_and_captures():
+    """cuda.measure and the tuner's sampler launch a kernel with every argument it takes (the
+    sampler passed q, k, v, out, lse only: tuning a tile-map or document-mask kernel failed)."""
+    dev = tvm.cpu(0)                      # the argument list, built on the host (no GPU here)
+    cases = ((VARIANTS, "doc_mask", {"S": 1024, "H": 2}, None, ["tile_map", "doc"]),
+             (os.path.join(ROOT, "examples", "chunked.py"), None, {"S": 1024}, None, ["tile_map"]),
+             (VARIANTS, "causal", {"B": 1, "S": 517}, {"dtype": "fp8"}, ["q_scale", "k_scale"]),
+             (VARIANTS, "sw_256", {"S": 1024}, None, []))
+    for path, name, shapes, quant, extra in cases:
+        k = compile_variant(path, variant_name=name, target="cuda", dtype="bf16", shapes=shapes,
+                            target_options=H100, build=False, quantize=quant)
+        built = cuda.CudaKernel(k.spec, k.config, "sm_90a", None, 0.0)     # as the tuner loads it
+        function, args = cuda.measure_args(built, k.spec, dev)
+        assert function == "main"
+        assert len(args) == 5 + len(extra), (name, len(args))
+        if "tile_map" in extra:
+            assert tuple(args[5].shape) == tuple(k.spec.tile_map(k.config.block_q, k.config.block_k).shape) \
+                if k.spec.runtime_tile_map is None else args[5].dtype == "int32"
+
+
+@needs_nvcc
+def test_compile_report_says_which_calls_run_the_small_kernel(capsys):
+    from attncc.cli import main
+
+    assert main(["compile", os.path.join(ROOT, "examples", "document_mask.py"), "--target", "cuda",
+                 "--arch", "sm_90a", "--shape", "S=512"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"per call +a call whose 128x128 tile map is at most 6% non-empty runs a second kernel "
+                     r"of 64x32 tiles", out)
+    assert main(["compile", os.path.join(ROOT, "examples", "document_mask.py"), "--target", "cuda",
+                 "--arch", "sm_90a", "--shape", "S=512", "--config",
+                 "mma=wgmma,block_q=128,num_warps=8,block_k=128,small_below=0"]) == 0
+    assert "per call" not in capsys.readouterr().out

@@ -788,3 +788,13 @@ def test_cuda_tuning_without_a_gpu_points_to_the_split_flow():
         pytest.skip("a GPU is here: tuning measures in process")
     r = _cli("tune", CAUSAL, *SMALL_CUDA, "--trials", "2", "-q")
     assert r.returncode == 2 and "--export-candidates" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_candidates_refuses_kernels_with_more_arguments(tmp_path):
+    """The split tuning flow launches (q, k, v, out, lse) only: a document mask (tile map and
+    document ids) is refused with one clear error naming them, before anything is built."""
+    r = _cli("tune", str(REPO / "examples" / "document_mask.py"), "--target", "cuda", "--arch", "sm_90a",
+             "--dtype", "bf16", "--shape", "S=512", "--export-candidates", str(tmp_path / "cands"))
+    assert r.returncode != 0
+    assert "tile_map" in r.stderr and "doc" in r.stderr and "attncc tune" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "cands").exists()

@@ -188,10 +188,12 @@ def build_manifest(kernel) -> dict:
         if tables is not None:
             block_map["file"] = TILE_MAP
         else:
-            below = getattr(kernel.config, "small_below", 0)
-            if below:
-                from attncc.targets.cuda import small_config
+            below = 0.0
+            if kernel.target_name == "cuda":
+                from attncc.targets.cuda import small_below, small_config
 
+                below = small_below(spec, kernel.config)
+            if below:
                 small = small_config(kernel.config)
                 block_map["small"] = {
                     "function": "main_small", "below": below, "block_q": small.block_q, "block_k": small.block_k,

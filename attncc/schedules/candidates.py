@@ -176,6 +176,15 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
         raise AttnccError("export_candidates takes a variant file (build processes load it by path)")
     kernel = compile_variant(variant, target=target, shapes=shapes, dtype=dtype, passes=passes,
                              variant_name=variant_name, build=False, target_options=options, tuning_db=False)
+    spec = kernel.spec
+    takes = ([n for n, _ in spec.scales] + [c[0] for c in spec.captures]
+             + (["tile_map"] if spec.mask_mod is not None and not spec.key_bounds.exact
+                and (spec.tile_map is not None or spec.runtime_tile_map is not None) else []))
+    if takes:
+        # measure_candidates launches (q, k, v, out, lse) only
+        raise AttnccError(f"--export-candidates: this kernel takes {', '.join(takes)} besides q, k, v, which the "
+                          "candidate measurer does not supply yet; tune it with `attncc tune` on the GPU machine "
+                          "(the in-process tuner passes them)", variant=kernel.variant)
     family = get_family(target)
     space = SearchSpace(target, kernel.spec, options)
     if knobs:

@@ -299,24 +299,19 @@ def cost_model(spec, config, options: Optional[dict] = None) -> float:
 
 
 def sampler(built, spec, number: int = 5):
-    """fn(n) -> n times (seconds, each the mean of ``number`` launches) by TVM's time_evaluator."""
+    """fn(n) -> n times (seconds, each the mean of ``number`` launches) by TVM's time_evaluator,
+    on the arguments ``cuda.measure`` uses (tile maps, fp8 scales and captured inputs included)."""
     import tvm
 
     cuda = _target()
     if type(built.config) is not cuda.CudaConfig:   # another kernel (decode): time it the target's way
         return lambda n: [cuda.measure(built, spec, repeat=1, number=number) for _ in range(n)]
     dev = tvm.cuda(0)
-    dt = cuda._np_dtype(spec.dtype)
-    rng = np.random.default_rng(0)
-    shapes = cuda._shapes(spec)
-    args = [tvm.runtime.tensor(rng.standard_normal(s, dtype=np.float32).astype(dt), device=dev)
-            for s in shapes[:3]]
-    args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt), device=dev))
-    args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
+    function, args = cuda.measure_args(built, spec, dev)
     mod = getattr(built.executable, "mod", built.executable)
 
     def run(n: int) -> list:
-        timer = mod.time_evaluator("main", dev, number=number, repeat=n, min_repeat_ms=0)
+        timer = mod.time_evaluator(function, dev, number=number, repeat=n, min_repeat_ms=0)
         return [float(x) for x in timer(*args).results]
 
     return run

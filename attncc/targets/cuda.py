@@ -116,6 +116,7 @@ __all__ = [
     "block_tables",
     "runtime_tables",
     "small_config",
+    "small_below",
     "kernel_v",
 ]
 
@@ -154,7 +155,9 @@ class CudaConfig:
                     ids): when at most this fraction of the call's tiles (of this config's
                     block_q x block_k) is non-empty, the call runs a second kernel of 64 x 32
                     tiles (one warpgroup, 2 stages: four thread blocks an SM), built beside
-                    the first.  0: one kernel.  Hopper's default: SMALL_BELOW.
+                    the first.  0: one kernel.  None (the default): SMALL_BELOW where it
+                    applies (see small_below()), so tuned records of the 128-row kernel keep
+                    the per-call choice (tuning times one input and cannot choose it).
     """
 
     block_q: int = 128
@@ -166,7 +169,7 @@ class CudaConfig:
     # (left out of tuning records and candidate names at its default, so records and names
     # written before the knob existed still match)
     query_blocks: int = dataclasses.field(default=1, metadata={"omit_default": True})
-    small_below: float = dataclasses.field(default=0.0, metadata={"omit_default": True})
+    small_below: Optional[float] = dataclasses.field(default=None, metadata={"omit_default": True})
 
 
 Config = CudaConfig
@@ -231,7 +234,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
                 cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")
                 try:
                     validate_config(spec, cfg, arch)
-                    return _with_small_tiles(spec, cfg, arch)
+                    return cfg
                 except (ConfigError, ShapeError) as exc:
                     last = last or exc
                     continue
@@ -275,15 +278,24 @@ def small_config(config: CudaConfig) -> CudaConfig:
     return CudaConfig(block_q=64, block_k=32, num_warps=4, num_stages=2, mma="wgmma")
 
 
-def _with_small_tiles(spec: FlashKernelSpec, cfg: CudaConfig, arch: Optional[str]) -> CudaConfig:
-    if spec.runtime_tile_map is None or spec.quant_dtype is not None or spec.score_mod is not None:
-        return cfg
-    out = dataclasses.replace(cfg, small_below=SMALL_BELOW)
+def small_below(spec: FlashKernelSpec, config) -> float:
+    """The density under which a call runs the 64 x 32 kernel (0: never): ``config.small_below``
+    when given; by default SMALL_BELOW for a wgmma config of larger tiles whose mask is computed
+    per call (no fp8, no score_mod, no chained blocks) and whose 64 x 32 kernel can be built."""
+    if not isinstance(config, CudaConfig):
+        return 0.0
+    if config.small_below is not None:
+        return float(config.small_below)
+    small = small_config(config)
+    if (config.mma != "wgmma" or spec.runtime_tile_map is None or spec.quant_dtype is not None
+            or spec.score_mod is not None or config.query_blocks > 1
+            or (config.block_q, config.block_k) == (small.block_q, small.block_k)):
+        return 0.0
     try:
-        validate_config(spec, out, arch)
+        validate_config(spec, small)
     except (ConfigError, ShapeError):
-        return cfg
-    return out
+        return 0.0
+    return SMALL_BELOW
 
 
 def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
@@ -321,9 +333,10 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
     _check_kernel_takes(spec, c)
     if c.query_blocks > 1 and c.mma != "wgmma":
         bad(f"query_blocks={c.query_blocks} needs mma='wgmma' (the chained kernel is the Hopper one)")
-    if isinstance(c.small_below, bool) or not isinstance(c.small_below, (int, float)) or not 0 <= c.small_below <= 1:
+    if c.small_below is not None and (isinstance(c.small_below, bool) or not isinstance(c.small_below, (int, float))
+                                      or not 0 <= c.small_below <= 1):
         bad(f"small_below must be a fraction in [0, 1], got {c.small_below!r}")
-    if c.small_below > 0:
+    if c.small_below is not None and c.small_below > 0:
         if c.mma != "wgmma" or spec.runtime_tile_map is None or spec.quant_dtype is not None or c.query_blocks > 1:
             bad("small_below (a second kernel of 64 x 32 tiles for sparse calls) takes the wgmma kernel with a block "
                 "mask computed per call (captured tensors such as document ids), no fp8, no query_blocks")
@@ -822,7 +835,9 @@ class CudaKernel:
                     cache[key] = runtime_tables(spec, self.config, caps)
                 function, tables = cache[key]
             else:
-                tables = block_tables(spec, self.config, tiles) if tiles is not None else self.tables
+                # (a kernel loaded from a file -- the tuner's -- has no tables kept: the spec's map)
+                tables = (block_tables(spec, self.config, tiles) if tiles is not None or self.tables is None
+                          else self.tables)
             out += [tvm.runtime.tensor(np.ascontiguousarray(t), device=dev) for t in tables]
         elif tiles is not None:
             raise TargetError("this kernel takes no tile map", variant=spec.name or None)
@@ -844,7 +859,8 @@ def runtime_tables(spec: FlashKernelSpec, config: CudaConfig, caps) -> tuple:
     ``caps``: "main" with the config's tile map, or -- ``config.small_below`` set and at most
     that fraction of the map non-empty -- "main_small" with the map of its 64 x 32 tiles."""
     tiles = spec.runtime_tile_map(caps, config.block_q, config.block_k)
-    if getattr(config, "small_below", 0) > 0 and float(np.mean(np.asarray(tiles) != 0)) <= config.small_below:
+    below = small_below(spec, config)
+    if below > 0 and float(np.mean(np.asarray(tiles) != 0)) <= below:
         small = small_config(config)
         return "main_small", block_tables(spec, small, spec.runtime_tile_map(caps, small.block_q, small.block_k))
     return "main", block_tables(spec, config, tiles)
@@ -869,7 +885,7 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
     validate_config(spec, config, arch)
     t0 = time.perf_counter()
     mod = lower(spec, config)
-    if getattr(config, "small_below", 0) > 0:       # the sparse calls' kernel, in the same module
+    if small_below(spec, config) > 0:       # the sparse calls' kernel, in the same module
         small = lower(spec, small_config(config))["main"].with_attr("global_symbol", "main_small")
         mod = tvm.IRModule({"main": mod["main"], "main_small": small})
     try:
@@ -961,15 +977,14 @@ def run(built: CudaKernel, q, k, v, *extra, tiles=None):
     return out.numpy(), lse.numpy()
 
 
-def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
-            number: int = 5) -> float:
-    """Median seconds per call on random inputs (device time, outputs preallocated)."""
+def measure_args(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, device=None):
+    """(function, arguments) of one timed call on random inputs: q, k, v (fp8 kernels: v in its
+    kernel layout), out, lse, then the tile map, scales and captured inputs (8 sorted random
+    document ids per captured tensor) -- what ``measure`` and the tuner's sampler launch."""
     import tvm
 
     spec = spec or built.spec
-    dev = tvm.cuda(0)
-    if not dev.exist:
-        raise TargetError("cuda target: no CUDA device to measure on", variant=spec.name or None)
+    dev = device if device is not None else tvm.cuda(0)
     dt = _np_dtype(spec.dtype)
     rng = np.random.default_rng(0)
     shapes = _shapes(spec)
@@ -982,7 +997,19 @@ def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: i
     caps = [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
     scales = [np.full(shape, 0.05, np.float32) for _, shape in spec.scales]
     function, rest = built.call_args(scales + caps, device=dev)
-    args.extend(rest)
+    return function, args + rest
+
+
+def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
+            number: int = 5) -> float:
+    """Median seconds per call on random inputs (device time, outputs preallocated)."""
+    import tvm
+
+    spec = spec or built.spec
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise TargetError("cuda target: no CUDA device to measure on", variant=spec.name or None)
+    function, args = measure_args(built, spec, dev)
     timer = built.executable.mod.time_evaluator(function, dev, number=number, repeat=repeat,
                                                 min_repeat_ms=0)
     return float(statistics.median(timer(*args).results))

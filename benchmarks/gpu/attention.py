@@ -316,7 +316,8 @@ def verify_generic(man, fn, dev, mod=None):
 
     hk.run_inputs = run_inputs
     rows = []
-    small = bool(hk.config.small_below) if hasattr(hk.config, "small_below") else False
+    from attncc.targets import cuda as _cuda
+    small = _cuda.small_below(spec, hk.config) > 0
     for seed in (0, 1, 2, 3):
         inputs = hk.random_inputs(seed)
         if seed >= 2:

@@ -537,8 +537,8 @@ def _ident(e, k):
             c = f"q{cfg.block_q}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}g"
             if getattr(cfg, "query_blocks", 1) > 1:
                 c += f"c{cfg.query_blocks}"
-            if getattr(cfg, "small_below", 0) > 0:
-                c += f"d{cfg.small_below:g}"
+            if cuda.small_below(k.spec, cfg) > 0:
+                c += f"d{cuda.small_below(k.spec, cfg):g}"
     text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
     quant = e.get("quantize")
     if quant:
