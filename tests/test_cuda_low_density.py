@@ -338,3 +338,28 @@ def test_compile_report_says_which_calls_run_the_small_kernel(capsys):
                  "--arch", "sm_90a", "--shape", "S=512", "--config",
                  "mma=wgmma,block_q=128,num_warps=8,block_k=128,small_below=0"]) == 0
     assert "per call" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- lazy rescaling
+
+
+def test_o_is_rescaled_only_when_a_row_max_grows_past_the_threshold():
+    """Lazy rescaling (both wgmma kernels): a row keeps its reference max unless a block raises
+    it by more than LAZY_TAU (log2 units), and O is multiplied only when some alpha != 1; fp8 P·V
+    (P already scaled by 2^8 into e4m3's range) keeps the eager rescale."""
+    from attncc.targets import _cuda_wgmma
+
+    tau = f"{_cuda_wgmma.LAZY_TAU}"
+    for name, shapes, cfg, quant, lazy in (
+            ("causal", {"B": 1, "S": 517}, None, None, True),                           # ping-pong
+            ("doc_mask", {"S": 1024}, dict(block_q=64, num_warps=4, block_k=32), None, True),   # in order
+            ("causal", {"B": 1, "S": 517}, None, {"dtype": "fp8"}, True),               # fp8 Q.K only
+            ("causal", {"B": 1, "S": 517}, None, {"dtype": "fp8", "pv": True}, False)):  # fp8 P.V
+        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes=shapes,
+                            config=None if cfg is None else dict(CHAIN, **cfg), target_options=H100, build=False,
+                            quantize=quant)
+        tir = cuda.lower(k.spec, k.config).script()
+        kept = re.search(r"T\.Select\(red\[r\] > m_run\[r\] \+ T\.float32\(" + re.escape(tau) + r"\), red\[r\], m_run\[r\]\)",
+                         tir)
+        gated = re.search(r"if (alpha|m_run)\[0\] != T\.float32\(1\.0\) or (alpha|m_run)\[1\] != T\.float32\(1\.0\)", tir)
+        assert bool(kept) == lazy and bool(gated) == lazy, (name, quant)

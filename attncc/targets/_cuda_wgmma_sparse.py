@@ -70,6 +70,8 @@ P_SHIFT = 8.0                     # fp8 P is 2^8 * exp2(s - m): in (2^-9, 2^8], 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 ALIGN_BYTES = 1024
+# experiment switches ("lazy_rescale"; build.py sets them before lower()); empty = the defaults
+_OPTIONS: dict = {}
 
 
 def _elem_bytes(spec: FlashKernelSpec):
@@ -237,6 +239,9 @@ def lower(spec: FlashKernelSpec, config):
     # overlaps Q·Kᵀ and the softmax of block j + 1 (FlashAttention-3's intra-warpgroup overlap);
     # its V slot is overwritten only two iterations later, after every warpgroup waited for it.
     OVERLAP = NS >= 3
+    # lazy rescaling (see _cuda_wgmma.LAZY); not with fp8 P (2^8-scaled already: e4m3 would saturate)
+    LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
+    from attncc.targets._cuda_wgmma import LAZY_TAU
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -480,13 +485,21 @@ def lower(spec: FlashKernelSpec, config):
             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
             red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
+            if LAZY:
+                red[r] = T.Select(red[r] > m_run[r] + T.float32(LAZY_TAU), red[r], m_run[r])
             m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
             T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
             l_run[r] = l_run[r] * m_run[r]
         if not OVERLAP:
-            for nd in T.unroll(NDV):
-                for e in T.unroll(4):
-                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+            if LAZY:
+                if T.Or(m_run[0] != T.float32(1), m_run[1] != T.float32(1)):
+                    for nd in T.unroll(NDV):
+                        for e in T.unroll(4):
+                            o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+            else:
+                for nd in T.unroll(NDV):
+                    for e in T.unroll(4):
+                        o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
         for nt in T.unroll(NKT):
             for e in T.unroll(4):
                 T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))

@@ -223,12 +223,16 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
         if sparse is not None:
             return sparse
         last = None
-        # 3 stages pay in the ping-pong kernel on bands; 2 do with a score_mod (ALiBi 365 vs 345
-        # TFLOP/s), with a tile map (documents=2-8 2.380 / 1.381 / 0.756 ms vs 2.455 / 1.408 /
-        # 0.770 at 3; equal at 16-32) and in the fp8 kernel (its 3-stage path overlaps P·V
+        # 3 stages pay in the ping-pong kernel on bands (causal S=4k 453 vs 431 TFLOP/s); 2 do
+        # without a mask since lazy rescaling (dense S=4k / 16k 530 / 542 vs 503 / 525; GQA 466 /
+        # 508 vs 454 / 507; H200, benchmarks/gpu/RESULTS.md), with a score_mod (ALiBi 365 vs
+        # 345), with a tile map (documents=2-8 2.380 / 1.381 / 0.756 ms vs 2.455 / 1.408 / 0.770
+        # at 3; equal at 16-32) and in the fp8 kernel (its 3-stage path overlaps P·V
         # differently: 390 vs 425)
+        no_mask = (spec.mask_mod is None and spec.key_bounds.lower_offset is None
+                   and spec.key_bounds.upper_offset is None)
         stages = ((2,) if spec.score_mod is not None or _wgmma_for(spec) is _wgmma_sparse
-                  or _wgmma_dense.use_block_table(spec) else (3, 2))
+                  or _wgmma_dense.use_block_table(spec) or no_mask else (3, 2))
         for block_k in (128, 64):
             for num_stages in stages:
                 cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")

@@ -70,6 +70,14 @@ def _entries(only):
         return _small_tile_entries()
     if only == "onewg":
         return _one_warpgroup_entries()
+    if only == "lazy":
+        return _lazy_entries()
+    if only == "final":
+        return _final_entries()
+    if only == "stages":
+        return [dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes={"B": 16384 // s_, "S": s_},
+                     config=dict(WGMMA, num_stages=st)) for n in ("full", "causal", "gqa")
+                for s_ in (4096, 16384) for st in (2, 3)]
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -461,6 +469,72 @@ def _one_warpgroup_entries():
     return out
 
 
+def _lazy_entries():
+    """Lazy rescaling (``_OPTIONS["lazy_rescale"]`` of both wgmma modules: O rescaled only when a
+    row's max grows by more than 2^8) against the default, same run, on the configs compile
+    picks; and its verification on every kind of kernel it touches."""
+    out = []
+    s16 = {"B": 1, "S": 16384}
+    lazy = {"lazy_rescale": True}
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for opts in (None, lazy):
+        for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
+                         ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
+                         ("doc_mask", dict(mask="document", docs=[4, 8, 16, 32, 64])),
+                         ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
+                         ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512))):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                            sparse=sp, options=opts))
+        out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=dict(WGMMA),
+                        sparse=dict(mask="full"), options=opts))
+    for n in ("sdpa", "causal_mha", "sliding_window", "alibi", "softcap", "chunked", "local_global", "strided"):
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=None, options=lazy))
+    out.append(dict(kind="verify", path=ex("causal_gqa"), name=None, dtype="f16", shapes={}, config=None, options=lazy))
+    for name, shapes in (("doc_mask", {"S": 4096, "H": 4}), ("doc_causal", {"S": 4096, "H": 2}), ("late_keys", {}),
+                         ("sw_256", {"S": 4096, "H": 2})):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=None, options=lazy))
+    fp8 = dict(dtype="fp8", granularity="head")
+    out.append(dict(kind="verify", path=VARIANTS, name="causal", dtype="bf16", shapes={"B": 1, "S": 517}, config=None,
+                    quantize=fp8, options=lazy))
+    out.append(dict(kind="verify", path=VARIANTS, name="doc_causal", dtype="bf16", shapes={"S": 700}, config=None,
+                    quantize=dict(fp8, pv=True), options=lazy))
+    out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 700},
+                    config=dict(WGMMA, query_blocks=2), options=lazy))
+    out.append(dict(kind="verify", path=VARIANTS, name="causal", dtype="bf16", shapes={"B": 1, "S": 700},
+                    config=dict(WGMMA, num_stages=3), quantize=fp8, options=lazy))
+    return out
+
+
+def _final_entries():
+    """The last run of issue 4's third pass, with lazy rescaling on by default: the issue-3
+    benchmark (FlashAttention-2, cuDNN, FlexAttention) on the configs compile picks (tuned
+    records included), each beside the same config without lazy rescaling; and the
+    time-vs-density table beside FlexAttention's BlockMask."""
+    out = []
+    base = {"lazy_rescale": False}
+    for opts in (None, base):
+        for s_ in (4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s_, "S": s_}, config=None, flex=True, options=opts))
+        for name in ("sliding_window", "gqa", "alibi", "softcap"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
+                            config=None, flex=True, options=opts))
+    s16 = {"B": 1, "S": 16384}
+    for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
+                     ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
+                     ("sw_4096", dict(mask="window", window=4096)),
+                     ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
+                     ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
+                     ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
+                     ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp))
+    for st in (2, 3):
+        out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16,
+                        config=dict(WGMMA, num_stages=st), sparse=dict(mask="full")))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -568,7 +642,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
@@ -597,15 +671,21 @@ def main(argv=None):
             cuda._ROUTE.clear()
             if e.get("route"):
                 cuda._ROUTE["one_warpgroup"] = e["route"]
+            for mod in (cuda._wgmma_dense, cuda._wgmma_sparse):
+                mod._OPTIONS.clear()
+                mod._OPTIONS.update(e.get("options") or {})
             k = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
                                 variant_name=e["name"], shapes=shapes, config=e["config"],
                                 target_options={"arch": args.arch}, quantize=e.get("quantize"))
         except Exception as exc:  # report and go on: one bad variant must not stop the batch
             print(f"SKIP {e['path']} {e['name']} {e['dtype']} {shapes}: {type(exc).__name__}: {exc}")
             continue
-        ident = _ident(e, k) + (f"-{e['route']}" if e.get("route") else "")
+        ident = _ident(e, k) + (f"-{e['route']}" if e.get("route") else "") + (
+            "".join(f"-{'' if v else 'no_'}{o}" for o, v in sorted((e.get("options") or {}).items())))
         src = cuda.source(k.built)
         cuda._ROUTE.clear()
+        for mod in (cuda._wgmma_dense, cuda._wgmma_sparse):
+            mod._OPTIONS.clear()
         sha = hashlib.sha256(src.encode()).hexdigest()
         src_path = os.path.join(srcdir, sha + ".cu")
         with open(src_path, "w") as f:
