@@ -72,6 +72,30 @@ def use_block_table(spec: FlashKernelSpec) -> bool:
     return spec.tile_map is not None or spec.runtime_tile_map is not None
 
 
+def rescale_o_macro(ndv: int, lazy: bool):
+    """The ``rescale_o(o_acc, alpha)`` macro of both wgmma kernels: O *= alpha, row by row (alpha[0]
+    and alpha[1]: the thread's two rows; ``ndv`` n8 column groups of O); with lazy rescaling only
+    when some alpha != 1 (a row's reference max moved)."""
+    from tvm.script import tirx as T
+
+    NDV = ndv
+    LAZY = lazy
+
+    @T.macro
+    def rescale_o(o_acc, alpha):
+        if LAZY:
+            if T.Or(alpha[0] != T.float32(1), alpha[1] != T.float32(1)):
+                for nd in T.unroll(NDV):
+                    for e in T.unroll(4):
+                        o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * alpha[e // 2]
+        else:
+            for nd in T.unroll(NDV):
+                for e in T.unroll(4):
+                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * alpha[e // 2]
+
+    return rescale_o
+
+
 def compact_row_macro(tile_map, nkb: int):
     """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` macro (both wgmma
     kernels) and the size of its ``tvs`` register buffer.
@@ -461,18 +485,12 @@ def lower(spec: FlashKernelSpec, config):
                 T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2]))
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
+    rescale_o = rescale_o_macro(NDV, LAZY)
+
     @T.macro
     def rescale_convert(o_acc, alpha, p_frag, s_acc):
         """O *= alpha (no product in flight), then P (16-bit, in registers): the A fragments of P·V."""
-        if LAZY:
-            if T.Or(alpha[0] != T.float32(1), alpha[1] != T.float32(1)):
-                for nd in T.unroll(NDV):
-                    for e in T.unroll(4):
-                        o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * alpha[e // 2]
-        else:
-            for nd in T.unroll(NDV):
-                for e in T.unroll(4):
-                    o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * alpha[e // 2]
+        rescale_o(o_acc, alpha)
         for kk in T.unroll(KK):
             for e in T.unroll(4):
                 T.ptx[cvt](p_frag[kk, e],

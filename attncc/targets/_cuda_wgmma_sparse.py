@@ -241,7 +241,8 @@ def lower(spec: FlashKernelSpec, config):
     OVERLAP = NS >= 3
     # lazy rescaling (see _cuda_wgmma.LAZY); not with fp8 P (2^8-scaled already: e4m3 would saturate)
     LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
-    from attncc.targets._cuda_wgmma import LAZY_TAU
+    from attncc.targets._cuda_wgmma import LAZY_TAU, rescale_o_macro
+    rescale_o = rescale_o_macro(NDV, LAZY)
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -491,15 +492,7 @@ def lower(spec: FlashKernelSpec, config):
             T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
             l_run[r] = l_run[r] * m_run[r]
         if not OVERLAP:
-            if LAZY:
-                if T.Or(m_run[0] != T.float32(1), m_run[1] != T.float32(1)):
-                    for nd in T.unroll(NDV):
-                        for e in T.unroll(4):
-                            o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
-            else:
-                for nd in T.unroll(NDV):
-                    for e in T.unroll(4):
-                        o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
+            rescale_o(o_acc, m_run)
         for nt in T.unroll(NKT):
             for e in T.unroll(4):
                 T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))

@@ -56,28 +56,12 @@ RAGGED = {"S": 333, "T": 517}
 
 
 def _entries(only):
-    if only == "sparse":
-        return _sparse_entries()
-    if only == "lowdensity":
-        return _low_density_entries()
-    if only == "wide":
-        return _wide_entries()
-    if only == "fp8":
-        return _fp8_bench_entries()
-    if only == "pingtable":
-        return _ping_table_entries()
-    if only == "smalltiles":
-        return _small_tile_entries()
-    if only == "onewg":
-        return _one_warpgroup_entries()
-    if only == "lazy":
-        return _lazy_entries()
-    if only == "final":
-        return _final_entries()
-    if only == "stages":
-        return [dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes={"B": 16384 // s_, "S": s_},
-                     config=dict(WGMMA, num_stages=st)) for n in ("full", "causal", "gqa")
-                for s_ in (4096, 16384) for st in (2, 3)]
+    sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
+            "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
+            "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
+            "stages": _stage_entries}
+    if only in sets:
+        return sets[only]()
     out = []
     if only in (None, "verify"):
         for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
@@ -533,6 +517,13 @@ def _final_entries():
         out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16,
                         config=dict(WGMMA, num_stages=st), sparse=dict(mask="full")))
     return out
+
+
+def _stage_entries():
+    """2 vs 3 stages (lazy rescaling on): full, causal and GQA at S=4k (B=4) and 16k (B=1)."""
+    return [dict(kind="bench", path=VARIANTS, name=n, dtype="bf16", shapes={"B": 16384 // s_, "S": s_},
+                 config=dict(WGMMA, num_stages=st)) for n in ("full", "causal", "gqa")
+            for s_ in (4096, 16384) for st in (2, 3)]
 
 
 def _fp8_bench_entries():

@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import attncc.runtime as ar  # noqa: E402
+from _runtime_check import run_inputs_of  # noqa: E402  (this folder)
 
 assert "tvm" not in sys.modules, "attncc.runtime imported tvm's compiler"
 from attncc.compiler import compile_variant, verify  # noqa: E402
@@ -33,20 +33,7 @@ hk = compile_variant(os.path.join(ROOT, path), target="cuda", dtype="bf16", vari
                      build=False, tuning_db=False, target_options={"arch": "sm_90a"})
 
 
-def _torch(a):
-    a = np.ascontiguousarray(a)
-    if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16).cuda()
-    return torch.from_numpy(a).cuda()
-
-
-def run_inputs(inputs):
-    out, lse = k(*[_torch(inputs[n]) for n in k.input_names])
-    torch.cuda.synchronize()
-    return out.float().cpu().numpy(), lse.cpu().numpy()
-
-
-hk.run_inputs = run_inputs
+hk.run_inputs = run_inputs_of(k)
 S = shapes["S"]
 cap = hk.spec.captures[0][0]
 ok = True
