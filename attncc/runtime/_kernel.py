@@ -494,7 +494,9 @@ class Kernel:
     # ------------------------------------------------------------------ convenience
 
     def block_map_for(self, *captures) -> Optional[np.ndarray]:
-        """The tile map the kernel would use (static, or computed from captured inputs)."""
+        """The tile map of the kernel's block sizes (static, or computed from captured inputs);
+        a call whose map is sparse enough for the manifest's ``block_map.small`` kernel runs that
+        kernel with the map of its own, smaller tiles."""
         mode = self.block_map.get("mode", "none")
         if mode == "static":
             return self._tile_map

@@ -272,8 +272,9 @@ LOW_DENSITY = 0.04
 
 # A block mask computed per call (document ids) at most this dense on 128 x 128 tiles runs the
 # 64 x 32 kernel (CudaConfig.small_below): H200, S=16k, same run (benchmarks/gpu/RESULTS.md,
-# "Table mode on the ping-pong kernel"): documents=32 (density 0.049) 0.274 vs 0.305 ms, causal
-# documents=16 (0.046) 0.273 vs 0.298; at 0.085 (documents=16) 128 x 128 wins, 0.470 vs 0.485.
+# "Table mode on the ping-pong kernel", run 5): documents=32 (density 0.049) 0.262 vs 0.308 ms,
+# causal documents=16 (0.046) 0.258 vs 0.298; at 0.085 (documents=16) a tie, 0.466 vs 0.471;
+# above, 128 x 128 wins (documents=8: 0.762 vs 0.843).
 SMALL_BELOW = 0.06
 
 
