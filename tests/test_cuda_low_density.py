@@ -84,38 +84,20 @@ def test_chained_configs_are_checked():
                         quantize={"dtype": "fp8"})
 
 
-def test_chained_blocks_run_the_ping_pong_kernel_with_two_q_tiles_and_a_flat_stream():
+def test_chained_bands_run_the_sparse_module_with_two_q_tiles():
     one = _compile("sw_256", {"S": 1100, "H": 4}, build=False)
     two = _compile("sw_256", {"S": 1100, "H": 4}, build=False, query_blocks=2)
-    assert cuda._wgmma_for(one.spec, one.config) is cuda._wgmma_dense
-    assert cuda._wgmma_for(two.spec, two.config) is cuda._wgmma_dense
-    assert cuda.kernel_revision(two.spec, two.config) == cuda.KERNEL_REVISIONS["wgmma"]
-    # one warpgroup has no ping-pong partner: the in-order kernel chains those
-    four = dict_config(two.config, block_q=64, num_warps=4)
-    assert cuda._wgmma_for(two.spec, four) is sparse
-    # a second Q tile, and the flat stream (one int a tile, up to NKB + 1 per chained block)
-    q_tile, nkb = 128 * 128 * 2, 9
-    assert cuda.shared_memory_bytes(two.spec, two.config) - cuda._wgmma_dense.shared_memory_bytes(
-        two.spec, dict_config(two.config, query_blocks=1)) == q_tile + 4 * (nkb + 1) * 2
+    assert cuda._wgmma_for(one.spec, one.config) is not sparse      # the ping-pong kernel
+    assert cuda._wgmma_for(two.spec, two.config) is sparse
+    assert cuda.kernel_revision(two.spec, two.config) == cuda.KERNEL_REVISIONS["wgmma_sparse"]
+    q_tile = 128 * 128 * 2
+    assert cuda.shared_memory_bytes(two.spec, two.config) - sparse.shared_memory_bytes(
+        two.spec, dict_config(two.config, query_blocks=1)) == q_tile + sparse.ALIGN_BYTES
     tir = cuda.lower(two.spec, two.config).script()
-    # ceil(9 / 2) = 5 thread blocks along the query axis; the stream's tiles in a loop over the
-    # flat list; the ping-pong's odd/even warpgroups; the write-out from registers (uint32 stores)
+    # one stream of tiles per thread block: ceil(9 / 2) = 5 blocks along the query axis, the
+    # prefetch loads the next block's Q into the other Q tile
     assert re.search(r"T.thread_binding\(5, thread=\"blockIdx.x\"\)", tir)
-    assert "for t in range(1, 1 + (cur[0] - 1))" in tir
-    assert "out32" in tir and "% 2 == 1" in tir
-
-
-def test_chained_table_mode_keeps_one_list_per_block():
-    k = _compile(None, {"S": 700}, path=os.path.join(ROOT, "examples", "document_mask.py"), build=False,
-                 query_blocks=3)
-    nkb = 6
-    base = cuda._wgmma_dense.shared_memory_bytes(k.spec, dict_config(k.config, query_blocks=1))
-    # one more Q tile; 3 lists and a 3-list flat stream instead of one list
-    assert cuda.shared_memory_bytes(k.spec, k.config) - base == 128 * 64 * 2 + 4 * (nkb + 1) * (6 - 1)
-    tir = cuda.lower(k.spec, k.config).script()
-    assert tir.count("ballot_sync") >= 1 and "tile_map" in tir
-    with pytest.raises(ConfigError, match="num_stages must be 2"):
-        cuda.validate_config(k.spec, dict_config(k.config, num_stages=3))
+    assert "for t in range(cur[3])" in tir
 
 
 def dict_config(config, **kw):
@@ -132,14 +114,12 @@ def dict_config(config, **kw):
 ])
 def test_chained_kernels_compile_without_spills(tmp_path, name, shapes, path, qc):
     k = _compile(name, shapes, path=path, query_blocks=qc)
-    assert cuda._wgmma_for(k.spec, k.config) is cuda._wgmma_dense
     src = tmp_path / "k.cu"
     src.write_text(k.source())
     p = subprocess.run(["nvcc", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-Xptxas", "-v",
                         str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "0 bytes spill stores" in p.stdout + p.stderr
-    assert not re.search(r"C751\d", p.stdout + p.stderr), "ptxas serialised the wgmma"
 
 
 def test_chained_blocks_are_a_config_knob_not_a_tuning_dimension():
@@ -163,9 +143,6 @@ def test_chained_blocks_are_a_config_knob_not_a_tuning_dimension():
     ("late_keys", {}, VARIANTS, 3),                   # query blocks without key blocks: zeros, lse -inf
     ("doc_causal", {"S": 700}, VARIANTS, 2),
     (None, {"S": 700}, os.path.join(ROOT, "examples", "document_mask.py"), 2),
-    ("chunk_512", {"S": 1100, "H": 4}, VARIANTS, 3),
-    ("full", {"B": 2, "S": 700}, VARIANTS, 2),
-    ("causal", {"B": 1, "S": 700}, VARIANTS, 4),
 ])
 def test_chained_kernels_match_the_reference(name, shapes, path, qc):
     k = _compile(name, shapes, path=path, query_blocks=qc)

@@ -58,20 +58,10 @@ LAZY_TAU = 8.0          # lazy rescaling's threshold, log2 units (P <= 256)
 _OPTIONS: dict = {}
 
 
-def chained(config) -> int:
-    """Query blocks a thread block runs one after another (``CudaConfig.query_blocks``)."""
-    return int(getattr(config, "query_blocks", 1) or 1)
-
-
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
-    qc = chained(config)
-    q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v) * (2 if qc > 1 else 1)
+    q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
-    lists = -(-spec.kv_len // config.block_k) + 1
-    if qc > 1:       # chained: a list per query block (table mode) and the flat stream of tiles
-        table = 4 * lists * qc * (2 if use_block_table(spec) else 1)
-    else:
-        table = 4 * lists if use_block_table(spec) else 0
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
     return 2 * (q_tile + kv) + ALIGN_BYTES + table
 
 
@@ -151,9 +141,6 @@ def registers_estimate(spec: FlashKernelSpec, config) -> int:
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
     check_tiles(spec, config, arch)
-    if chained(config) > 1 and config.num_stages != 2:
-        _bad(spec, config, f"query_blocks={chained(config)} chains query blocks through one key pipeline that "
-             "loads one block ahead: num_stages must be 2")
     check_resources(spec, config, smem_limit, shared_memory_bytes(spec, config))
 
 
@@ -258,22 +245,15 @@ def lower(spec: FlashKernelSpec, config):
     CQ, CV = D // 8, DV // 8          # 16-byte chunks per row
 
     # shared memory map, in 16-bit elements from the 1024-byte aligned base
-    QC = chained(config)              # query blocks chained per thread block (query_blocks)
-    CHAIN = QC > 1
     Q_ELEMS = BQ * max(D, DV)
-    K_BASE = Q_ELEMS * (2 if CHAIN else 1)      # chained: two Q tiles (the next block's loads early)
+    K_BASE = Q_ELEMS
     K_ELEMS = BK * D
     V_BASE = K_BASE + NS * K_ELEMS
     V_ELEMS = BK * DV
     # table mode: the key-block list (int32), past the tiles and the alignment slack
     LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
     USE_TABLE = use_block_table(spec)
-    LS = NKB + 1                      # one key-block list: entries, then the count
-    if CHAIN:     # a list per chained query block (table mode), then the flat stream of tiles
-        FLAT_BASE = LIST_BASE // 2 + (QC * LS if USE_TABLE else 0)
-        SMEM_ELEMS = 2 * FLAT_BASE + 2 * QC * LS
-    else:
-        SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
+    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
     # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
     # ids) follow it, read by the mask / score_mod expressions
     TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
@@ -517,21 +497,16 @@ def lower(spec: FlashKernelSpec, config):
                            s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
                            s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
 
-    def q_desc_off(kd, wg, q_buf):
-        """Offset (16-byte units) of the k16 step ``kd`` of warpgroup ``wg``'s Q rows (chained: in
-        Q tile ``q_buf``)."""
-        off = (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2
-        return off if q_buf is None else q_buf * (Q_ELEMS // 8) + off
-
     @T.macro
-    def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg, q_buf):
+    def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg):
         # S_j = Q K_jᵀ (one wgmma group: D/16 k steps)
         if has_qk:
             T.ptx["wgmma.fence.sync.aligned"]()
             for kd in T.unroll(KD):
                 T.ptx[wg_s](
                     *[s_acc[i] for i in range(NSA)],
-                    (sbase >> U(4)) + T.Cast(u64, q_desc_off(kd, wg, q_buf)) + U(DESC_K),
+                    (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
+                    + U(DESC_K),
                     (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((j - kb_lo) % NS) * K_ELEMS) // 8
                                              + (kd // 4) * (BK * 8) + (kd % 4) * 2)
                     + U(DESC_K),
@@ -570,7 +545,7 @@ def lower(spec: FlashKernelSpec, config):
                 rescale_convert(o_acc, alpha, p_frag, s_acc)
         # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
-        gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg, None)
+        gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
         if is_even(wg):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
         if is_even(wg):
@@ -703,247 +678,6 @@ def lower(spec: FlashKernelSpec, config):
                                 for e in T.vectorized(8):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
-
-    # ------------------------------------------------------------------ chained query blocks
-    # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 of one
-    # (batch, head) (heaviest first, as the unchained launch order) as ONE stream of key tiles, on
-    # the same ping-pong schedule.  The stream is a flat list in shared memory, one int per tile:
-    # (block << 20) | (first tile of its block << 19) | (key block << 1) | full.  The pipeline
-    # runs across the boundary between two blocks: the step before a block's first tile loads its
-    # Q (into the other of two Q tiles) with that tile's K, and a warpgroup writes out the block
-    # before from registers (no shared staging, no extra barrier) in the step whose softmax starts
-    # the next one -- so neither the start of a block nor its write-out nor the ping-pong's fill
-    # and drain stall the SM once a thread block is running.  A query block without key blocks
-    # takes one tile (key block 0), masked entirely (the tile map and the band are exact), so it
-    # writes zeros and lse = -inf.  Needs num_stages 2: the Q tile of block i + 2 is loaded into
-    # that of block i one step before its first tile, after every product of block i was waited for.
-    def e_item(e):
-        return tirx.shift_right(e, 20)
-
-    def e_first(e):
-        return tirx.EQ(tirx.bitwise_and(tirx.shift_right(e, 19), 1), 1)
-
-    def e_kb(e):
-        return tirx.bitwise_and(tirx.shift_right(e, 1), (1 << 18) - 1)
-
-    def item_q0(g_rev, item):
-        return (NQB - 1 - (g_rev * QC + item)) * BQ
-
-    def e_r0(g_rev, e, warp):
-        return item_q0(g_rev, e_item(e)) + warp * 16
-
-    def e_full(g_rev, e, warp):
-        if USE_TABLE:
-            full = tirx.EQ(tirx.bitwise_and(e, 1), 1)
-            return tirx.And(full, e_kb(e) * BK + BK <= TK) if NKB * BK != TK else full
-        return tile_is_full(e_r0(g_rev, e, warp), e_kb(e))
-
-    @T.macro
-    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
-        for it in T.unroll(Q_ITERS):
-            if within(BQ * CQ, it * NT + tx):
-                T.ptx[cpa](
-                    T.address_of(smem[pe + q_buf * Q_ELEMS + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                    T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * 8]),
-                    16,
-                    T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-
-    @T.macro
-    def loads_c(t, has_qk, tot, g_rev, smem, q, k, v, pe, tx, b, h, hk, flat, ent):
-        # K of tile t + 1 into the slot of K_{t-1}, V of tile t into that of V_{t-1} (and, when
-        # tile t + 1 starts a block, its Q); one commit group a step
-        if has_qk:
-            ent[2] = flat[T.min(t + 1, tot - 1)]
-            ent[3] = flat[T.min(t, tot - 1)]
-            if t + 1 < tot:
-                if e_first(ent[2]):
-                    load_q(e_item(ent[2]) % 2, item_q0(g_rev, e_item(ent[2])), smem, q, pe, tx, b, h)
-                load_k(e_kb(ent[2]), (t + 1) % 2, smem, k, pe, tx, b, hk)
-            load_v(e_kb(ent[3]), t % 2, smem, v, pe, tx, b, hk)
-        T.ptx["cp.async.commit_group"]()
-
-    @T.macro
-    def begin_block(e, m_run, l_run, m_prev, l_prev):
-        """A block's first tile: keep the finished block's max and sum, start afresh (the softmax
-        then yields alpha = 0, so rescale_o clears O after the write-out)."""
-        if e_first(e):
-            for r in T.unroll(2):
-                m_prev[r] = m_run[r]
-                l_prev[r] = l_run[r]
-                m_run[r] = NEG_INF
-                l_run[r] = T.float32(0)
-
-    @T.macro
-    def write_block(q0, m_fin, l_fin, o_acc, red, pk, out32, lse, warp, lane, b, h):
-        """The warp's 16 rows of the finished block at q0: lse, and O / l from registers (4-byte
-        stores of two 16-bit outputs)."""
-        for r in T.unroll(2):
-            l_fin[r] = l_fin[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_fin[r], 1, 32)
-            l_fin[r] = l_fin[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_fin[r], 2, 32)
-            red[r] = T.Select(l_fin[r] > T.float32(0), T.float32(1) / l_fin[r], T.float32(0))
-        for hf in T.unroll(2):
-            if both(lane % 4 == 0, q0 + warp * 16 + hf * 8 + lane // 4 < S):
-                lse[b, h, q0 + warp * 16 + hf * 8 + lane // 4] = T.Select(
-                    l_fin[hf] > T.float32(0), (m_fin[hf] + T.log2(l_fin[hf])) * T.float32(_LN2), NEG_INF)
-        for hf in T.unroll(2):
-            if q0 + warp * 16 + hf * 8 + lane // 4 < S:
-                for nd in T.unroll(NDV):
-                    T.ptx[cvt](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf], o_acc[nd * 4 + hf * 2] * red[hf])
-                    out32[((b * H + h) * S + q0 + warp * 16 + hf * 8 + lane // 4) * (DV // 2) + nd * 4 + lane % 4] = \
-                        pk[0]
-
-    @T.macro
-    def step_c(t, has_qk, has_pv, tot, g_rev, smem, q, k, v, pe, tx, b, h, hk, wg, warp, lane, sbase,
-               s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, m_prev, l_prev, pk, flat, ent, out32, lse):
-        """Tile t of the stream: ``step`` with the tile's block read from the flat list; the
-        softmax of a block's first tile starts the block, and its warpgroup then writes out the
-        block before (its last P·V waited for: in this step for an even warpgroup, in the step
-        before for an odd one)."""
-        T.ptx["cp.async.wait_group"](0)             # K_t, V_{t-1} (and Q of t's block) have landed
-        T.ptx["fence.proxy.async.shared::cta"]()
-        T.tvm_storage_sync("shared")
-        ent[0] = flat[T.min(t, tot - 1)]
-        ent[1] = flat[T.max(t - 1, 0)]
-        if is_odd(wg):
-            loads_c(t, has_qk, tot, g_rev, smem, q, k, v, pe, tx, b, h, hk, flat, ent)
-            if has_pv:
-                begin_block(ent[1], m_run, l_run, m_prev, l_prev)
-                softmax(e_kb(ent[1]), e_full(g_rev, ent[1], warp), s_acc, red, m_run, m_use, alpha, l_run,
-                        e_r0(g_rev, ent[1], warp), lane, b, h)
-                if both(e_first(ent[1]), t > 1):
-                    write_block(item_q0(g_rev, e_item(ent[1]) - 1), m_prev, l_prev, o_acc, red, pk, out32, lse,
-                                warp, lane, b, h)
-                rescale_convert(o_acc, alpha, p_frag, s_acc)
-        gemms(t, has_qk, has_pv, i32(0), s_acc, o_acc, p_frag, sbase, wg, e_item(ent[0]) % 2)
-        if is_even(wg):
-            loads_c(t, has_qk, tot, g_rev, smem, q, k, v, pe, tx, b, h, hk, flat, ent)
-        if is_even(wg):
-            if has_qk:
-                begin_block(ent[0], m_run, l_run, m_prev, l_prev)
-                if SPLIT and has_pv:
-                    T.ptx["wgmma.wait_group.sync.aligned"](1)
-                    softmax(e_kb(ent[0]), e_full(g_rev, ent[0], warp), s_acc, red, m_run, m_use, alpha, l_run,
-                            e_r0(g_rev, ent[0], warp), lane, b, h)
-                    T.ptx["wgmma.wait_group.sync.aligned"](0)
-                else:
-                    T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    softmax(e_kb(ent[0]), e_full(g_rev, ent[0], warp), s_acc, red, m_run, m_use, alpha, l_run,
-                            e_r0(g_rev, ent[0], warp), lane, b, h)
-                if both(e_first(ent[0]), t > 0):
-                    write_block(item_q0(g_rev, e_item(ent[0]) - 1), m_prev, l_prev, o_acc, red, pk, out32, lse,
-                                warp, lane, b, h)
-                rescale_convert(o_acc, alpha, p_frag, s_acc)
-            else:
-                T.ptx["wgmma.wait_group.sync.aligned"](0)
-        else:
-            T.ptx["wgmma.wait_group.sync.aligned"](0)
-
-    NQG = -(-NQB // QC)
-
-    def chained_kernel():
-        @T.prim_func(check_well_formed=False)
-        def main_chain(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-                       v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
-                       lse: T.Buffer((B, H, S), "float32")):
-            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-            for g_rev in T.thread_binding(NQG, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
-                for bh in T.thread_binding(B * H, thread="blockIdx.y" if QB_FAST else "blockIdx.x"):
-                    for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                        smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
-                        p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
-                        s_acc = T.decl_buffer((NSA,), "float32", scope="local")
-                        o_acc = T.decl_buffer((NOA,), "float32", scope="local")
-                        m_run = T.decl_buffer((2,), "float32", scope="local")
-                        l_run = T.decl_buffer((2,), "float32", scope="local")
-                        m_prev = T.decl_buffer((2,), "float32", scope="local")
-                        l_prev = T.decl_buffer((2,), "float32", scope="local")
-                        m_use = T.decl_buffer((2,), "float32", scope="local")
-                        alpha = T.decl_buffer((2,), "float32", scope="local")
-                        red = T.decl_buffer((2,), "float32", scope="local")
-                        pk = T.decl_buffer((1,), "uint32", scope="local")
-                        saddr = T.decl_buffer((1,), "uint64", scope="local")
-                        # table mode: one list per chained block, LS ints apart (entries, then the count);
-                        # then the flat stream (inside smem's allocation, as in the unchained kernel)
-                        kv_list = T.decl_buffer((QC * LS,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
-                                                scope="shared.dyn")
-                        flat = T.decl_buffer((QC * LS,), "int32", data=smem.data, elem_offset=FLAT_BASE,
-                                             scope="shared.dyn")
-                        out32 = T.decl_buffer((B * H * S * DV // 2,), "uint32", data=out.data)
-                        cnt = T.decl_buffer((1,), "int32", scope="local")
-                        tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")
-                        ent = T.decl_buffer((4,), "int32", scope="local")
-                        cur = T.decl_buffer((3,), "int32", scope="local")    # stream length; a block's count, lo
-                        T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
-                        pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
-                        sbase = saddr[0] + T.Cast(u64, pad)
-                        pe = pad // 2
-                        b = bh // H
-                        h = bh % H
-                        hk = h // G
-                        wg = T.cuda.__shfl_sync(FULL_MASK, tx // 128, 0, 32)
-                        warp = tx // 32
-                        lane = tx % 32
-                        n_items = T.min(QC, NQB - g_rev * QC)
-                        # ---- prologue: Q of the first block; (table mode) the lists of all blocks (warp
-                        # w: block w, w + NW, ..); the flat stream; K of its first tile
-                        load_q(0, item_q0(g_rev, 0), smem, q, pe, tx, b, h)
-                        if USE_TABLE:
-                            for wi in T.serial((QC + NW - 1) // NW):
-                                if wi * NW + warp < n_items:
-                                    compact_row(NQB - 1 - (g_rev * QC + wi * NW + warp), (wi * NW + warp) * LS,
-                                                cnt, tvs, kv_list, lane)
-                            T.tvm_storage_sync("shared")
-                        cur[0] = 0
-                        for it in T.serial(n_items):
-                            if USE_TABLE:
-                                cur[1] = kv_list[it * LS + NKB]
-                                cur[2] = 0
-                            else:
-                                cur[2] = block_lo(item_q0(g_rev, it))
-                                cur[1] = T.max(block_hi(item_q0(g_rev, it), cnt) - cur[2], 0)
-                            for p in T.serial((T.max(cur[1], 1) + NT - 1) // NT):
-                                if p * NT + tx < T.max(cur[1], 1):
-                                    if USE_TABLE:
-                                        flat[cur[0] + p * NT + tx] = (
-                                            T.shift_left(it, 20) + T.shift_left(T.Select(p * NT + tx == 0, 1, 0), 19)
-                                            + T.Select(cur[1] > 0, kv_list[T.min(it * LS + p * NT + tx, QC * LS - 1)], 0))
-                                    else:
-                                        flat[cur[0] + p * NT + tx] = (
-                                            T.shift_left(it, 20) + T.shift_left(T.Select(p * NT + tx == 0, 1, 0), 19)
-                                            + T.Select(cur[1] > 0, (cur[2] + p * NT + tx) * 2, 0))
-                            cur[0] = cur[0] + T.max(cur[1], 1)
-                        T.tvm_storage_sync("shared")
-                        ent[2] = flat[0]
-                        load_k(e_kb(ent[2]), 0, smem, k, pe, tx, b, hk)
-                        T.ptx["cp.async.commit_group"]()
-                        for r in T.unroll(2):
-                            m_run[r] = NEG_INF
-                            l_run[r] = T.float32(0)
-                            m_prev[r] = NEG_INF
-                            l_prev[r] = T.float32(0)
-                            alpha[r] = T.float32(1)
-                        for e in T.unroll(NOA):
-                            o_acc[e] = T.float32(0)
-                        # ---- the tile stream: the first tile (no P·V yet), the rest, one step past the last
-                        step_c(i32(0), True, False, cur[0], g_rev, smem, q, k, v, pe, tx, b, h, hk, wg, warp, lane,
-                               sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, m_prev, l_prev, pk,
-                               flat, ent, out32, lse)
-                        for t in T.serial(1, cur[0]):
-                            step_c(t, True, True, cur[0], g_rev, smem, q, k, v, pe, tx, b, h, hk, wg, warp, lane,
-                                   sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, m_prev, l_prev, pk,
-                                   flat, ent, out32, lse)
-                        step_c(cur[0], False, True, cur[0], g_rev, smem, q, k, v, pe, tx, b, h, hk, wg, warp, lane,
-                               sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, m_prev, l_prev, pk,
-                               flat, ent, out32, lse)
-                        T.ptx["wgmma.wait_group.sync.aligned"](0)
-                        T.ptx["cp.async.wait_group"](0)
-                        write_block(item_q0(g_rev, n_items - 1), m_run, l_run, o_acc, red, pk, out32, lse,
-                                    warp, lane, b, h)
-
-        return main_chain
-
-    if CHAIN:
-        main = chained_kernel()
 
     extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
     if extra:

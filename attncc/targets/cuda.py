@@ -87,7 +87,7 @@ def _wgmma_for(spec: FlashKernelSpec, config=None):
     (bands, tile maps, captured tensors)."""
     if spec.quant_dtype is not None:
         return _wgmma_sparse
-    if _wgmma_sparse.chained(config) > 1 and getattr(config, "num_warps", None) == 4:
+    if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
     if getattr(config, "num_warps", None) == 4:
         route = _ROUTE.get("one_warpgroup")

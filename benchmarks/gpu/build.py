@@ -59,7 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "chain": _chain_entries}
+            "stages": _stage_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -526,50 +526,6 @@ def _stage_entries():
             for s_ in (4096, 16384) for st in (2, 3)]
 
 
-def _chain_entries():
-    """Chained query blocks on the ping-pong kernel (``query_blocks`` 2-4; before: the in-order
-    sparse kernel only): verified on every kind of kernel it builds (bands, tile maps, document
-    ids, blocks without keys, a last group of fewer blocks, 12 warps, score_mods, f16), and timed
-    beside the unchained kernels of the same run on the density benchmark and at S=1k."""
-    out = []
-    s16 = {"B": 1, "S": 16384}
-    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
-    ch = lambda qc, **kw: dict(WGMMA, query_blocks=qc, **kw)   # noqa: E731
-
-    def verify(path, name, dtype, shapes, cfg):
-        out.append(dict(kind="verify", path=path, name=name, dtype=dtype, shapes=shapes, config=cfg))
-
-    verify(ex("document_mask"), None, "bf16", "ragged", ch(2))
-    verify(ex("document_mask"), None, "bf16", {"S": 700}, ch(2, block_q=192, num_warps=12, block_k=64))
-    verify(VARIANTS, "doc_causal", "bf16", {"S": 700}, ch(2))
-    verify(VARIANTS, "doc_mask", "bf16", {"S": 1100, "H": 4}, ch(4))
-    verify(ex("local_global"), None, "bf16", {"S": 700}, ch(3))
-    verify(ex("strided"), None, "bf16", "ragged", ch(2))
-    verify(ex("prefix_lm"), None, "f16", {}, ch(2))
-    verify(VARIANTS, "chunk_512", "bf16", {"S": 1100, "H": 4}, ch(3))
-    verify(VARIANTS, "late_keys", "bf16", {}, ch(3))
-    verify(VARIANTS, "full", "bf16", {"B": 2, "S": 700}, ch(2))
-    verify(VARIANTS, "causal", "bf16", {"B": 1, "S": 700}, ch(4))
-    verify(VARIANTS, "sw_256", "bf16", {"S": 1100, "H": 4}, ch(4))
-    verify(ex("alibi"), None, "bf16", "ragged", ch(2))
-    verify(ex("softcap"), None, "f16", {}, ch(2))
-    verify(ex("causal_gqa"), None, "f16", {}, ch(2))
-    docs = dict(mask="document", docs=[2, 4, 8, 16, 32, 64])
-    cdocs = dict(mask="document_causal", docs=[4, 16, 32])
-    chunk = lambda c: dict(mask="chunk", label=f"chunked={c}", chunk=c)    # noqa: E731
-    for name, sp in (("doc_mask", docs), ("doc_causal", cdocs), ("chunk_512", chunk(512)),
-                     ("chunk_2048", chunk(2048)), ("sw_256", dict(mask="window", window=256)),
-                     ("sw_1024", dict(mask="window", window=1024)), ("causal", dict(mask="causal")),
-                     ("full", dict(mask="full"))):
-        for cfg in (None, dict(WGMMA), ch(2), ch(4)):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=cfg, sparse=sp))
-    for name in ("full", "causal"):
-        for cfg in (None, dict(WGMMA), ch(2), ch(4)):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 16, "S": 1024},
-                            config=cfg))
-    return out
-
-
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -677,7 +633,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "chain"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
