@@ -363,3 +363,33 @@ def test_o_is_rescaled_only_when_a_row_max_grows_past_the_threshold():
                          tir)
         gated = re.search(r"if (alpha|m_run)\[0\] != T\.float32\(1\.0\) or (alpha|m_run)\[1\] != T\.float32\(1\.0\)", tir)
         assert bool(kept) == lazy and bool(gated) == lazy, (name, quant)
+
+
+# --------------------------------------------------------------------------- K/V loads
+
+
+@pytest.mark.parametrize("name,shapes,cfg,quant", [
+    ("causal", {"B": 1, "S": 1024}, None, None),                                   # ping-pong
+    ("doc_mask", {"S": 1024}, dict(block_q=64, num_warps=4, block_k=32), None),   # in order, 64 x 32
+    ("causal", {"B": 1, "S": 1024}, None, {"dtype": "fp8"}),                      # fp8 Q.K
+])
+def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
+    """Keys a multiple of block_k: each thread's K and V copies of a tile share one address pair,
+    the iterations at constant offsets ([base+imm] operands), with no clamp and no zero fill; a
+    ragged key length keeps the clamped, zero-filling copies (and its results: the GPU checks)."""
+    def tir_of(s):
+        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes=dict(shapes, S=s),
+                            config=None if cfg is None else dict(CHAIN, **cfg), target_options=H100, build=False,
+                            quantize=quant)
+        return k, cuda.lower(k.spec, k.config).script()
+
+    k, tir = tir_of(1024)
+    assert k.spec.kv_len % k.config.block_k == 0
+    for x in ("k", "v"):
+        assert f"T.ptx.addr(T.address_of({x}[" in tir, x
+        assert not re.search(r"T\.address_of\(" + x + r"\[[^\]]*T\.min\(", tir), x   # no clamp
+    assert ", 16, 0)" not in tir.split("T.ptx.addr(T.address_of(k[")[1].split("\n")[0]   # no src-size
+    k2, ragged = tir_of(1000)
+    assert k2.spec.kv_len % k2.config.block_k != 0
+    assert "T.ptx.addr(T.address_of(k[" not in ragged
+    assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)

@@ -272,9 +272,13 @@ def lower(spec: FlashKernelSpec, config):
         row, chunk = idx // CVL, idx % CVL
         if PV8:     # transposed fp8 V: row = value dim, chunk = 16 keys
             key = blk * BK + chunk * 16
+            if KEYS_EXACT:
+                return (T.address_of(vbuf[bi, hk, row, key]), 16)
             return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
                     tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
         key = blk * BK + row
+        if KEYS_EXACT:
+            return (T.address_of(vbuf[bi, hk, key, chunk * 8]), 16)
         return (T.address_of(vbuf[bi, hk, tirx.min(key, TK - 1), chunk * 8]), 16,
                 tirx.Cast("uint32", tirx.Select(key < TK, 16, 0)))
 
@@ -393,6 +397,14 @@ def lower(spec: FlashKernelSpec, config):
     cvt = f"cvt.rn.{ptx_t}x2.f32"
     cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
     cpa = "cp.async.cg.shared.global"
+    # every key block whole (fp8 P·V: in the padded, transposed V too): loads without clamp or zero
+    # fill (_cuda_wgmma.KEYS_EXACT)
+    KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0 and TKP % BK == 0)
+
+    def fast_rows(chunks, rows):
+        """Whether a tile of ``rows`` rows of ``chunks`` 16-byte chunks loads at immediate offsets."""
+        return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
+                and (NT // chunks) % 8 == 0 and (rows * chunks) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
@@ -413,18 +425,44 @@ def lower(spec: FlashKernelSpec, config):
                     T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
 
     @T.macro
-    def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
+    def load_k_rows(blk, slot, smem, k, pe, tx, b, hk):
         for it in T.unroll(K_ITERS):
             if within(BK * CQ, it * NT + tx):
+                if KEYS_EXACT:      # (as _cuda_wgmma's: no clamp, no zero fill)
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                        T.address_of(k[b, hk, blk * BK + (it * NT + tx) // CQ, (it * NT + tx) % CQ * EQ]),
+                        16)
+                else:
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                        T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1),
+                                       (it * NT + tx) % CQ * EQ]),
+                        16,
+                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+
+    @T.macro
+    def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
+        if fast_rows(CQ, BK):
+            # (as _cuda_wgmma's load_k: one address pair a tile, the iterations at immediate offsets)
+            for it in T.unroll(K_ITERS):
                 T.ptx[cpa](
-                    T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                    T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1), (it * NT + tx) % CQ * EQ]),
-                    16,
-                    T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-        for it in T.unroll(V_ITERS):
-            if within(V_ROWS * CVL, it * NT + tx):
-                T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
-                           *v_src(v, b, hk, blk, it * NT + tx))
+                    T.ptx.addr(T.address_of(smem[pe + k_off(slot, tx // CQ, tx % CQ)]), it * (NT // CQ) * 128),
+                    T.ptx.addr(T.address_of(k[b, hk, blk * BK + tx // CQ, tx % CQ * EQ]), it * (NT // CQ) * D * QB),
+                    16)
+        else:
+            load_k_rows(blk, slot, smem, k, pe, tx, b, hk)
+        if not PV8 and fast_rows(CVL, V_ROWS):
+            for it in T.unroll(V_ITERS):
+                T.ptx[cpa](
+                    T.ptx.addr(T.address_of(smem[pe + v_off(slot, tx // CVL, tx % CVL)]), it * (NT // CVL) * 128),
+                    T.ptx.addr(T.address_of(v[b, hk, blk * BK + tx // CVL, tx % CVL * 8]), it * (NT // CVL) * DV * 2),
+                    16)
+        else:
+            for it in T.unroll(V_ITERS):
+                if within(V_ROWS * CVL, it * NT + tx):
+                    T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                               *v_src(v, b, hk, blk, it * NT + tx))
 
     @T.macro
     def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):

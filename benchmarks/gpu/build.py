@@ -59,7 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries}
+            "stages": _stage_entries, "keys": _keys_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -526,6 +526,60 @@ def _stage_entries():
             for s_ in (4096, 16384) for st in (2, 3)]
 
 
+def _keys_entries():
+    """K/V tile loads without clamp or zero fill where the key length is a multiple of block_k
+    (``KEYS_EXACT`` of both wgmma modules): every kind of kernel it changes verified (the examples
+    at their default dims, fp8 Q·Kᵀ and P·V, per-call 64 x 32, 12 warps, chained blocks), and
+    issue 3's and issue 4's benchmarks (the configs compile picks, fp8 beside bf16) each beside the
+    same kernel with the clamped loads (``keys_exact`` False), same run."""
+    out = []
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+        for dt in ("f16", "bf16"):
+            out.append(dict(kind="verify", path=os.path.relpath(path, ROOT), name=None, dtype=dt, shapes={},
+                            config=None))
+    fp8 = dict(dtype="fp8", granularity="head")
+    for name, shapes, quant, cfg in (
+            ("causal", {"B": 1, "S": 1024}, fp8, None),
+            ("full", {"B": 2, "S": 1024}, dict(fp8, pv=True), None),
+            ("doc_causal", {"S": 1024}, dict(fp8, pv=True), None),
+            ("doc_mask", {"S": 4096, "H": 4}, None, None),
+            ("sw_256", {"S": 4096, "H": 2}, None, None),
+            ("full", {"B": 1, "S": 1024}, None, dict(WGMMA, block_q=192, num_warps=12, block_k=64)),
+            ("gqa", {"B": 1, "S": 1024}, None, None)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                        quantize=quant))
+    out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 1024},
+                    config=dict(WGMMA, query_blocks=2)))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"keys_exact": False}):
+        for s_ in (1024, 4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
+        for name in ("sliding_window", "gqa"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
+                            config=None, options=opts))
+        for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
+                         ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
+                         ("sw_4096", dict(mask="window", window=4096)),
+                         ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
+                         ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
+                         ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
+                         ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                            sparse=sp, options=opts))
+        for s_ in (4096, 16384):
+            shp = {"B": 16384 // s_, "S": s_}
+            for name in ("full", "causal"):
+                for mode, quant in (("bf16", None), ("fp8 QK", fp8), ("fp8 QK+PV", dict(fp8, pv=True))):
+                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp,
+                                    config=None, quantize=quant, options=opts,
+                                    fp8=dict(group=f"{name} S={s_}{'' if opts is None else ' clamped'}",
+                                             mode=mode)))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -633,7 +687,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
