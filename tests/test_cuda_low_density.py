@@ -393,3 +393,27 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     assert k2.spec.kv_len % k2.config.block_k != 0
     assert "T.ptx.addr(T.address_of(k[" not in ragged
     assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)
+
+
+@pytest.mark.parametrize("name,cfg,quant", [
+    ("causal", None, None),                                                      # ping-pong
+    ("doc_mask", dict(block_q=64, num_warps=4, block_k=32), None),              # in order, 64 x 32
+    ("causal", None, {"dtype": "fp8", "pv": True}),                             # fp8 P.V
+])
+def test_output_leaves_from_registers_and_whole_query_blocks_load_at_offsets(name, cfg, quant):
+    """The write-out goes from registers to global memory as packed 4-byte words (no shared
+    staging, no barrier), rows past the query length skipped; Q loads at immediate offsets
+    where the query length is a multiple of block_q."""
+    def tir_of(s):
+        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16",
+                            shapes={"B": 1, "S": s} if name == "causal" else {"S": s},
+                            config=None if cfg is None else dict(CHAIN, **cfg), target_options=H100, build=False,
+                            quantize=quant)
+        return cuda.lower(k.spec, k.config).script()
+
+    whole, ragged = tir_of(1024), tir_of(1000)
+    for tir in (whole, ragged):
+        assert re.search(r"out32\[[^\n]*\] = pk$", tir, re.M)
+        assert not re.search(r"\bout\[b, h, ", tir)           # no staged, vectorized copy-out
+    assert re.search(r"if r0 \+ hf \* 8 \+ lane // 4 < 1000:", ragged)
+    assert "T.ptx.addr(T.address_of(q[" in whole and "T.ptx.addr(T.address_of(q[" not in ragged

@@ -98,6 +98,29 @@ def rescale_o_macro(ndv: int, lazy: bool):
     return rescale_o
 
 
+def store_o_macro(S: int, H: int, DV: int, ptx_t: str):
+    """The ``store_o(r0, o_acc, red, pk, out32, lane, b, h)`` macro of both wgmma kernels: the
+    warp's 16 output rows from r0 (rows past S skipped), O * red (red[0], red[1]: the thread's
+    two rows' 1 / l) converted in pairs (``cvt.rn.{bf16,f16}x2.f32``) and stored from registers
+    as 4-byte words through ``out32`` (the output seen as uint32).  No shared-memory staging and
+    no barrier: per query block about half the instructions of the staged write-out, which
+    counts at a few key blocks a query block (the kernels are issue-bound)."""
+    from tvm.script import tirx as T
+
+    NDV = DV // 8
+    CVT = f"cvt.rn.{ptx_t}x2.f32"
+
+    @T.macro
+    def store_o(r0, o_acc, red, pk, out32, lane, b, h):
+        for hf in T.unroll(2):
+            if r0 + hf * 8 + lane // 4 < S:
+                for nd in T.unroll(NDV):
+                    T.ptx[CVT](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf], o_acc[nd * 4 + hf * 2] * red[hf])
+                    out32[((b * H + h) * S + r0 + hf * 8 + lane // 4) * (DV // 2) + nd * 4 + lane % 4] = pk[0]
+
+    return store_o
+
+
 def compact_row_macro(tile_map, nkb: int):
     """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` macro (both wgmma
     kernels) and the size of its ``tvs`` register buffer.
@@ -415,6 +438,10 @@ def lower(spec: FlashKernelSpec, config):
         """Whether a K/V tile of ``chunks`` 16-byte chunks a row loads at immediate offsets."""
         return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
                 and (NT // chunks) % 8 == 0 and (BK * chunks) % NT == 0)
+
+    # the Q tile likewise where the query length is a multiple of block_q
+    Q_FAST = (S % BQ == 0 and _OPTIONS.get("q_offsets", True) and NT % CQ == 0 and (NT // CQ) % 8 == 0
+              and (BQ * CQ) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
     @T.macro
@@ -538,6 +565,9 @@ def lower(spec: FlashKernelSpec, config):
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
     rescale_o = rescale_o_macro(NDV, LAZY)
+    # the output written from registers (store_o_macro); False: staged through shared memory
+    DIRECT_OUT = _OPTIONS.get("direct_out", DV % 2 == 0)
+    store_o = store_o_macro(S, H, DV, ptx_t)
 
     @T.macro
     def rescale_convert(o_acc, alpha, p_frag, s_acc):
@@ -643,6 +673,8 @@ def lower(spec: FlashKernelSpec, config):
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
                     ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
+                    pk = T.decl_buffer((1,), "uint32", scope="local")            # two outputs, packed
+                    out32 = T.decl_buffer((B * H * S * DV // 2,), "uint32", data=out.data)
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -660,14 +692,21 @@ def lower(spec: FlashKernelSpec, config):
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
                     # ---- prologue: the Q tile, (table mode) the key-block list, K of the first key block
-                    for it in T.unroll(Q_ITERS):
-                        if within(BQ * CQ, it * NT + tx):
+                    if Q_FAST:      # (as load_k: whole query blocks, one address pair, immediate offsets)
+                        for it in T.unroll(Q_ITERS):
                             T.ptx[cpa](
-                                T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                               (it * NT + tx) % CQ * 8]),
-                                16,
-                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                                T.ptx.addr(T.address_of(smem[pe + q_off(tx // CQ, tx % CQ)]), it * (NT // CQ) * 128),
+                                T.ptx.addr(T.address_of(q[b, h, q0 + tx // CQ, tx % CQ * 8]), it * (NT // CQ) * D * 2),
+                                16)
+                    else:
+                        for it in T.unroll(Q_ITERS):
+                            if within(BQ * CQ, it * NT + tx):
+                                T.ptx[cpa](
+                                    T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                    T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
+                                                   (it * NT + tx) % CQ * 8]),
+                                    16,
+                                    T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:
                         # warp 0 compacts this query block's row of the tile map (Q in flight)
                         if warp == 0:
@@ -707,7 +746,8 @@ def lower(spec: FlashKernelSpec, config):
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
-                    T.tvm_storage_sync("shared")
+                    if not DIRECT_OUT:
+                        T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
@@ -718,18 +758,21 @@ def lower(spec: FlashKernelSpec, config):
                                 l_run[hf] > T.float32(0),
                                 (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2),
                                 NEG_INF)
-                    # (the output tile needs no alignment: it is staged from the unaligned base)
-                    for nd in T.unroll(NDV):
-                        for e in T.unroll(4):
-                            smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                    T.tvm_storage_sync("shared")
-                    for it in T.unroll(O_ITERS):
-                        if within(BQ * CV, it * NT + tx):
-                            if q0 + (it * NT + tx) // CV < S:
-                                for e in T.vectorized(8):
-                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                    if DIRECT_OUT:
+                        store_o(r0, o_acc, red, pk, out32, lane, b, h)
+                    else:
+                        # (the output tile needs no alignment: it is staged from the unaligned base)
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(4):
+                                smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+                        T.tvm_storage_sync("shared")
+                        for it in T.unroll(O_ITERS):
+                            if within(BQ * CV, it * NT + tx):
+                                if q0 + (it * NT + tx) // CV < S:
+                                    for e in T.vectorized(8):
+                                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                            smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
     extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
     if extra:

@@ -102,7 +102,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, use_block_table)
+                                        registers_estimate, store_o_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -243,6 +243,9 @@ def lower(spec: FlashKernelSpec, config):
     LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
     from attncc.targets._cuda_wgmma import LAZY_TAU, rescale_o_macro
     rescale_o = rescale_o_macro(NDV, LAZY)
+    # the output written from registers (_cuda_wgmma.store_o_macro; chained blocks keep the staging)
+    DIRECT_OUT = _OPTIONS.get("direct_out", DV % 2 == 0)
+    store_o = store_o_macro(S, H, DV, ptx_t)
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -405,6 +408,9 @@ def lower(spec: FlashKernelSpec, config):
         """Whether a tile of ``rows`` rows of ``chunks`` 16-byte chunks loads at immediate offsets."""
         return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
                 and (NT // chunks) % 8 == 0 and (rows * chunks) % NT == 0)
+
+    Q_FAST = (S % BQ == 0 and _OPTIONS.get("q_offsets", True) and NT % CQ == 0 and (NT // CQ) % 8 == 0
+              and (BQ * CQ) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
@@ -415,7 +421,7 @@ def lower(spec: FlashKernelSpec, config):
     compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
 
     @T.macro
-    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
+    def load_q_rows(q_buf, q0, smem, q, pe, tx, b, h):
         for it in T.unroll(Q_ITERS):
             if within(BQ * CQ, it * NT + tx):
                 T.ptx[cpa](
@@ -423,6 +429,18 @@ def lower(spec: FlashKernelSpec, config):
                     T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * EQ]),
                     16,
                     T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+
+    @T.macro
+    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
+        if Q_FAST:      # (as _cuda_wgmma's: whole query blocks, one address pair, immediate offsets)
+            for it in T.unroll(Q_ITERS):
+                T.ptx[cpa](
+                    T.ptx.addr(T.address_of(smem[pe + q_buf * Q_ELEMS + q_off(tx // CQ, tx % CQ)]),
+                               it * (NT // CQ) * 128),
+                    T.ptx.addr(T.address_of(q[b, h, q0 + tx // CQ, tx % CQ * EQ]), it * (NT // CQ) * D * QB),
+                    16)
+        else:
+            load_q_rows(q_buf, q0, smem, q, pe, tx, b, h)
 
     @T.macro
     def load_k_rows(blk, slot, smem, k, pe, tx, b, hk):
@@ -603,6 +621,8 @@ def lower(spec: FlashKernelSpec, config):
                     ent = T.decl_buffer((2,), "int32", scope="local")         # list entries (table mode)
                     row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
+                    pk = T.decl_buffer((1,), "uint32", scope="local")          # two outputs, packed
+                    out32 = T.decl_buffer((B * H * S * DV // 2,), "uint32", data=out.data)
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -695,7 +715,8 @@ def lower(spec: FlashKernelSpec, config):
                             T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
-                    T.tvm_storage_sync("shared")
+                    if not DIRECT_OUT:
+                        T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
@@ -708,8 +729,11 @@ def lower(spec: FlashKernelSpec, config):
                                 l_run[hf] > T.float32(0),
                                 (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
-                    # (the output tile needs no alignment: it is staged from the unaligned base)
-                    store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
+                    if DIRECT_OUT:
+                        store_o(r0, o_acc, red, pk, out32, lane, b, h)
+                    else:
+                        # (the output tile needs no alignment: it is staged from the unaligned base)
+                        store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
 
     # ------------------------------------------------------------------ chained query blocks
     # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 (in the
