@@ -400,10 +400,10 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     ("doc_mask", dict(block_q=64, num_warps=4, block_k=32), None),              # in order, 64 x 32
     ("causal", None, {"dtype": "fp8", "pv": True}),                             # fp8 P.V
 ])
-def test_output_leaves_from_registers_and_whole_query_blocks_load_at_offsets(name, cfg, quant):
-    """The write-out goes from registers to global memory as packed 4-byte words (no shared
-    staging, no barrier), rows past the query length skipped; Q loads at immediate offsets
-    where the query length is a multiple of block_q."""
+def test_output_is_staged_in_pairs_and_whole_query_blocks_load_at_offsets(name, cfg, quant):
+    """The write-out stages two outputs a 4-byte shared store (one conversion a pair), then copies
+    16 bytes a thread to global memory, rows past the query length skipped; Q loads at immediate
+    offsets where the query length is a multiple of block_q."""
     def tir_of(s):
         k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16",
                             shapes={"B": 1, "S": s} if name == "causal" else {"S": s},
@@ -413,7 +413,8 @@ def test_output_leaves_from_registers_and_whole_query_blocks_load_at_offsets(nam
 
     whole, ragged = tir_of(1024), tir_of(1000)
     for tir in (whole, ragged):
-        assert re.search(r"out32\[[^\n]*\] = pk$", tir, re.M)
-        assert not re.search(r"\bout\[b, h, ", tir)           # no staged, vectorized copy-out
-    assert re.search(r"if r0 \+ hf \* 8 \+ lane // 4 < 1000:", ragged)
+        assert re.search(r"smem32\[[^\n]*\] = pk$", tir, re.M)
+        assert re.search(r"\bout\[b, h, ", tir)                      # the coalesced copy-out
+        assert not re.search(r"smem\[[^\n]*\] = T\.Cast\(", tir)       # no 2-byte staging stores
+    assert re.search(r"if q0 \+ [^\n]*< 1000:", ragged)
     assert "T.ptx.addr(T.address_of(q[" in whole and "T.ptx.addr(T.address_of(q[" not in ragged

@@ -98,27 +98,32 @@ def rescale_o_macro(ndv: int, lazy: bool):
     return rescale_o
 
 
-def store_o_macro(S: int, H: int, DV: int, ptx_t: str):
-    """The ``store_o(r0, o_acc, red, pk, out32, lane, b, h)`` macro of both wgmma kernels: the
-    warp's 16 output rows from r0 (rows past S skipped), O * red (red[0], red[1]: the thread's
-    two rows' 1 / l) converted in pairs (``cvt.rn.{bf16,f16}x2.f32``) and stored from registers
-    as 4-byte words through ``out32`` (the output seen as uint32).  No shared-memory staging and
-    no barrier: per query block about half the instructions of the staged write-out, which
-    counts at a few key blocks a query block (the kernels are issue-bound)."""
+def stage_o_macro(BQ: int, DV: int, ptx_t: str):
+    """The ``stage_o(off, o_acc, red, pk, smem32, warp, lane)`` macro of both wgmma kernels: the
+    warp's 16 rows of O * red (red[0], red[1]: the thread's two rows' 1 / l) into the swizzled
+    output tile at 16-bit offset ``off`` of shared memory, two outputs a 4-byte store
+    (``cvt.rn.{bf16,f16}x2.f32``; ``smem32`` is shared memory seen as uint32) -- half the
+    instructions of one conversion and one 2-byte store per output.  The copy-out to global memory
+    (16 bytes a thread, coalesced) follows a barrier; writing from registers straight to global
+    memory was measured slower (benchmarks/gpu/RESULTS.md)."""
+    from tvm import tirx
     from tvm.script import tirx as T
 
     NDV = DV // 8
     CVT = f"cvt.rn.{ptx_t}x2.f32"
 
-    @T.macro
-    def store_o(r0, o_acc, red, pk, out32, lane, b, h):
-        for hf in T.unroll(2):
-            if r0 + hf * 8 + lane // 4 < S:
-                for nd in T.unroll(NDV):
-                    T.ptx[CVT](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf], o_acc[nd * 4 + hf * 2] * red[hf])
-                    out32[((b * H + h) * S + r0 + hf * 8 + lane // 4) * (DV // 2) + nd * 4 + lane % 4] = pk[0]
+    def o_off(row, chunk):
+        return (tirx.floordiv(chunk, 8) * (BQ * 64) + row * 64
+                + tirx.bitwise_xor(tirx.floormod(chunk, 8), tirx.floormod(row, 8)) * 8)
 
-    return store_o
+    @T.macro
+    def stage_o(off, o_acc, red, pk, smem32, warp, lane):
+        for nd in T.unroll(NDV):
+            for hf in T.unroll(2):
+                T.ptx[CVT](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf], o_acc[nd * 4 + hf * 2] * red[hf])
+                smem32[(off + o_off(warp * 16 + lane // 4 + hf * 8, nd) + lane % 4 * 2) // 2] = pk[0]
+
+    return stage_o
 
 
 def compact_row_macro(tile_map, nkb: int):
@@ -565,9 +570,9 @@ def lower(spec: FlashKernelSpec, config):
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
     rescale_o = rescale_o_macro(NDV, LAZY)
-    # the output written from registers (store_o_macro); False: staged through shared memory
-    DIRECT_OUT = _OPTIONS.get("direct_out", DV % 2 == 0)
-    store_o = store_o_macro(S, H, DV, ptx_t)
+    # the output staged two values a 4-byte store (stage_o_macro); False: one 2-byte store each
+    PACKED_OUT = _OPTIONS.get("packed_out", True)
+    stage_o = stage_o_macro(BQ, DV, ptx_t)
 
     @T.macro
     def rescale_convert(o_acc, alpha, p_frag, s_acc):
@@ -674,7 +679,7 @@ def lower(spec: FlashKernelSpec, config):
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
                     ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
                     pk = T.decl_buffer((1,), "uint32", scope="local")            # two outputs, packed
-                    out32 = T.decl_buffer((B * H * S * DV // 2,), "uint32", data=out.data)
+                    smem32 = T.decl_buffer((SMEM_ELEMS // 2,), "uint32", data=smem.data, scope="shared.dyn")
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -746,8 +751,7 @@ def lower(spec: FlashKernelSpec, config):
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
-                    if not DIRECT_OUT:
-                        T.tvm_storage_sync("shared")
+                    T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
@@ -758,21 +762,21 @@ def lower(spec: FlashKernelSpec, config):
                                 l_run[hf] > T.float32(0),
                                 (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2),
                                 NEG_INF)
-                    if DIRECT_OUT:
-                        store_o(r0, o_acc, red, pk, out32, lane, b, h)
+                    # (the output tile needs no alignment: it is staged from the unaligned base)
+                    if PACKED_OUT:
+                        stage_o(0, o_acc, red, pk, smem32, warp, lane)
                     else:
-                        # (the output tile needs no alignment: it is staged from the unaligned base)
                         for nd in T.unroll(NDV):
                             for e in T.unroll(4):
                                 smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
                                     T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                        T.tvm_storage_sync("shared")
-                        for it in T.unroll(O_ITERS):
-                            if within(BQ * CV, it * NT + tx):
-                                if q0 + (it * NT + tx) // CV < S:
-                                    for e in T.vectorized(8):
-                                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                            smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                    T.tvm_storage_sync("shared")
+                    for it in T.unroll(O_ITERS):
+                        if within(BQ * CV, it * NT + tx):
+                            if q0 + (it * NT + tx) // CV < S:
+                                for e in T.vectorized(8):
+                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
     extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
     if extra:

@@ -102,7 +102,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, store_o_macro, use_block_table)
+                                        registers_estimate, stage_o_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -243,9 +243,9 @@ def lower(spec: FlashKernelSpec, config):
     LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
     from attncc.targets._cuda_wgmma import LAZY_TAU, rescale_o_macro
     rescale_o = rescale_o_macro(NDV, LAZY)
-    # the output written from registers (_cuda_wgmma.store_o_macro; chained blocks keep the staging)
-    DIRECT_OUT = _OPTIONS.get("direct_out", DV % 2 == 0)
-    store_o = store_o_macro(S, H, DV, ptx_t)
+    # the output staged two values a 4-byte store (_cuda_wgmma.stage_o_macro; not chained blocks)
+    PACKED_OUT = _OPTIONS.get("packed_out", True)
+    stage_o = stage_o_macro(BQ, DV, ptx_t)
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -483,11 +483,14 @@ def lower(spec: FlashKernelSpec, config):
                                *v_src(v, b, hk, blk, it * NT + tx))
 
     @T.macro
-    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
-        for nd in T.unroll(NDV):
-            for e in T.unroll(4):
-                smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h, pk, smem32):
+        if PACKED_OUT and pk is not None:
+            stage_o(off, o_acc, red, pk, smem32, warp, lane)
+        else:
+            for nd in T.unroll(NDV):
+                for e in T.unroll(4):
+                    smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                        T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
         T.tvm_storage_sync("shared")
         for it in T.unroll(O_ITERS):
             if within(BQ * CV, it * NT + tx):
@@ -622,7 +625,7 @@ def lower(spec: FlashKernelSpec, config):
                     row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
                     pk = T.decl_buffer((1,), "uint32", scope="local")          # two outputs, packed
-                    out32 = T.decl_buffer((B * H * S * DV // 2,), "uint32", data=out.data)
+                    smem32 = T.decl_buffer((SMEM_ELEMS // 2,), "uint32", data=smem.data, scope="shared.dyn")
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -715,8 +718,7 @@ def lower(spec: FlashKernelSpec, config):
                             T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
-                    if not DIRECT_OUT:
-                        T.tvm_storage_sync("shared")
+                    T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
@@ -729,11 +731,8 @@ def lower(spec: FlashKernelSpec, config):
                                 l_run[hf] > T.float32(0),
                                 (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
-                    if DIRECT_OUT:
-                        store_o(r0, o_acc, red, pk, out32, lane, b, h)
-                    else:
-                        # (the output tile needs no alignment: it is staged from the unaligned base)
-                        store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
+                    # (the output tile needs no alignment: it is staged from the unaligned base)
+                    store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h, pk, smem32)
 
     # ------------------------------------------------------------------ chained query blocks
     # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 (in the
@@ -872,10 +871,10 @@ def lower(spec: FlashKernelSpec, config):
                                 # tile 1 and the 1 KB above it -- never the next block's Q tile
                                 T.tvm_storage_sync("shared")
                                 if cur[0] % 2 == 0:
-                                    store_out(0, item_q0(g_rev, cur[0]), smem, out, o_acc, red, tx, warp, lane, b, h)
+                                    store_out(0, item_q0(g_rev, cur[0]), smem, out, o_acc, red, tx, warp, lane, b, h, None, None)
                                 else:
                                     store_out(Q_ELEMS + ALIGN_BYTES // 2, item_q0(g_rev, cur[0]), smem, out, o_acc,
-                                              red, tx, warp, lane, b, h)
+                                              red, tx, warp, lane, b, h, None, None)
                                 for r in T.unroll(2):
                                     m_run[r] = NEG_INF
                                     l_run[r] = T.float32(0)

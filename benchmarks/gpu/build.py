@@ -581,10 +581,11 @@ def _keys_entries():
 
 
 def _epilogue_entries():
-    """The output written from registers (``direct_out``) and the Q tile at immediate offsets
-    (``q_offsets``) in both wgmma modules: verified on every kind of kernel they change (the
-    examples at their default and ragged dims, fp8, per-call 64 x 32, 12 warps), and the density
-    benchmark and issue 3's shapes beside the same kernels without them, same run."""
+    """The output staged two values a 4-byte shared store (``packed_out``; at commit 1ad3f12 this
+    set measured ``direct_out``, the output written from registers, which lost) and the Q tile at
+    immediate offsets (``q_offsets``) in both wgmma modules: verified on every kind of kernel they
+    change (the examples at their default and ragged dims, fp8, per-call 64 x 32, 12 warps), and
+    the density benchmark and issue 3's shapes beside the same kernels without them, same run."""
     out = []
     for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
         rel = os.path.relpath(path, ROOT)
@@ -604,7 +605,7 @@ def _epilogue_entries():
         out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
                         quantize=quant))
     s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"direct_out": False, "q_offsets": False}):
+    for opts in (None, {"packed_out": False, "q_offsets": False}):
         for s_ in (1024, 4096, 16384):
             for name in ("full", "causal"):
                 out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
