@@ -393,28 +393,3 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     assert k2.spec.kv_len % k2.config.block_k != 0
     assert "T.ptx.addr(T.address_of(k[" not in ragged
     assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)
-
-
-@pytest.mark.parametrize("name,cfg,quant", [
-    ("causal", None, None),                                                      # ping-pong
-    ("doc_mask", dict(block_q=64, num_warps=4, block_k=32), None),              # in order, 64 x 32
-    ("causal", None, {"dtype": "fp8", "pv": True}),                             # fp8 P.V
-])
-def test_output_is_staged_in_pairs_and_whole_query_blocks_load_at_offsets(name, cfg, quant):
-    """The write-out stages two outputs a 4-byte shared store (one conversion a pair), then copies
-    16 bytes a thread to global memory, rows past the query length skipped; Q loads at immediate
-    offsets where the query length is a multiple of block_q."""
-    def tir_of(s):
-        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16",
-                            shapes={"B": 1, "S": s} if name == "causal" else {"S": s},
-                            config=None if cfg is None else dict(CHAIN, **cfg), target_options=H100, build=False,
-                            quantize=quant)
-        return cuda.lower(k.spec, k.config).script()
-
-    whole, ragged = tir_of(1024), tir_of(1000)
-    for tir in (whole, ragged):
-        assert re.search(r"smem32\[[^\n]*\] = pk$", tir, re.M)
-        assert re.search(r"\bout\[b, h, ", tir)                      # the coalesced copy-out
-        assert not re.search(r"smem\[[^\n]*\] = T\.Cast\(", tir)       # no 2-byte staging stores
-    assert re.search(r"if q0 \+ [^\n]*< 1000:", ragged)
-    assert "T.ptx.addr(T.address_of(q[" in whole and "T.ptx.addr(T.address_of(q[" not in ragged

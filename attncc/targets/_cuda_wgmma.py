@@ -98,34 +98,6 @@ def rescale_o_macro(ndv: int, lazy: bool):
     return rescale_o
 
 
-def stage_o_macro(BQ: int, DV: int, ptx_t: str):
-    """The ``stage_o(off, o_acc, red, pk, smem32, warp, lane)`` macro of both wgmma kernels: the
-    warp's 16 rows of O * red (red[0], red[1]: the thread's two rows' 1 / l) into the swizzled
-    output tile at 16-bit offset ``off`` of shared memory, two outputs a 4-byte store
-    (``cvt.rn.{bf16,f16}x2.f32``; ``smem32`` is shared memory seen as uint32) -- half the
-    instructions of one conversion and one 2-byte store per output.  The copy-out to global memory
-    (16 bytes a thread, coalesced) follows a barrier; writing from registers straight to global
-    memory was measured slower (benchmarks/gpu/RESULTS.md)."""
-    from tvm import tirx
-    from tvm.script import tirx as T
-
-    NDV = DV // 8
-    CVT = f"cvt.rn.{ptx_t}x2.f32"
-
-    def o_off(row, chunk):
-        return (tirx.floordiv(chunk, 8) * (BQ * 64) + row * 64
-                + tirx.bitwise_xor(tirx.floormod(chunk, 8), tirx.floormod(row, 8)) * 8)
-
-    @T.macro
-    def stage_o(off, o_acc, red, pk, smem32, warp, lane):
-        for nd in T.unroll(NDV):
-            for hf in T.unroll(2):
-                T.ptx[CVT](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf], o_acc[nd * 4 + hf * 2] * red[hf])
-                smem32[(off + o_off(warp * 16 + lane // 4 + hf * 8, nd) + lane % 4 * 2) // 2] = pk[0]
-
-    return stage_o
-
-
 def compact_row_macro(tile_map, nkb: int):
     """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` macro (both wgmma
     kernels) and the size of its ``tvs`` register buffer.
@@ -443,10 +415,6 @@ def lower(spec: FlashKernelSpec, config):
         """Whether a K/V tile of ``chunks`` 16-byte chunks a row loads at immediate offsets."""
         return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
                 and (NT // chunks) % 8 == 0 and (BK * chunks) % NT == 0)
-
-    # the Q tile likewise where the query length is a multiple of block_q
-    Q_FAST = (S % BQ == 0 and _OPTIONS.get("q_offsets", True) and NT % CQ == 0 and (NT // CQ) % 8 == 0
-              and (BQ * CQ) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
     @T.macro
@@ -570,9 +538,6 @@ def lower(spec: FlashKernelSpec, config):
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
     rescale_o = rescale_o_macro(NDV, LAZY)
-    # the output staged two values a 4-byte store (stage_o_macro); False: one 2-byte store each
-    PACKED_OUT = _OPTIONS.get("packed_out", True)
-    stage_o = stage_o_macro(BQ, DV, ptx_t)
 
     @T.macro
     def rescale_convert(o_acc, alpha, p_frag, s_acc):
@@ -678,8 +643,6 @@ def lower(spec: FlashKernelSpec, config):
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
                     ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
-                    pk = T.decl_buffer((1,), "uint32", scope="local")            # two outputs, packed
-                    smem32 = T.decl_buffer((SMEM_ELEMS // 2,), "uint32", data=smem.data, scope="shared.dyn")
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -697,21 +660,14 @@ def lower(spec: FlashKernelSpec, config):
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
                     # ---- prologue: the Q tile, (table mode) the key-block list, K of the first key block
-                    if Q_FAST:      # (as load_k: whole query blocks, one address pair, immediate offsets)
-                        for it in T.unroll(Q_ITERS):
+                    for it in T.unroll(Q_ITERS):
+                        if within(BQ * CQ, it * NT + tx):
                             T.ptx[cpa](
-                                T.ptx.addr(T.address_of(smem[pe + q_off(tx // CQ, tx % CQ)]), it * (NT // CQ) * 128),
-                                T.ptx.addr(T.address_of(q[b, h, q0 + tx // CQ, tx % CQ * 8]), it * (NT // CQ) * D * 2),
-                                16)
-                    else:
-                        for it in T.unroll(Q_ITERS):
-                            if within(BQ * CQ, it * NT + tx):
-                                T.ptx[cpa](
-                                    T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                    T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                                   (it * NT + tx) % CQ * 8]),
-                                    16,
-                                    T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                                T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
+                                               (it * NT + tx) % CQ * 8]),
+                                16,
+                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:
                         # warp 0 compacts this query block's row of the tile map (Q in flight)
                         if warp == 0:
@@ -763,13 +719,10 @@ def lower(spec: FlashKernelSpec, config):
                                 (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2),
                                 NEG_INF)
                     # (the output tile needs no alignment: it is staged from the unaligned base)
-                    if PACKED_OUT:
-                        stage_o(0, o_acc, red, pk, smem32, warp, lane)
-                    else:
-                        for nd in T.unroll(NDV):
-                            for e in T.unroll(4):
-                                smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+                    for nd in T.unroll(NDV):
+                        for e in T.unroll(4):
+                            smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                                T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
                     T.tvm_storage_sync("shared")
                     for it in T.unroll(O_ITERS):
                         if within(BQ * CV, it * NT + tx):

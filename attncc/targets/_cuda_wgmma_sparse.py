@@ -102,7 +102,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, stage_o_macro, use_block_table)
+                                        registers_estimate, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -243,9 +243,6 @@ def lower(spec: FlashKernelSpec, config):
     LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
     from attncc.targets._cuda_wgmma import LAZY_TAU, rescale_o_macro
     rescale_o = rescale_o_macro(NDV, LAZY)
-    # the output staged two values a 4-byte store (_cuda_wgmma.stage_o_macro; not chained blocks)
-    PACKED_OUT = _OPTIONS.get("packed_out", True)
-    stage_o = stage_o_macro(BQ, DV, ptx_t)
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -408,9 +405,6 @@ def lower(spec: FlashKernelSpec, config):
         """Whether a tile of ``rows`` rows of ``chunks`` 16-byte chunks loads at immediate offsets."""
         return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
                 and (NT // chunks) % 8 == 0 and (rows * chunks) % NT == 0)
-
-    Q_FAST = (S % BQ == 0 and _OPTIONS.get("q_offsets", True) and NT % CQ == 0 and (NT // CQ) % 8 == 0
-              and (BQ * CQ) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
@@ -421,7 +415,7 @@ def lower(spec: FlashKernelSpec, config):
     compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
 
     @T.macro
-    def load_q_rows(q_buf, q0, smem, q, pe, tx, b, h):
+    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
         for it in T.unroll(Q_ITERS):
             if within(BQ * CQ, it * NT + tx):
                 T.ptx[cpa](
@@ -429,18 +423,6 @@ def lower(spec: FlashKernelSpec, config):
                     T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1), (it * NT + tx) % CQ * EQ]),
                     16,
                     T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-
-    @T.macro
-    def load_q(q_buf, q0, smem, q, pe, tx, b, h):
-        if Q_FAST:      # (as _cuda_wgmma's: whole query blocks, one address pair, immediate offsets)
-            for it in T.unroll(Q_ITERS):
-                T.ptx[cpa](
-                    T.ptx.addr(T.address_of(smem[pe + q_buf * Q_ELEMS + q_off(tx // CQ, tx % CQ)]),
-                               it * (NT // CQ) * 128),
-                    T.ptx.addr(T.address_of(q[b, h, q0 + tx // CQ, tx % CQ * EQ]), it * (NT // CQ) * D * QB),
-                    16)
-        else:
-            load_q_rows(q_buf, q0, smem, q, pe, tx, b, h)
 
     @T.macro
     def load_k_rows(blk, slot, smem, k, pe, tx, b, hk):
@@ -483,14 +465,11 @@ def lower(spec: FlashKernelSpec, config):
                                *v_src(v, b, hk, blk, it * NT + tx))
 
     @T.macro
-    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h, pk, smem32):
-        if PACKED_OUT and pk is not None:
-            stage_o(off, o_acc, red, pk, smem32, warp, lane)
-        else:
-            for nd in T.unroll(NDV):
-                for e in T.unroll(4):
-                    smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                        T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
+        for nd in T.unroll(NDV):
+            for e in T.unroll(4):
+                smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
         T.tvm_storage_sync("shared")
         for it in T.unroll(O_ITERS):
             if within(BQ * CV, it * NT + tx):
@@ -624,8 +603,6 @@ def lower(spec: FlashKernelSpec, config):
                     ent = T.decl_buffer((2,), "int32", scope="local")         # list entries (table mode)
                     row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
-                    pk = T.decl_buffer((1,), "uint32", scope="local")          # two outputs, packed
-                    smem32 = T.decl_buffer((SMEM_ELEMS // 2,), "uint32", data=smem.data, scope="shared.dyn")
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -732,7 +709,7 @@ def lower(spec: FlashKernelSpec, config):
                                 (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
                     # (the output tile needs no alignment: it is staged from the unaligned base)
-                    store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h, pk, smem32)
+                    store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
 
     # ------------------------------------------------------------------ chained query blocks
     # query_blocks = QC > 1: thread block g runs the query blocks g QC .. g QC + QC - 1 (in the
@@ -871,10 +848,10 @@ def lower(spec: FlashKernelSpec, config):
                                 # tile 1 and the 1 KB above it -- never the next block's Q tile
                                 T.tvm_storage_sync("shared")
                                 if cur[0] % 2 == 0:
-                                    store_out(0, item_q0(g_rev, cur[0]), smem, out, o_acc, red, tx, warp, lane, b, h, None, None)
+                                    store_out(0, item_q0(g_rev, cur[0]), smem, out, o_acc, red, tx, warp, lane, b, h)
                                 else:
                                     store_out(Q_ELEMS + ALIGN_BYTES // 2, item_q0(g_rev, cur[0]), smem, out, o_acc,
-                                              red, tx, warp, lane, b, h, None, None)
+                                              red, tx, warp, lane, b, h)
                                 for r in T.unroll(2):
                                     m_run[r] = NEG_INF
                                     l_run[r] = T.float32(0)

@@ -59,7 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "epilogue": _epilogue_entries}
+            "stages": _stage_entries, "keys": _keys_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -580,48 +580,6 @@ def _keys_entries():
     return out
 
 
-def _epilogue_entries():
-    """The output staged two values a 4-byte shared store (``packed_out``; at commit 1ad3f12 this
-    set measured ``direct_out``, the output written from registers, which lost) and the Q tile at
-    immediate offsets (``q_offsets``) in both wgmma modules: verified on every kind of kernel they
-    change (the examples at their default and ragged dims, fp8, per-call 64 x 32, 12 warps), and
-    the density benchmark and issue 3's shapes beside the same kernels without them, same run."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
-        rel = os.path.relpath(path, ROOT)
-        out.append(dict(kind="verify", path=rel, name=None, dtype="bf16", shapes={}, config=None))
-        out.append(dict(kind="verify", path=rel, name=None, dtype="f16", shapes="ragged", config=None))
-    fp8 = dict(dtype="fp8", granularity="head")
-    for name, shapes, quant, cfg in (
-            ("causal", {"B": 1, "S": 1024}, fp8, None),
-            ("causal", {"B": 1, "S": 1000}, fp8, None),
-            ("full", {"B": 2, "S": 1024}, dict(fp8, pv=True), None),
-            ("doc_causal", {"S": 700}, dict(fp8, pv=True), None),
-            ("doc_mask", {"S": 4096, "H": 4}, None, None),
-            ("doc_mask", {"S": 1100, "H": 4}, None, None),
-            ("sw_256", {"S": 4096, "H": 2}, None, None),
-            ("full", {"B": 1, "S": 1024}, None, dict(WGMMA, block_q=192, num_warps=12, block_k=64)),
-            ("full", {"B": 1, "S": 1000}, None, dict(WGMMA, block_q=192, num_warps=12, block_k=64))):
-        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
-                        quantize=quant))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"packed_out": False, "q_offsets": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
-                         ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
-                         ("sw_4096", dict(mask="window", window=4096)),
-                         ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
-                         ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
-                         ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
-                         ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                            sparse=sp, options=opts))
-    return out
-
-
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -729,7 +687,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "epilogue"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
