@@ -116,10 +116,27 @@ def test_document_mask_kernel_compiles_without_spills(tmp_path):
     _nvcc(tmp_path, k.source())
 
 
-def test_captures_need_the_wgmma_kernel():
-    with pytest.raises(TargetError, match="captured inputs need the Hopper wgmma kernel"):
-        compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
-                        target_options={"arch": "sm_80"})
+def test_the_mma_sync_kernel_walks_tile_maps_and_takes_captures():
+    """Before Hopper (sm_80: mma.sync) a mask that is no band is sparse too: the tile map after
+    lse, the document ids after it, the key loop over the compacted row of non-empty blocks."""
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options={"arch": "sm_80"}, build=False)
+    assert k.config.mma == "sync" and cuda.use_block_table(k.spec, k.config)
+    func = cuda.lower(k.spec, k.config)["main"]
+    assert [p.name for p in func.params][5:] == ["tile_map", "doc"]
+    tir = func.script()
+    assert "ballot_sync" in tir and "ent[0] = kv_list[kb]" in tir
+    # full tiles skip the element mask: the branch reads the list entry's full bit
+    assert re.search(r"if ent\[0\] & 1 == 1 and \(ent\[0\] >> 1\) \* 64 \+ 64 <= 300:", tir)
+    # a compile-time map (prefix-LM) the same way, its list from the map the host passes
+    p = compile_variant(os.path.join(ROOT, "examples", "prefix_lm.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 300}, target_options={"arch": "sm_80"}, build=False)
+    assert cuda.use_block_table(p.spec, p.config)
+    assert cuda.shared_memory_bytes(p.spec, p.config) == 2 * (128 * 64 + 2 * 64 * 128) + 4 * (5 + 1)
+    # bands keep their key range (no table); fp8 still needs the Hopper kernel
+    c = compile_variant(os.path.join(ROOT, "examples", "causal_mha.py"), target="cuda", dtype="bf16",
+                        target_options={"arch": "sm_80"}, build=False)
+    assert not cuda.use_block_table(c.spec, c.config)
 
 
 def test_runtime_tile_map_feeds_the_kernel_arguments():
@@ -135,8 +152,8 @@ def test_runtime_tile_map_feeds_the_kernel_arguments():
 @needs_nvcc
 def test_export_carries_the_tile_map_and_the_captures(tmp_path):
     """The exported wgmma kernel takes the tile map and the document ids the way the CPU
-    target's export does (attncc.runtime computes the map per call); the mma.sync kernel,
-    which masks every tile instead, takes no table."""
+    target's export does (attncc.runtime computes the map per call); the mma.sync kernel carries
+    a compile-time map as tile_map.npy."""
     import json
 
     from attncc.export import export as export_kernel
@@ -151,7 +168,8 @@ def test_export_carries_the_tile_map_and_the_captures(tmp_path):
                         shapes={"S": 300}, target_options={"arch": "sm_80"})
     export_kernel(k, str(tmp_path / "pl"))
     m = json.loads((tmp_path / "pl" / "manifest.json").read_text())
-    assert m["block_map"]["mode"] == "none" and not (tmp_path / "pl" / "tile_map.npy").exists()
+    assert m["block_map"]["mode"] == "static" and (tmp_path / "pl" / "tile_map.npy").exists()
+    assert [a["role"] for a in m["kernel_args"]][5:] == ["table"]
 
 
 # --------------------------------------------------------------------------- fp8
@@ -305,8 +323,14 @@ def test_reference_with_fp8_p_is_close_to_the_exact_one():
 
 @needs_hopper
 @pytest.mark.parametrize("path", TABLE_EXAMPLES)
-def test_table_mode_matches_the_reference(path):
-    k = compile_variant(os.path.join(ROOT, "examples", path), target="cuda", dtype="bf16", shapes={"S": 333})
+@pytest.mark.parametrize("mma", ["wgmma", "sync"])
+def test_table_mode_matches_the_reference(path, mma):
+    """Both CUDA kernels in table mode (the mma.sync one is the default before Hopper; it runs on
+    Hopper too, so the GPU machine checks it)."""
+    cfg = None if mma == "wgmma" else dict(mma="sync", block_q=128, block_k=64, num_warps=4, num_stages=2)
+    k = compile_variant(os.path.join(ROOT, "examples", path), target="cuda", dtype="bf16", shapes={"S": 333},
+                        config=cfg)
+    assert cuda.use_block_table(k.spec, k.config)
     assert verify(k, seed=0).passed
 
 

@@ -32,11 +32,14 @@ an inline-asm helper.  It is generated from a :class:`FlashKernelSpec` and a
 
 GQA/MQA: query head ``h`` reads kv head ``h // group``; nothing is copied.
 
-The Hopper wgmma kernel (``_cuda_wgmma.py``, the default for sm_90a) also takes what this
-kernel does not: block tables (``use_block_table``: the tile map after ``lse``), captured
-tensors (document ids) and fp8 inputs with their scales; ``run`` takes them after (q, k, v)
-and computes a runtime tile map from the captures.  This kernel masks every tile of a mask
-that is no band (correct, not sparse) and refuses captures and fp8 with one clear error.
+Table mode (``use_block_table``: a mask that is no band -- prefix-LM, strided, local + global,
+chunked, document ids): the tile map ``int32 [NQB, NKB]`` (0 empty, 1 partial, 2 full) is the
+argument after ``lse``, captured tensors (document ids) follow it; warp 0 compacts the query
+block's row into a shared list of the non-empty key blocks (``_cuda_wgmma.compact_row_macro``)
+while Q is in flight, the key loop walks the list, and full tiles skip the element mask.
+``run`` takes the captures after (q, k, v) and computes the map from them per call (once per
+distinct data).  The Hopper wgmma kernel (``_cuda_wgmma.py``, the default for sm_90a) does the
+same and also takes fp8 inputs with their scales; this kernel refuses fp8 with one clear error.
 """
 
 from __future__ import annotations
@@ -190,7 +193,8 @@ def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
         return _wgmma_for(spec, config).shared_memory_bytes(spec, config)
     q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
     kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
-    return 2 * (q_tile + kv)
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec, config) else 0
+    return 2 * (q_tile + kv) + table
 
 
 def registers_estimate(spec: FlashKernelSpec, config: CudaConfig) -> int:
@@ -379,7 +383,8 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
 
 
 def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
-    """Captured tensors and fp8 inputs need the Hopper wgmma kernel: one clear error otherwise."""
+    """fp8 inputs need the Hopper wgmma kernel, captured tensors a prefill kernel (wgmma or
+    mma.sync, not split-KV decode): one clear error otherwise."""
     if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma_sparse._FP8_PTX:
         raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
                          "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
@@ -390,18 +395,20 @@ def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
             raise DTypeError(f"cuda target: fp8 ({spec.quant_dtype}) inputs need the Hopper wgmma kernel (arch "
                              f"sm_90a, head_dim a multiple of 128, q_len over {_decode.DECODE_MAX_Q_LEN}); the "
                              f"{kernel} kernel does not take them", variant=spec.name or None)
-        if spec.captures:
+        if spec.captures and isinstance(config, DecodeConfig):
             names = ", ".join(str(c[0]) for c in spec.captures)
             raise TargetError(f"cuda target: score/mask read runtime tensors ({names}); captured inputs need the "
-                              f"Hopper wgmma kernel (arch sm_90a, q_len over {_decode.DECODE_MAX_Q_LEN}); the "
+                              f"prefill kernels (q_len over {_decode.DECODE_MAX_Q_LEN}); the "
                               f"{kernel} kernel does not take them", variant=spec.name or None)
 
 
 def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
     """True when the kernel takes the tile map (int32 [NQB, NKB]: 0 empty, 1 partial, 2 full)
-    after ``lse``: the wgmma kernel with a mask that is no single band.  The mma.sync kernel
-    masks every tile of such a mask instead (correct, not sparse)."""
-    if config is None or isinstance(config, DecodeConfig) or config.mma != "wgmma":
+    after ``lse``: a wgmma or mma.sync kernel with a mask that is no single band (the decode
+    kernel masks every tile of such a mask: correct, not sparse)."""
+    if config is None or isinstance(config, DecodeConfig):
+        return False
+    if config.mma != "wgmma" and not _ROUTE.get("sync_table", True):
         return False
     return _wgmma_sparse.use_block_table(spec)
 
@@ -475,16 +482,44 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     K_ELEMS = BK * D
     V_BASE = K_BASE + NS * K_ELEMS
     V_ELEMS = BK * DV
-    SMEM_ELEMS = V_BASE + NS * V_ELEMS
+    # table mode (a mask that is no band, its tile map known when compiling or computed per call
+    # from captured tensors): the tile map [NQB, NKB] is the argument after lse, the captured
+    # tensors follow it; warp 0 compacts the query block's row into a list of the non-empty key
+    # blocks (entries key block * 2 + full) past the V slots, and the key loop walks the list
+    USE_TABLE = use_block_table(spec, config)
+    NKB = (TK + BK - 1) // BK
+    LIST_BASE = V_BASE + NS * V_ELEMS
+    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
+    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
+                       for name, shape, cdt in spec.captures]
+    compact_row, MAP_BATCH = (_wgmma_dense.compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1))
 
     # copies: chunks of a tile per thread (ceil), guarded when the tile does not divide
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
 
     # key-block skipping, the element mask, score_mod and the log2 scaling: shared with rocm
-    ix = _gpu.FlashIndexing(spec, BQ, BK, RW)
+    ix = _gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
     scaled, to_log2, exp_arg, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.masked
-    block_lo, block_hi, tile_is_full = ix.block_lo, ix.block_hi, ix.tile_is_full
+    block_lo, block_hi, band_full = ix.block_lo, ix.block_hi, ix.tile_is_full
+
+    def key_block(ent, which, pos):
+        """The key block at loop position ``pos``: itself, or (table mode) that of the list entry
+        copied to ent[which]."""
+        return tirx.shift_right(ent[which], 1) if USE_TABLE else pos
+
+    def lo_of(q0):
+        return tirx.const(0, "int32") if USE_TABLE else block_lo(q0)
+
+    def hi_of(q0, cnt):
+        return cnt[0] if USE_TABLE else block_hi(q0)
+
+    def tile_is_full(r0, kb, ent):
+        if USE_TABLE:      # the tile map says full for the whole query block
+            full = tirx.EQ(tirx.bitwise_and(ent[0], 1), 1)
+            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+        return band_full(r0, kb)
 
     f32 = "float32"
     NEG_INF = tirx.const(float("-inf"), f32)
@@ -529,7 +564,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     cpa = "cp.async.cg.shared.global"
     ex2 = "ex2.approx.ftz.f32"
 
-    @T.prim_func
+    @T.prim_func(check_well_formed=False)
     def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
              v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
@@ -548,6 +583,12 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     l_run = T.decl_buffer((MT * 2,), "float32", scope="local")
                     m_use = T.decl_buffer((MT * 2,), "float32", scope="local")
                     red = T.decl_buffer((MT * 2,), "float32", scope="local")
+                    # table mode: [0, count) the non-empty key blocks (kb * 2 + full), [NKB] the count
+                    kv_list = T.decl_buffer((NKB + 1,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
+                                            scope="shared.dyn")
+                    cnt = T.decl_buffer((1,), "int32", scope="local")
+                    tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
+                    ent = T.decl_buffer((2,), "int32", scope="local")            # list entries
                     b = bh // H
                     h = bh % H
                     hk = h // G
@@ -556,9 +597,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     warp = tx // 32
                     lane = tx % 32
                     r0 = q0 + warp * RW                    # first query row of this warp
-                    kb_lo = block_lo(q0)
-                    kb_hi = block_hi(q0)
-                    # ---- prologue: Q tile, then the first num_stages - 1 key blocks
+                    # ---- prologue: Q tile, (table mode) the key-block list, the first num_stages - 1
+                    # key blocks
                     for it in T.unroll(Q_ITERS):
                         if within(BQ * CQ, it * NT + tx):
                             T.ptx[cpa](
@@ -567,26 +607,38 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                (it * NT + tx) % CQ * 8]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
+                    if USE_TABLE:
+                        # warp 0 compacts this query block's row of the tile map (Q in flight)
+                        if warp == 0:
+                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
+                        T.tvm_storage_sync("shared")
+                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    kb_lo = lo_of(q0)
+                    kb_hi = hi_of(q0, cnt)
                     for st in T.unroll(NS - 1):
+                        if USE_TABLE:
+                            ent[1] = kv_list[T.min(kb_lo + st, NKB)]
                         if kb_lo + st < kb_hi:
                             for it in T.unroll(K_ITERS):
                                 if within(BK * CQ, it * NT + tx):
                                     T.ptx[cpa](
                                         T.address_of(smem[k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CQ, TK - 1),
+                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
                                                        (it * NT + tx) % CQ * 8]),
                                         16,
                                         T.Cast("uint32", T.Select(
-                                            (kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
                             for it in T.unroll(V_ITERS):
                                 if within(BK * CV, it * NT + tx):
                                     T.ptx[cpa](
                                         T.address_of(smem[v_off(st, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min((kb_lo + st) * BK + (it * NT + tx) // CV, TK - 1),
+                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
+                                                                    + (it * NT + tx) // CV, TK - 1),
                                                        (it * NT + tx) % CV * 8]),
                                         16,
                                         T.Cast("uint32", T.Select(
-                                            (kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(MT * 2):
@@ -600,6 +652,9 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     for kb in T.serial(kb_lo, kb_hi):
                         T.ptx["cp.async.wait_group"](NS - 2)
                         T.tvm_storage_sync("shared")
+                        if USE_TABLE:      # the key blocks of this step and of its prefetch
+                            ent[0] = kv_list[kb]
+                            ent[1] = kv_list[T.min(kb + NS - 1, NKB)]
                         if Q_IN_REGS:
                             if kb == kb_lo:
                                 for mt in T.unroll(MT):
@@ -615,21 +670,23 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                     T.ptx[cpa](
                                         T.address_of(smem[k_off((kb - kb_lo + NS - 1) % NS,
                                                                 (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min((kb + NS - 1) * BK + (it * NT + tx) // CQ, TK - 1),
+                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
                                                        (it * NT + tx) % CQ * 8]),
                                         16,
                                         T.Cast("uint32", T.Select(
-                                            (kb + NS - 1) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
                             for it in T.unroll(V_ITERS):
                                 if within(BK * CV, it * NT + tx):
                                     T.ptx[cpa](
                                         T.address_of(smem[v_off((kb - kb_lo + NS - 1) % NS,
                                                                 (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min((kb + NS - 1) * BK + (it * NT + tx) // CV, TK - 1),
+                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
+                                                                    + (it * NT + tx) // CV, TK - 1),
                                                        (it * NT + tx) % CV * 8]),
                                         16,
                                         T.Cast("uint32", T.Select(
-                                            (kb + NS - 1) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CV < TK, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                         # ---- S = Q Kᵀ
                         for mt in T.unroll(MT):
@@ -659,14 +716,14 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                             s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
                                             s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3])
                         # ---- score_mod, mask (partial tiles only), log2 domain
-                        if tile_is_full(r0, kb):
+                        if tile_is_full(r0, key_block(ent, 0, kb), ent):
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
                                     for e in T.unroll(4):
                                         s_acc[mt, nt, e] = scaled(
                                             s_acc[mt, nt, e], b, h,
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
-                                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
                         else:
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
@@ -674,7 +731,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                         s_acc[mt, nt, e] = masked(
                                             s_acc[mt, nt, e], b, h,
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
-                                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
                         # ---- online softmax
                         for r in T.unroll(MT * 2):
                             red[r] = NEG_INF
@@ -753,6 +810,11 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
+    extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
+    if extra:
+        # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
+        main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)
+    tvm.tirx.analysis.verify_well_formed(main)
     return tvm.IRModule({"main": main})
 
 

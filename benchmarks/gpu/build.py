@@ -59,7 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -580,6 +580,35 @@ def _keys_entries():
     return out
 
 
+def _sync_entries():
+    """Table mode and captured tensors on the mma.sync kernel (sm_80 and up; before, it masked
+    every tile of a mask that is no band and refused document ids), run on the H200 with the
+    config sm_80 picks for document masks: every table-mode example verified (ragged and default
+    dims, other tile shapes, query blocks without keys), and the density benchmark against that
+    kernel's own dense time."""
+    out = []
+    sync = dict(mma="sync", block_q=128, block_k=64, num_warps=4, num_stages=2, q_in_registers=False)
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for n in ("document_mask", "chunked", "prefix_lm", "strided", "local_global"):
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=sync))
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="f16", shapes={}, config=sync))
+    for cfg in (dict(sync, num_stages=3), dict(sync, block_q=64, num_warps=4, q_in_registers=True),
+                dict(sync, block_k=32, num_warps=8)):
+        out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 700}, config=cfg))
+    for name, shapes in (("doc_causal", {"S": 700}), ("doc_mask", {"S": 1100, "H": 4}), ("late_keys", {}),
+                         ("chunk_512", {"S": 1100, "H": 4})):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=sync))
+    s16 = {"B": 1, "S": 16384}
+    for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
+                     ("sw_1024", dict(mask="window", window=1024)),
+                     ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
+                     ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
+                     ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
+                     ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=sync, sparse=sp))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -687,7 +716,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
