@@ -133,10 +133,14 @@ def test_the_mma_sync_kernel_walks_tile_maps_and_takes_captures():
                         shapes={"S": 300}, target_options={"arch": "sm_80"}, build=False)
     assert cuda.use_block_table(p.spec, p.config)
     assert cuda.shared_memory_bytes(p.spec, p.config) == 2 * (128 * 64 + 2 * 64 * 128) + 4 * (5 + 1)
-    # bands keep their key range (no table); fp8 still needs the Hopper kernel
+    # bands keep their key range (no table)
     c = compile_variant(os.path.join(ROOT, "examples", "causal_mha.py"), target="cuda", dtype="bf16",
                         target_options={"arch": "sm_80"}, build=False)
     assert not cuda.use_block_table(c.spec, c.config)
+    # the split-KV decode kernel (q_len <= 16) takes no captured tensors: one clear error
+    with pytest.raises(TargetError, match=r"captured inputs need the prefill kernels \(q_len over 16\)"):
+        compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 8}, target_options={"arch": "sm_80"}, build=False)
 
 
 def test_runtime_tile_map_feeds_the_kernel_arguments():

@@ -137,6 +137,24 @@ def compact_row_macro(tile_map, nkb: int):
     return compact_row, MAP_BATCH
 
 
+def row_list_macro(compact_row, nkb: int):
+    """Table mode's prologue step of the CUDA kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
+    lane)``: warp 0 compacts row ``qb`` of the tile map into ``kv_list`` (``compact_row``), a
+    barrier, then every thread holds the count in ``cnt[0]`` (a shared load cannot bound a loop)."""
+    from tvm.script import tirx as T
+
+    NKB = nkb
+
+    @T.macro
+    def row_list(qb, cnt, tvs, kv_list, warp, lane):
+        if warp == 0:
+            compact_row(qb, 0, cnt, tvs, kv_list, lane)
+        T.tvm_storage_sync("shared")
+        cnt[0] = kv_list[NKB]
+
+    return row_list
+
+
 def registers_estimate(spec: FlashKernelSpec, config) -> int:
     return spec.head_dim_v // 2 + config.block_k // 2 + config.block_k // 4 + 16
 
@@ -262,6 +280,7 @@ def lower(spec: FlashKernelSpec, config):
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
     compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
+    row_list = row_list_macro(compact_row, NKB) if USE_TABLE else None
 
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
@@ -417,67 +436,49 @@ def lower(spec: FlashKernelSpec, config):
                 and (NT // chunks) % 8 == 0 and (BK * chunks) % NT == 0)
     ex2 = "ex2.approx.ftz.f32"
 
-    @T.macro
-    def load_k_rows(blk, slot, smem, k, pe, tx, b, hk):
-        for it in T.unroll(K_ITERS):
-            if within(BK * CQ, it * NT + tx):
-                if KEYS_EXACT:      # every row of every key block exists: no clamp, no zero fill
+    def tile_loader(off, chunks, iters, width):
+        """``load(blk, slot, smem, src, pe, tx, b, hk)``: key block ``blk`` of K (or V) into slot
+        ``slot``; ``off`` the tile's swizzled offsets, ``chunks`` 16-byte chunks a row, ``iters``
+        copies a thread, ``width`` elements a row of ``src``."""
+
+        @T.macro
+        def load_rows(blk, slot, smem, src, pe, tx, b, hk):
+            for it in T.unroll(iters):
+                if within(BK * chunks, it * NT + tx):
+                    if KEYS_EXACT:      # every row of every key block exists: no clamp, no zero fill
+                        T.ptx[cpa](
+                            T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
+                            T.address_of(src[b, hk, blk * BK + (it * NT + tx) // chunks,
+                                             (it * NT + tx) % chunks * 8]),
+                            16)
+                    else:
+                        T.ptx[cpa](
+                            T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
+                            T.address_of(src[b, hk, T.min(blk * BK + (it * NT + tx) // chunks, TK - 1),
+                                             (it * NT + tx) % chunks * 8]),
+                            16,
+                            T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // chunks < TK, 16, 0)))
+
+        @T.macro
+        def load(blk, slot, smem, src, pe, tx, b, hk):
+            if fast_rows(chunks):
+                # each iteration copies the same chunk of a row NT / chunks rows further down (a
+                # multiple of 8: the same swizzle): one address pair a tile, the iterations at
+                # immediate offsets
+                for it in T.unroll(iters):
                     T.ptx[cpa](
-                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(k[b, hk, blk * BK + (it * NT + tx) // CQ, (it * NT + tx) % CQ * 8]),
+                        T.ptx.addr(T.address_of(smem[pe + off(slot, tx // chunks, tx % chunks)]),
+                                   it * (NT // chunks) * 128),
+                        T.ptx.addr(T.address_of(src[b, hk, blk * BK + tx // chunks, tx % chunks * 8]),
+                                   it * (NT // chunks) * width * 2),
                         16)
-                else:
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1),
-                                       (it * NT + tx) % CQ * 8]),
-                        16,
-                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+            else:
+                load_rows(blk, slot, smem, src, pe, tx, b, hk)
 
-    @T.macro
-    def load_k(blk, slot, smem, k, pe, tx, b, hk):
-        if fast_rows(CQ):
-            # each iteration copies the same chunk of a row NT / CQ rows further down (a multiple of 8:
-            # the same swizzle): one address pair a tile, the iterations at immediate offsets
-            for it in T.unroll(K_ITERS):
-                T.ptx[cpa](
-                    T.ptx.addr(T.address_of(smem[pe + k_off(slot, tx // CQ, tx % CQ)]), it * (NT // CQ) * 128),
-                    T.ptx.addr(T.address_of(k[b, hk, blk * BK + tx // CQ, tx % CQ * 8]),
-                               it * (NT // CQ) * D * 2),
-                    16)
-        else:
-            load_k_rows(blk, slot, smem, k, pe, tx, b, hk)
+        return load
 
-    @T.macro
-    def load_v_rows(blk, slot, smem, v, pe, tx, b, hk):
-        for it in T.unroll(V_ITERS):
-            if within(BK * CV, it * NT + tx):
-                if KEYS_EXACT:      # every row of every key block exists: no clamp, no zero fill
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                        T.address_of(v[b, hk, blk * BK + (it * NT + tx) // CV, (it * NT + tx) % CV * 8]),
-                        16)
-                else:
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                        T.address_of(v[b, hk, T.min(blk * BK + (it * NT + tx) // CV, TK - 1),
-                                       (it * NT + tx) % CV * 8]),
-                        16,
-                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CV < TK, 16, 0)))
-
-    @T.macro
-    def load_v(blk, slot, smem, v, pe, tx, b, hk):
-        if fast_rows(CV):
-            # each iteration copies the same chunk of a row NT / CV rows further down (a multiple of 8:
-            # the same swizzle): one address pair a tile, the iterations at immediate offsets
-            for it in T.unroll(V_ITERS):
-                T.ptx[cpa](
-                    T.ptx.addr(T.address_of(smem[pe + v_off(slot, tx // CV, tx % CV)]), it * (NT // CV) * 128),
-                    T.ptx.addr(T.address_of(v[b, hk, blk * BK + tx // CV, tx % CV * 8]),
-                               it * (NT // CV) * DV * 2),
-                    16)
-        else:
-            load_v_rows(blk, slot, smem, v, pe, tx, b, hk)
+    load_k = tile_loader(k_off, CQ, K_ITERS, D)
+    load_v = tile_loader(v_off, CV, V_ITERS, DV)
 
     @T.macro
     def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
@@ -668,12 +669,8 @@ def lower(spec: FlashKernelSpec, config):
                                                (it * NT + tx) % CQ * 8]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-                    if USE_TABLE:
-                        # warp 0 compacts this query block's row of the tile map (Q in flight)
-                        if warp == 0:
-                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
-                        T.tvm_storage_sync("shared")
-                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    if USE_TABLE:      # the key-block list of this query block (Q in flight)
+                        row_list(qb, cnt, tvs, kv_list, warp, lane)
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0, cnt)
                     # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})

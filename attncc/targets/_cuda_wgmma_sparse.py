@@ -102,7 +102,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, use_block_table)
+                                        registers_estimate, row_list_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -413,6 +413,7 @@ def lower(spec: FlashKernelSpec, config):
     # blockIdx.y holds batch x heads, at most 65535
     QB_FAST = B * H <= 65535
     compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
+    row_list = row_list_macro(compact_row, NKB) if USE_TABLE else None
 
     @T.macro
     def load_q(q_buf, q0, smem, q, pe, tx, b, h):
@@ -620,12 +621,8 @@ def lower(spec: FlashKernelSpec, config):
                     # ---- prologue: Q tile (then the key-block list), then the first key blocks
                     load_q(0, q0, smem, q, pe, tx, b, h)
                     # (the tile-map row is read while the Q tile is in flight)
-                    if USE_TABLE:
-                        # warp 0 compacts this query block's row of the tile map
-                        if warp == 0:
-                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
-                        T.tvm_storage_sync("shared")
-                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    if USE_TABLE:      # the key-block list of this query block
+                        row_list(qb, cnt, tvs, kv_list, warp, lane)
                     if QUANT:
                         for r in T.unroll(2):
                             row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (

@@ -494,6 +494,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
     compact_row, MAP_BATCH = (_wgmma_dense.compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1))
+    row_list = _wgmma_dense.row_list_macro(compact_row, NKB) if USE_TABLE else None
 
     # copies: chunks of a tile per thread (ceil), guarded when the tile does not divide
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
@@ -607,12 +608,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                (it * NT + tx) % CQ * 8]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-                    if USE_TABLE:
-                        # warp 0 compacts this query block's row of the tile map (Q in flight)
-                        if warp == 0:
-                            compact_row(qb, 0, cnt, tvs, kv_list, lane)
-                        T.tvm_storage_sync("shared")
-                        cnt[0] = kv_list[NKB]          # (a shared load cannot bound a loop)
+                    if USE_TABLE:      # the key-block list of this query block (Q in flight)
+                        row_list(qb, cnt, tvs, kv_list, warp, lane)
                     kb_lo = lo_of(q0)
                     kb_hi = hi_of(q0, cnt)
                     for st in T.unroll(NS - 1):

@@ -235,6 +235,16 @@ def _sparse_entries():
     return out
 
 
+# the density benchmark's masks (issue 4's final tables): variant name, attention.py's mask spec
+DENSITY_MASKS = (("full", dict(mask="full")), ("causal", dict(mask="causal")),
+                 ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
+                 ("sw_4096", dict(mask="window", window=4096)),
+                 ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
+                 ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
+                 ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
+                 ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048)))
+
+
 def _low_density_entries():
     """The low-density follow-up of the issue-4 set (its run 3): chained query blocks, two
     blocks per SM (64 x 64 tiles), the document-mask kernel after the eager-mask change, and
@@ -505,13 +515,7 @@ def _final_entries():
             out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
                             config=None, flex=True, options=opts))
     s16 = {"B": 1, "S": 16384}
-    for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
-                     ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
-                     ("sw_4096", dict(mask="window", window=4096)),
-                     ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
-                     ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
-                     ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
-                     ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
+    for name, sp in DENSITY_MASKS:
         out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp))
     for st in (2, 3):
         out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16,
@@ -560,13 +564,7 @@ def _keys_entries():
         for name in ("sliding_window", "gqa"):
             out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
                             config=None, options=opts))
-        for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
-                         ("sw_256", dict(mask="window", window=256)), ("sw_1024", dict(mask="window", window=1024)),
-                         ("sw_4096", dict(mask="window", window=4096)),
-                         ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
-                         ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
-                         ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
-                         ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
+        for name, sp in DENSITY_MASKS:
             out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
                             sparse=sp, options=opts))
         for s_ in (4096, 16384):
@@ -599,13 +597,9 @@ def _sync_entries():
                          ("chunk_512", {"S": 1100, "H": 4})):
         out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=sync))
     s16 = {"B": 1, "S": 16384}
-    for name, sp in (("full", dict(mask="full")), ("causal", dict(mask="causal")),
-                     ("sw_1024", dict(mask="window", window=1024)),
-                     ("doc_mask", dict(mask="document", docs=[2, 4, 8, 16, 32, 64])),
-                     ("doc_causal", dict(mask="document_causal", docs=[4, 16, 32])),
-                     ("chunk_512", dict(mask="chunk", label="chunked=512", chunk=512)),
-                     ("chunk_2048", dict(mask="chunk", label="chunked=2048", chunk=2048))):
-        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=sync, sparse=sp))
+    for name, sp in DENSITY_MASKS:
+        if name not in ("sw_256", "sw_4096"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=sync, sparse=sp))
     return out
 
 
