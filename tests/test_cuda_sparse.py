@@ -345,21 +345,3 @@ def test_fp8_matches_the_quantized_reference(quant):
                         quantize=quant)
     rep = verify(k, seed=0)
     assert rep.passed, (rep.max_error, rep.tolerance)
-
-
-@pytest.mark.parametrize("path", ["causal_mha.py", "document_mask.py"])
-def test_the_mma_sync_kernel_loads_whole_key_blocks_at_immediate_offsets(path):
-    """As the wgmma kernels: key lengths a multiple of block_k load K and V without clamp or zero
-    fill, a thread's copies at immediate offsets from one address pair; ragged ones as before."""
-    def tir_of(s):
-        k = compile_variant(os.path.join(ROOT, "examples", path), target="cuda", dtype="bf16", shapes={"S": s},
-                            target_options={"arch": "sm_80"}, build=False)
-        assert k.config.mma == "sync"
-        return cuda.lower(k.spec, k.config)["main"].script()
-
-    whole, ragged = tir_of(1024), tir_of(1000)
-    for x in ("k", "v"):
-        assert f"T.ptx.addr(T.address_of({x}[" in whole
-        assert not re.search(r"T\.address_of\(" + x + r"\[[^\]]*T\.min\(", whole)
-        assert f"T.ptx.addr(T.address_of({x}[" not in ragged
-        assert re.search(r"T\.address_of\(" + x + r"\[b, hk, T\.min\(", ragged)

@@ -565,44 +565,6 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     cpa = "cp.async.cg.shared.global"
     ex2 = "ex2.approx.ftz.f32"
 
-    # K/V tiles: where the key length is a multiple of block_k and a thread's copies are one row
-    # pattern NT / chunks rows apart (a multiple of the swizzle width), the copies of a tile share
-    # one address pair at immediate offsets, with no clamp and no zero fill (as the wgmma kernels';
-    # _cuda_wgmma.KEYS_EXACT)
-    KEYS_EXACT = TK % BK == 0 and _ROUTE.get("sync_offsets", True)
-
-    def fast_rows(chunks, width):
-        return (KEYS_EXACT and NT % chunks == 0 and (NT // chunks) % width == 0
-                and (BK * chunks) % NT == 0)
-
-    def tile_loader(off, chunks, iters, row_elems, width):
-        """``load(blk, slot, smem, src, tx, b, hk)``: key block ``blk`` of K (or V) into slot ``slot``."""
-
-        @T.macro
-        def load(blk, slot, smem, src, tx, b, hk):
-            if fast_rows(chunks, width):
-                for it in T.unroll(iters):
-                    T.ptx[cpa](
-                        T.ptx.addr(T.address_of(smem[off(slot, tx // chunks, tx % chunks)]),
-                                   it * (NT // chunks) * row_elems * 2),
-                        T.ptx.addr(T.address_of(src[b, hk, blk * BK + tx // chunks, tx % chunks * 8]),
-                                   it * (NT // chunks) * row_elems * 2),
-                        16)
-            else:
-                for it in T.unroll(iters):
-                    if within(BK * chunks, it * NT + tx):
-                        T.ptx[cpa](
-                            T.address_of(smem[off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
-                            T.address_of(src[b, hk, T.min(blk * BK + (it * NT + tx) // chunks, TK - 1),
-                                             (it * NT + tx) % chunks * 8]),
-                            16,
-                            T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // chunks < TK, 16, 0)))
-
-        return load
-
-    load_k = tile_loader(k_off, CQ, K_ITERS, D, SWQ)
-    load_v = tile_loader(v_off, CV, V_ITERS, DV, SWV)
-
     @T.prim_func(check_well_formed=False)
     def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
              v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
@@ -654,8 +616,26 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                         if USE_TABLE:
                             ent[1] = kv_list[T.min(kb_lo + st, NKB)]
                         if kb_lo + st < kb_hi:
-                            load_k(key_block(ent, 1, kb_lo + st), st, smem, k, tx, b, hk)
-                            load_v(key_block(ent, 1, kb_lo + st), st, smem, v, tx, b, hk)
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(BK * CV, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[v_off(st, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
+                                                                    + (it * NT + tx) // CV, TK - 1),
+                                                       (it * NT + tx) % CV * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(MT * 2):
@@ -682,8 +662,28 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                                            kd * 2 + lane // 16)]))
                         # prefetch key block kb + NS - 1 into the slot freed by block kb - 1
                         if kb + (NS - 1) < kb_hi:
-                            load_k(key_block(ent, 1, kb + NS - 1), (kb - kb_lo + NS - 1) % NS, smem, k, tx, b, hk)
-                            load_v(key_block(ent, 1, kb + NS - 1), (kb - kb_lo + NS - 1) % NS, smem, v, tx, b, hk)
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[k_off((kb - kb_lo + NS - 1) % NS,
+                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
+                                                                    + (it * NT + tx) // CQ, TK - 1),
+                                                       (it * NT + tx) % CQ * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+                            for it in T.unroll(V_ITERS):
+                                if within(BK * CV, it * NT + tx):
+                                    T.ptx[cpa](
+                                        T.address_of(smem[v_off((kb - kb_lo + NS - 1) % NS,
+                                                                (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
+                                                                    + (it * NT + tx) // CV, TK - 1),
+                                                       (it * NT + tx) % CV * 8]),
+                                        16,
+                                        T.Cast("uint32", T.Select(
+                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CV < TK, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                         # ---- S = Q Kᵀ
                         for mt in T.unroll(MT):

@@ -59,8 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries,
-            "syncloads": _sync_load_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -604,33 +603,6 @@ def _sync_entries():
     return out
 
 
-def _sync_load_entries():
-    """K/V loads at immediate offsets on the mma.sync kernel too (``cuda._ROUTE["sync_offsets"]``
-    False: the clamped copies as before): verified where they apply (key lengths a multiple of
-    block_k: the examples at their default dims, bands and tile maps, 4 and 8 warps), and issue 3's
-    shapes and the density masks beside the clamped kernel, same run, at the config sm_80 picks."""
-    out = []
-    sync = dict(mma="sync", block_q=128, block_k=64, num_warps=4, num_stages=2, q_in_registers=False)
-    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
-        out.append(dict(kind="verify", path=os.path.relpath(path, ROOT), name=None, dtype="bf16", shapes={},
-                        config=sync))
-    for cfg in (dict(sync, num_warps=8, q_in_registers=True), dict(sync, block_k=128, num_stages=3)):
-        for name in ("causal", "doc_mask"):
-            out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes={"S": 1024, "B": 1},
-                            config=cfg))
-    s16 = {"B": 1, "S": 16384}
-    for route in (None, {"sync_offsets": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=sync, cuda_route=route))
-        for name, sp in DENSITY_MASKS:
-            if name in ("full", "doc_mask", "chunk_2048", "chunk_512"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=sync,
-                                sparse=sp, cuda_route=route))
-    return out
-
-
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -738,7 +710,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "syncloads"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
