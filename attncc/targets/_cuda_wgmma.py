@@ -137,6 +137,15 @@ def compact_row_macro(tile_map, nkb: int):
     return compact_row, MAP_BATCH
 
 
+def copies_at_offsets(exact: bool, threads: int, chunks: int, rows: int) -> bool:
+    """Whether ``threads`` threads copy a tile of ``rows`` rows of ``chunks`` 16-byte chunks (in
+    the 128-byte swizzle) as one row pattern repeated ``threads / chunks`` rows down, a multiple of
+    the swizzle's 8 rows -- so a thread's copies share one address pair at immediate offsets --
+    with every row in bounds (``exact``: no clamp, no zero fill)."""
+    return (exact and threads % chunks == 0 and (threads // chunks) % 8 == 0
+            and (rows * chunks) % threads == 0)
+
+
 def row_list_macro(compact_row, nkb: int):
     """Table mode's prologue step of the CUDA kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
     lane)``: warp 0 compacts row ``qb`` of the tile map into ``kv_list`` (``compact_row``), a
@@ -431,9 +440,7 @@ def lower(spec: FlashKernelSpec, config):
     KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0)
 
     def fast_rows(chunks):
-        """Whether a K/V tile of ``chunks`` 16-byte chunks a row loads at immediate offsets."""
-        return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
-                and (NT // chunks) % 8 == 0 and (BK * chunks) % NT == 0)
+        return copies_at_offsets(KEYS_EXACT, NT, chunks, BK)
     ex2 = "ex2.approx.ftz.f32"
 
     def tile_loader(off, chunks, iters, width):

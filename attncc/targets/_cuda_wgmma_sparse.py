@@ -102,7 +102,8 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, row_list_macro, use_block_table)
+                                        copies_at_offsets, registers_estimate, row_list_macro,
+                                        use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -402,9 +403,7 @@ def lower(spec: FlashKernelSpec, config):
     KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0 and TKP % BK == 0)
 
     def fast_rows(chunks, rows):
-        """Whether a tile of ``rows`` rows of ``chunks`` 16-byte chunks loads at immediate offsets."""
-        return (KEYS_EXACT and _OPTIONS.get("load_offsets", True) and NT % chunks == 0
-                and (NT // chunks) % 8 == 0 and (rows * chunks) % NT == 0)
+        return copies_at_offsets(KEYS_EXACT, NT, chunks, rows)
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
