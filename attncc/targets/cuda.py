@@ -408,8 +408,6 @@ def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
     kernel masks every tile of such a mask: correct, not sparse)."""
     if config is None or isinstance(config, DecodeConfig):
         return False
-    if config.mma != "wgmma" and not _ROUTE.get("sync_table", True):
-        return False
     return _wgmma_sparse.use_block_table(spec)
 
 
