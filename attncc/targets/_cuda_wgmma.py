@@ -146,6 +146,60 @@ def copies_at_offsets(exact: bool, threads: int, chunks: int, rows: int) -> bool
             and (rows * chunks) % threads == 0)
 
 
+def tile_loader_macro(NT: int, BK: int, TK: int, exact: bool, off, chunks: int, iters: int, per_chunk: int,
+                      row_bytes: int):
+    """The K (or V) tile load of the wgmma kernels: ``load(blk, slot, smem, src, pe, tx, b, hk)``
+    copies key block ``blk`` of ``src`` [B, KVH, TK, ...] into slot ``slot`` of the swizzled tile
+    ``off(slot, row, chunk)`` (16-bit units from the aligned base ``pe``) with ``cp.async``, 16
+    bytes (``per_chunk`` elements) a copy, ``chunks`` copies a row (``row_bytes`` a row of src),
+    ``iters`` copies a thread.  ``exact`` (every key block whole): no clamp, no zero fill, and where
+    ``copies_at_offsets`` holds a thread's copies share one address pair at immediate offsets;
+    else each row is clamped to the last key and zero-filled past it."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    cpa = "cp.async.cg.shared.global"
+    FAST = copies_at_offsets(exact, NT, chunks, BK)
+    STEP = NT // chunks                 # rows between a thread's copies (fast path)
+
+    def within(index):
+        return tirx.const(True, "bool") if (BK * chunks) % NT == 0 else index < BK * chunks
+
+    @T.macro
+    def load_rows(blk, slot, smem, src, pe, tx, b, hk):
+        for it in T.unroll(iters):
+            if within(it * NT + tx):
+                if exact:      # every row of every key block exists: no clamp, no zero fill
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
+                        T.address_of(src[b, hk, blk * BK + (it * NT + tx) // chunks,
+                                         (it * NT + tx) % chunks * per_chunk]),
+                        16)
+                else:
+                    T.ptx[cpa](
+                        T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
+                        T.address_of(src[b, hk, T.min(blk * BK + (it * NT + tx) // chunks, TK - 1),
+                                         (it * NT + tx) % chunks * per_chunk]),
+                        16,
+                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // chunks < TK, 16, 0)))
+
+    @T.macro
+    def load(blk, slot, smem, src, pe, tx, b, hk):
+        if FAST:
+            # each iteration copies the same chunk of a row STEP rows further down (a multiple of
+            # 8: the same swizzle): one address pair a tile, the iterations at immediate offsets
+            for it in T.unroll(iters):
+                T.ptx[cpa](
+                    T.ptx.addr(T.address_of(smem[pe + off(slot, tx // chunks, tx % chunks)]), it * STEP * 128),
+                    T.ptx.addr(T.address_of(src[b, hk, blk * BK + tx // chunks, tx % chunks * per_chunk]),
+                               it * STEP * row_bytes),
+                    16)
+        else:
+            load_rows(blk, slot, smem, src, pe, tx, b, hk)
+
+    return load
+
+
 def row_list_macro(compact_row, nkb: int):
     """Table mode's prologue step of the CUDA kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
     lane)``: warp 0 compacts row ``qb`` of the tile map into ``kv_list`` (``compact_row``), a
@@ -439,53 +493,10 @@ def lower(spec: FlashKernelSpec, config):
     # these kernels issue-bound, time tracking executed instructions; benchmarks/gpu/RESULTS.md)
     KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0)
 
-    def fast_rows(chunks):
-        return copies_at_offsets(KEYS_EXACT, NT, chunks, BK)
     ex2 = "ex2.approx.ftz.f32"
 
-    def tile_loader(off, chunks, iters, width):
-        """``load(blk, slot, smem, src, pe, tx, b, hk)``: key block ``blk`` of K (or V) into slot
-        ``slot``; ``off`` the tile's swizzled offsets, ``chunks`` 16-byte chunks a row, ``iters``
-        copies a thread, ``width`` elements a row of ``src``."""
-
-        @T.macro
-        def load_rows(blk, slot, smem, src, pe, tx, b, hk):
-            for it in T.unroll(iters):
-                if within(BK * chunks, it * NT + tx):
-                    if KEYS_EXACT:      # every row of every key block exists: no clamp, no zero fill
-                        T.ptx[cpa](
-                            T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
-                            T.address_of(src[b, hk, blk * BK + (it * NT + tx) // chunks,
-                                             (it * NT + tx) % chunks * 8]),
-                            16)
-                    else:
-                        T.ptx[cpa](
-                            T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
-                            T.address_of(src[b, hk, T.min(blk * BK + (it * NT + tx) // chunks, TK - 1),
-                                             (it * NT + tx) % chunks * 8]),
-                            16,
-                            T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // chunks < TK, 16, 0)))
-
-        @T.macro
-        def load(blk, slot, smem, src, pe, tx, b, hk):
-            if fast_rows(chunks):
-                # each iteration copies the same chunk of a row NT / chunks rows further down (a
-                # multiple of 8: the same swizzle): one address pair a tile, the iterations at
-                # immediate offsets
-                for it in T.unroll(iters):
-                    T.ptx[cpa](
-                        T.ptx.addr(T.address_of(smem[pe + off(slot, tx // chunks, tx % chunks)]),
-                                   it * (NT // chunks) * 128),
-                        T.ptx.addr(T.address_of(src[b, hk, blk * BK + tx // chunks, tx % chunks * 8]),
-                                   it * (NT // chunks) * width * 2),
-                        16)
-            else:
-                load_rows(blk, slot, smem, src, pe, tx, b, hk)
-
-        return load
-
-    load_k = tile_loader(k_off, CQ, K_ITERS, D)
-    load_v = tile_loader(v_off, CV, V_ITERS, DV)
+    load_k = tile_loader_macro(NT, BK, TK, KEYS_EXACT, k_off, CQ, K_ITERS, 8, D * 2)
+    load_v = tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CV, V_ITERS, 8, DV * 2)
 
     @T.macro
     def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):

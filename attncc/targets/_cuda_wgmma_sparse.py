@@ -102,7 +102,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        copies_at_offsets, registers_estimate, row_list_macro,
+                                        registers_estimate, row_list_macro, tile_loader_macro,
                                         use_block_table)
 
 
@@ -269,19 +269,15 @@ def lower(spec: FlashKernelSpec, config):
                    tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
 
     def v_src(vbuf, bi, hk, blk, idx):
-        """(global address, 16, source bytes) of 16-byte chunk ``idx`` of key block ``blk``'s V tile."""
+        """(global address, 16[, source bytes]) of 16-byte chunk ``idx`` of key block ``blk``'s
+        transposed fp8 V tile (row = value dim, chunk = 16 keys; the 16-bit V loads through
+        tile_loader_macro)."""
         row, chunk = idx // CVL, idx % CVL
-        if PV8:     # transposed fp8 V: row = value dim, chunk = 16 keys
-            key = blk * BK + chunk * 16
-            if KEYS_EXACT:
-                return (T.address_of(vbuf[bi, hk, row, key]), 16)
-            return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
-                    tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
-        key = blk * BK + row
+        key = blk * BK + chunk * 16
         if KEYS_EXACT:
-            return (T.address_of(vbuf[bi, hk, key, chunk * 8]), 16)
-        return (T.address_of(vbuf[bi, hk, tirx.min(key, TK - 1), chunk * 8]), 16,
-                tirx.Cast("uint32", tirx.Select(key < TK, 16, 0)))
+            return (T.address_of(vbuf[bi, hk, row, key]), 16)
+        return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
+                tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
 
     def tile_off(base, rows, row, chunk):
         """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
@@ -402,8 +398,8 @@ def lower(spec: FlashKernelSpec, config):
     # fill (_cuda_wgmma.KEYS_EXACT)
     KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0 and TKP % BK == 0)
 
-    def fast_rows(chunks, rows):
-        return copies_at_offsets(KEYS_EXACT, NT, chunks, rows)
+    load_k = tile_loader_macro(NT, BK, TK, KEYS_EXACT, k_off, CQ, K_ITERS, EQ, D * QB)
+    load_v = tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CVL, V_ITERS, 8, DV * 2)
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
@@ -425,40 +421,11 @@ def lower(spec: FlashKernelSpec, config):
                     T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
 
     @T.macro
-    def load_k_rows(blk, slot, smem, k, pe, tx, b, hk):
-        for it in T.unroll(K_ITERS):
-            if within(BK * CQ, it * NT + tx):
-                if KEYS_EXACT:      # (as _cuda_wgmma's: no clamp, no zero fill)
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(k[b, hk, blk * BK + (it * NT + tx) // CQ, (it * NT + tx) % CQ * EQ]),
-                        16)
-                else:
-                    T.ptx[cpa](
-                        T.address_of(smem[pe + k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                        T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1),
-                                       (it * NT + tx) % CQ * EQ]),
-                        16,
-                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-
-    @T.macro
     def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
-        if fast_rows(CQ, BK):
-            # (as _cuda_wgmma's load_k: one address pair a tile, the iterations at immediate offsets)
-            for it in T.unroll(K_ITERS):
-                T.ptx[cpa](
-                    T.ptx.addr(T.address_of(smem[pe + k_off(slot, tx // CQ, tx % CQ)]), it * (NT // CQ) * 128),
-                    T.ptx.addr(T.address_of(k[b, hk, blk * BK + tx // CQ, tx % CQ * EQ]), it * (NT // CQ) * D * QB),
-                    16)
-        else:
-            load_k_rows(blk, slot, smem, k, pe, tx, b, hk)
-        if not PV8 and fast_rows(CVL, V_ROWS):
-            for it in T.unroll(V_ITERS):
-                T.ptx[cpa](
-                    T.ptx.addr(T.address_of(smem[pe + v_off(slot, tx // CVL, tx % CVL)]), it * (NT // CVL) * 128),
-                    T.ptx.addr(T.address_of(v[b, hk, blk * BK + tx // CVL, tx % CVL * 8]), it * (NT // CVL) * DV * 2),
-                    16)
-        else:
+        load_k(blk, slot, smem, k, pe, tx, b, hk)
+        if not PV8:
+            load_v(blk, slot, smem, v, pe, tx, b, hk)
+        else:       # the transposed fp8 V: v_src's rows and clamps
             for it in T.unroll(V_ITERS):
                 if within(V_ROWS * CVL, it * NT + tx):
                     T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
