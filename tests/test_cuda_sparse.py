@@ -97,16 +97,39 @@ def test_the_key_loop_walks_the_compacted_list():
     assert (tiles == 0).any() and (tiles == 2).any()
 
 
-def test_fp8_and_chained_blocks_keep_the_in_order_kernel():
+def test_chained_blocks_keep_the_in_order_kernel_and_fp8_runs_ping_pong():
     k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
                         shapes={"S": 700}, target_options=H100, build=False)
     assert cuda._wgmma_for(k.spec, k.config) is cuda._wgmma_dense
     assert cuda._wgmma_for(k.spec, cuda.CudaConfig(**dict(WGMMA, query_blocks=2))) is cuda._wgmma_sparse
     q = compile_variant(VARIANTS, variant_name="doc_causal", target="cuda", dtype="bf16", shapes={"S": 700},
                         target_options=H100, build=False, quantize={"dtype": "fp8"})
-    assert cuda._wgmma_for(q.spec, q.config) is cuda._wgmma_sparse
+    assert cuda._wgmma_for(q.spec, q.config) is cuda._wgmma_dense
+    assert cuda.kernel_revision(q.spec, q.config) == cuda.KERNEL_REVISIONS["wgmma"]
+    # one warpgroup with a tile map keeps the in-order schedule, fp8 or not
+    assert cuda._wgmma_for(q.spec, cuda.CudaConfig(**dict(WGMMA, block_q=64, num_warps=4))) is cuda._wgmma_sparse
     # a tile map takes 2 stages by default (measured: 2 beat 3 up to density ~0.15, equal below)
-    assert k.config.num_stages == 2 and k.config.block_q == 128
+    assert k.config.num_stages == 2 and k.config.block_q == 128 and q.config.num_stages == 2
+
+
+def test_fp8_runs_the_ping_pong_schedule():
+    """fp8 Q·Kᵀ (and P·V) on _cuda_wgmma: the warpgroup index through a shuffle (the ping-pong
+    kernel's warp-uniform branch), S of block j issued beside P·V of block j - 1, and for a band
+    2 stages for a band too (measured faster than 3 with fp8); the experiment route still builds the
+    in-order kernel."""
+    for quant in ({"dtype": "fp8"}, {"dtype": "fp8", "pv": True}):
+        k = _fp8(quant=quant, build=False)
+        assert k.config.num_stages == 2
+        tir = cuda.lower(k.spec, k.config).script()
+        assert "__shfl_sync" in tir and "is_odd" not in tir
+        assert re.search(r"for j in range\(kb_lo \+ 1, ", tir)
+        cuda._ROUTE["fp8"] = "inorder"
+        try:
+            assert cuda._wgmma_for(k.spec, k.config) is cuda._wgmma_sparse
+            inorder = cuda.lower(k.spec, k.config).script()
+        finally:
+            cuda._ROUTE.clear()
+        assert "for kb in range(kb_lo, " in inorder and "for j in range" not in inorder
 
 
 @needs_nvcc

@@ -42,6 +42,17 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   step reading the key blocks of its loads and of its softmax from the list, and full tiles
   skip the element mask.  (Before: the sparse kernel's in-order schedule; ping-pong measured
   4-7 % faster on document masks at 128 x 128, benchmarks/gpu/RESULTS.md.)
+* fp8 (the quantize pass, ``spec.quant_dtype`` e4m3 or e5m2): q and k arrive as fp8 with f32
+  scales (arguments after the tile map, before the captured tensors).  The fp8 tiles are the
+  16-bit scheme's with rows of ``head_dim`` bytes, so the descriptors, swizzle and loads are
+  unchanged; S = Q Kᵀ is ``wgmma m64n{block_k}k32.f32.e4m3.e4m3`` (32 bytes a k step), and the
+  dequantization is fused (q scale per row and k scale per head folded into the exponent's
+  factor ``row_fold``; a per-key k scale multiplies the scores).  With ``quant_pv`` v is fp8
+  too: O += P V is ``wgmma m64n{d_v}k32`` with P converted to e4m3 in registers (times 2^8,
+  ``P_SHIFT``; no lazy rescaling then), V read K-major from the host prologue's transposed,
+  key-permuted layout (``fp8_v_layout``: the S accumulator fragment is the fp8 A fragment).
+  Before, fp8 ran on ``_cuda_wgmma_sparse``'s in-order schedule: ping-pong is 1.13-1.19x faster
+  on Q·Kᵀ and 1.07-1.16x on Q·Kᵀ + P·V (H200, benchmarks/gpu/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 
 from attncc.errors import ConfigError, ShapeError
+from attncc.runtime._layouts import padded_kv_len
 from attncc.targets.spec import FlashKernelSpec
 
 _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
@@ -60,11 +72,44 @@ LAZY_TAU = 8.0          # lazy rescaling's threshold, log2 units (P <= 256)
 _OPTIONS: dict = {}
 
 
+FP8_PTX = {"float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}
+P_SHIFT = 8.0                     # fp8 P is 2^8 * exp2(s - m): in (2^-9, 2^8], never subnormal for kept keys
+_LOG2E = 1.4426950408889634
+
+
+def elem_bytes(spec: FlashKernelSpec):
+    """Bytes per element of q/k and of v in the kernel (fp8: 1, else 2)."""
+    qk = 1 if spec.quant_dtype else 2
+    return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
+
+
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
-    q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
-    kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
+    qk, vb = elem_bytes(spec)
+    q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)      # Q, then the O staging
+    kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
     table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
-    return 2 * (q_tile + kv) + ALIGN_BYTES + table
+    return q_tile + kv + ALIGN_BYTES + table
+
+
+def check_fp8(spec: FlashKernelSpec, config) -> None:
+    """The fp8 rules of both wgmma kernels (q and k fp8; with quant_pv v too, read transposed)."""
+    if spec.quant_dtype is None:
+        return
+    from attncc.errors import DTypeError
+    if spec.quant_dtype not in FP8_PTX:
+        raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
+                         "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
+                         variant=spec.name or None)
+    if spec.head_dim % 128:
+        raise ShapeError(f"cuda target, fp8: head_dim ({spec.head_dim}) must be a multiple of 128 (fp8 rows "
+                         "of the 128-byte swizzled Q/K tiles)", variant=spec.name or None)
+    if spec.quant_pv:
+        if config.block_k % 128:
+            _bad(spec, config, "fp8 P·V reads V transposed in rows of block_k bytes: block_k must be 128 or 256")
+        if any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v")):
+            raise ShapeError("cuda target, fp8 P·V: per-block V scales are not supported (the V scale must be "
+                             "per tensor or per head: --quantize-granularity tensor|head)",
+                             variant=spec.name or None)
 
 
 def use_block_table(spec: FlashKernelSpec) -> bool:
@@ -200,6 +245,37 @@ def tile_loader_macro(NT: int, BK: int, TK: int, exact: bool, off, chunks: int, 
     return load
 
 
+def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, chunks: int, iters: int):
+    """The transposed fp8 V tile load of both wgmma kernels (fp8 P·V): ``load(blk, slot, smem, src,
+    pe, tx, b, hk)`` copies keys ``blk * BK ..`` of ``src`` [B, KVH, d_v, TKP] (``rows`` = d_v rows of
+    ``chunks`` 16-key chunks) into slot ``slot`` of the swizzled tile ``off(slot, row, chunk)``;
+    ``exact`` (TKP a multiple of BK): no clamp, no zero fill."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    cpa = "cp.async.cg.shared.global"
+
+    def within(index):
+        return tirx.const(True, "bool") if (rows * chunks) % NT == 0 else index < rows * chunks
+
+    def src_args(vbuf, bi, hk, blk, idx):
+        row, chunk = idx // chunks, idx % chunks
+        key = blk * BK + chunk * 16
+        if exact:
+            return (T.address_of(vbuf[bi, hk, row, key]), 16)
+        return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
+                tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
+
+    @T.macro
+    def load(blk, slot, smem, src, pe, tx, b, hk):
+        for it in T.unroll(iters):
+            if within(it * NT + tx):
+                T.ptx[cpa](T.address_of(smem[pe + off(slot, (it * NT + tx) // chunks, (it * NT + tx) % chunks)]),
+                           *src_args(src, b, hk, blk, it * NT + tx))
+
+    return load
+
+
 def row_list_macro(compact_row, nkb: int):
     """Table mode's prologue step of the CUDA kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
     lane)``: warp 0 compacts row ``qb`` of the tile map into ``kv_list`` (``compact_row``), a
@@ -224,6 +300,7 @@ def registers_estimate(spec: FlashKernelSpec, config) -> int:
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
     check_tiles(spec, config, arch)
+    check_fp8(spec, config)
     check_resources(spec, config, smem_limit, shared_memory_bytes(spec, config))
 
 
@@ -313,26 +390,40 @@ def lower(spec: FlashKernelSpec, config):
     G = spec.group
     dtype = spec.dtype
     ptx_t = _PTX_TYPE[dtype]
+    scale = float(spec.scale)
+    # fp8 (the quantize pass): q and k (and with quant_pv v) arrive in QK_DT / V_DT with f32 scales
+    # (arguments after the tile map); the tiles are the 16-bit scheme's with rows of D bytes
+    QUANT = spec.quant_dtype is not None
+    PV8 = QUANT and spec.quant_pv
+    QK_DT = spec.quant_dtype if QUANT else dtype
+    V_DT = spec.quant_dtype if PV8 else dtype
+    qk_t = FP8_PTX[QK_DT] if QUANT else ptx_t
+    v_t = FP8_PTX[V_DT] if PV8 else ptx_t
+    QB, VB = elem_bytes(spec)         # bytes per element of q/k and of v
+    TKP = padded_kv_len(TK) if PV8 else TK    # keys of the transposed fp8 V
 
     BQ, BK = config.block_q, config.block_k
     NW, NS = config.num_warps, config.num_stages
     NT = NW * 32
     NKT = BK // 8                     # n8 column groups of S
-    KD = D // 16                      # k16 steps of Q·Kᵀ
-    KK = BK // 16                     # k16 steps of P·V
+    KD = D * QB // 32                 # k steps of Q·Kᵀ (k16 for 16-bit, k32 for fp8: 32 bytes each)
+    KK = BK // (32 if PV8 else 16)    # k steps of P·V
     NDV = DV // 8                     # n8 column groups of O
     NSA = BK // 2                     # S accumulator registers per thread
     NOA = DV // 2                     # O accumulator registers per thread
     NQB = (S + BQ - 1) // BQ
     NKB = (TK + BK - 1) // BK
-    CQ, CV = D // 8, DV // 8          # 16-byte chunks per row
+    CQ, CV = D * QB // 16, DV // 8    # 16-byte chunks per row of Q/K and of the output
+    EQ = 16 // QB                     # q/k elements per 16-byte chunk
+    # V tile in shared memory: [block_k keys, d_v] (16-bit), or [d_v, block_k keys] (fp8, transposed)
+    V_ROWS, CVL = (DV, BK // 16) if PV8 else (BK, DV // 8)
 
-    # shared memory map, in 16-bit elements from the 1024-byte aligned base
-    Q_ELEMS = BQ * max(D, DV)
+    # shared memory map, in 16-bit units from the 1024-byte aligned base (Q, then the O staging)
+    Q_ELEMS = BQ * max(D * QB, DV * 2) // 2
     K_BASE = Q_ELEMS
-    K_ELEMS = BK * D
+    K_ELEMS = BK * D * QB // 2
     V_BASE = K_BASE + NS * K_ELEMS
-    V_ELEMS = BK * DV
+    V_ELEMS = BK * DV * VB // 2
     # table mode: the key-block list (int32), past the tiles and the alignment slack
     LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
     USE_TABLE = use_block_table(spec)
@@ -342,10 +433,13 @@ def lower(spec: FlashKernelSpec, config):
     TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
+    SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
+                     for name, shape in spec.scales]
+    K_PER_KEY = QUANT and int(SCALE_BUFFERS[1].shape[2]) > 1
     compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1)
     row_list = row_list_macro(compact_row, NKB) if USE_TABLE else None
 
-    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
+    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
     O_ITERS = -(-(BQ * CV) // NT)
 
     kb_lower = spec.key_bounds.lower_offset
@@ -356,6 +450,8 @@ def lower(spec: FlashKernelSpec, config):
         kb_lower = None
     band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
     score_mod = spec.score_mod
+    fold_scale = score_mod is None
+    SHIFT = P_SHIFT if PV8 else 0.0
 
     f32 = "float32"
     NEG_INF = tirx.const(float("-inf"), f32)
@@ -398,7 +494,8 @@ def lower(spec: FlashKernelSpec, config):
     # others are at most 2^LAZY_TAU, exact in f32 and as 16-bit P); l and O share the reference.
     # H200, same runs: dense / causal / GQA / sliding window 3-9 % faster, 64 x 32 tiles 2-4 %,
     # tile maps at 128 x 128 the same; ALiBi and softcap (a score_mod) 2-3 % slower: off there
-    LAZY = _OPTIONS.get("lazy_rescale", score_mod is None)
+    # (not with fp8 P: it is 2^8-scaled already, and e4m3 would saturate)
+    LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
 
     def is_odd(wg):
         return wg % 2 == 1 if PINGPONG else wg < 0
@@ -407,8 +504,19 @@ def lower(spec: FlashKernelSpec, config):
         return wg % 2 == 0 if PINGPONG else wg >= 0
 
     def v_desc(sb, slot, kk):
-        """Descriptor of V rows 16 kk .. 16 kk + 15 of slot ``slot`` (MN-major B of P·V)."""
+        """Descriptor of V rows 16 kk .. 16 kk + 15 of slot ``slot`` (MN-major B of P·V); fp8:
+        32-byte column step kk of the transposed V tile (K-major B, like K)."""
+        if PV8:
+            return (sb >> U(4)) + tirx.Cast(u64, (V_BASE + slot * V_ELEMS) // 8 + (kk // 4) * (DV * 8)
+                                            + (kk % 4) * 2) + U(DESC_K)
         return (sb >> U(4)) + tirx.Cast(u64, (V_BASE + slot * V_ELEMS) // 8 + kk * (16 * 8)) + U(DESC_V)
+
+    def scale_at(which, bi, head, row):
+        """Scale of q (0), k (1) or v (2) at (batch, head, row); shapes [B|1, H|1, rows|1, 1]."""
+        buf = SCALE_BUFFERS[which]
+        shp = [int(x) for x in buf.shape]
+        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
+                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
 
     def tile_off(base, rows, row, chunk):
         """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
@@ -425,11 +533,30 @@ def lower(spec: FlashKernelSpec, config):
         return tile_off(K_BASE + slot * K_ELEMS, BK, row, chunk)
 
     def v_off(slot, row, chunk):
-        return tile_off(V_BASE + slot * V_ELEMS, BK, row, chunk)
+        return tile_off(V_BASE + slot * V_ELEMS, V_ROWS, row, chunk)
 
-    # score_mod (log2 units), the element mask and the scale folding: shared with cuda.py and rocm.py
+    # score_mod (log2 units), the element mask and the scale folding: shared with cuda.py and rocm.py;
+    # fp8 adds the dequantization: row_fold[r] = q scale of the thread's row r (x the k scale per
+    # head, x scale * log2 e when folded), a per-key k scale multiplies each score, and fp8 P is
+    # shifted by 2^SHIFT
     ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
-    scaled, to_log2, exp_arg, keep, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.keep, ix.masked
+
+    def scaled(acc, b, h, i, j, r, row_fold):
+        if K_PER_KEY:
+            acc = acc * scale_at(1, b, h // G, j)
+        if QUANT and not fold_scale:
+            acc = acc * row_fold[r]
+        return ix.scaled(acc, b, h, i, j)
+
+    def to_log2(x, r, row_fold):
+        return x * row_fold[r] if QUANT and fold_scale else ix.to_log2(x)
+
+    def exp_arg(s, m, r, row_fold):
+        out = s * row_fold[r] - m if QUANT and fold_scale else ix.exp_arg(s, m)
+        return out + tirx.const(SHIFT, f32) if PV8 else out
+
+    def masked(acc, b, h, i, j, r, row_fold):
+        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
 
     def block_lo(q0):
         if USE_TABLE or kb_lower is None:     # table mode: positions in the compacted list
@@ -483,20 +610,26 @@ def lower(spec: FlashKernelSpec, config):
     def both(a, c):
         return tirx.And(a, c)
 
-    wg_s = f"wgmma.mma_async.sync.aligned.m64n{BK}k16.f32.{ptx_t}.{ptx_t}"
-    wg_o = f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}"
+    V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
+    wg_s = f"wgmma.mma_async.sync.aligned.m64n{BK}k{32 if QUANT else 16}.f32.{qk_t}.{qk_t}"
+    wg_o = (f"wgmma.mma_async.sync.aligned.m64n{DV}k32.f32.e4m3.{v_t}" if PV8 else
+            f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}")
+    TRANS_S = () if QUANT else (0, 0)     # fp8 wgmma has no transpose immediates (K-major only)
+    TRANS_O = () if PV8 else (1,)
     cvt = f"cvt.rn.{ptx_t}x2.f32"
+    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
     cpa = "cp.async.cg.shared.global"
     # the key length a multiple of block_k: K/V tile loads need no clamp and no zero fill, so each
     # 16-byte copy is one instruction at a constant offset from the tile's base (the clamp and the
     # src-size select cost ~5 instructions a copy, 16 copies a thread a key block: ncu on H200 found
     # these kernels issue-bound, time tracking executed instructions; benchmarks/gpu/RESULTS.md)
-    KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0)
+    KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0 and TKP % BK == 0)
 
     ex2 = "ex2.approx.ftz.f32"
 
-    load_k = tile_loader_macro(NT, BK, TK, KEYS_EXACT, k_off, CQ, K_ITERS, 8, D * 2)
-    load_v = tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CV, V_ITERS, 8, DV * 2)
+    load_k = tile_loader_macro(NT, BK, TK, KEYS_EXACT, k_off, CQ, K_ITERS, EQ, D * QB)
+    load_v = (fp8_v_loader_macro(NT, BK, TKP, KEYS_EXACT, v_off, V_ROWS, CVL, V_ITERS) if PV8 else
+              tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CV, V_ITERS, 8, DV * 2))
 
     @T.macro
     def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
@@ -518,7 +651,7 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
-    def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h):
+    def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold):
         """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
         # ---- score_mod, mask (partial tiles only), log2 domain
         if is_full:
@@ -527,14 +660,14 @@ def lower(spec: FlashKernelSpec, config):
                     s_acc[nt * 4 + e] = scaled(
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
-                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         else:
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):
                     s_acc[nt * 4 + e] = masked(
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
-                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF
@@ -544,7 +677,7 @@ def lower(spec: FlashKernelSpec, config):
         for r in T.unroll(2):
             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
-            red[r] = T.max(m_run[r], to_log2(red[r]))         # new running max
+            red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
             if LAZY:
                 red[r] = T.Select(red[r] > m_run[r] + T.float32(LAZY_TAU), red[r], m_run[r])
             m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
@@ -553,20 +686,32 @@ def lower(spec: FlashKernelSpec, config):
             m_run[r] = red[r]
         for nt in T.unroll(NKT):
             for e in T.unroll(4):
-                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2]))
+                T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
     rescale_o = rescale_o_macro(NDV, LAZY)
 
     @T.macro
-    def rescale_convert(o_acc, alpha, p_frag, s_acc):
-        """O *= alpha (no product in flight), then P (16-bit, in registers): the A fragments of P·V."""
+    def rescale_convert(o_acc, alpha, p_frag, s_acc, p16):
+        """O *= alpha (no product in flight), then P (16-bit or e4m3, in registers): the A
+        fragments of P·V."""
         rescale_o(o_acc, alpha)
-        for kk in T.unroll(KK):
-            for e in T.unroll(4):
-                T.ptx[cvt](p_frag[kk, e],
-                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
-                           s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+        if PV8:
+            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of n8 groups
+            # 4 kk + 2 (e // 2) + {0, 1} (the host prologue permutes V's keys to match)
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    for g in T.unroll(2):
+                        T.ptx[cvt8](p16[g],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
+                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(T.Cast("uint32", p16[1]), T.uint32(16))
+        else:
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    T.ptx[cvt](p_frag[kk, e],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
 
     @T.macro
     def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg):
@@ -581,7 +726,7 @@ def lower(spec: FlashKernelSpec, config):
                     (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((j - kb_lo) % NS) * K_ELEMS) // 8
                                              + (kd // 4) * (BK * 8) + (kd % 4) * 2)
                     + U(DESC_K),
-                    kd > 0, 1, 1, 0, 0)
+                    kd > 0, 1, 1, *TRANS_S)
             T.ptx["wgmma.commit_group.sync.aligned"]()
         # O += P_{j-1} V_{j-1} (one wgmma group: block_k/16 k steps; O was rescaled by
         # alpha_{j-1} when no product was in flight)
@@ -592,12 +737,12 @@ def lower(spec: FlashKernelSpec, config):
                     *[o_acc[i] for i in range(NOA)],
                     p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
                     v_desc(sbase, (j - 1 - kb_lo) % NS, kk),
-                    j >= 0, 1, 1, 1)
+                    j >= 0, 1, 1, *TRANS_O)
             T.ptx["wgmma.commit_group.sync.aligned"]()
 
     @T.macro
     def step(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane, sbase,
-             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent):
+             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent, row_fold, p16):
         """Key block j: the softmax of S_j (even warpgroups) or S_{j-1} (odd ones) and the
         products S_j = Q K_jᵀ (has_qk) and O += P_{j-1} V_{j-1} (has_pv).  The first and the
         last step are peeled off the loop (has_pv / has_qk False) so that no wgmma or wait
@@ -612,8 +757,8 @@ def lower(spec: FlashKernelSpec, config):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
             if has_pv:
                 softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
-                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
-                rescale_convert(o_acc, alpha, p_frag, s_acc)
+                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
         # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
         gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
@@ -624,21 +769,21 @@ def lower(spec: FlashKernelSpec, config):
                 if SPLIT and has_pv:
                     T.ptx["wgmma.wait_group.sync.aligned"](1)
                     softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                 else:
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h)
-                rescale_convert(o_acc, alpha, p_frag, s_acc)
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
             else:
                 T.ptx["wgmma.wait_group.sync.aligned"](0)
         else:
             T.ptx["wgmma.wait_group.sync.aligned"](0)
 
     @T.prim_func(check_well_formed=False)
-    def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-             v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+    def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+             v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for qb_rev in T.thread_binding(NQB, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
@@ -662,6 +807,8 @@ def lower(spec: FlashKernelSpec, config):
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
                     ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
+                    row_fold = T.decl_buffer((2,), "float32", scope="local")     # fp8 dequantization per row
+                    p16 = T.decl_buffer((2,), "uint16", scope="local")           # fp8 P, two pairs
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                     # align the tiles to 1024 bytes (the 128-byte swizzle's period)
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
@@ -684,11 +831,16 @@ def lower(spec: FlashKernelSpec, config):
                             T.ptx[cpa](
                                 T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
                                 T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                               (it * NT + tx) % CQ * 8]),
+                                               (it * NT + tx) % CQ * EQ]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
+                    if QUANT:
+                        for r in T.unroll(2):
+                            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
+                                T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(
+                                    scale * _LOG2E if fold_scale else 1.0)
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0, cnt)
                     # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})
@@ -713,12 +865,15 @@ def lower(spec: FlashKernelSpec, config):
                     # the last block (its P·V only)
                     if kb_lo < kb_hi:
                         step(kb_lo, True, False, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
+                             row_fold, p16)
                         for j in T.serial(kb_lo + 1, kb_hi):
                             step(j, True, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                                 sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
+                                 sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
+                             row_fold, p16)
                         step(kb_hi, False, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
-                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent)
+                             sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
+                             row_fold, p16)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
@@ -727,11 +882,13 @@ def lower(spec: FlashKernelSpec, config):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
                         red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                        if PV8:
+                            red[r] = red[r] * scale_at(2, b, hk, 0)
                     for hf in T.unroll(2):
                         if both(lane % 4 == 0, r0 + hf * 8 + lane // 4 < S):
                             lse[b, h, r0 + hf * 8 + lane // 4] = T.Select(
                                 l_run[hf] > T.float32(0),
-                                (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2),
+                                (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
                     # (the output tile needs no alignment: it is staged from the unaligned base)
                     for nd in T.unroll(NDV):
@@ -746,7 +903,7 @@ def lower(spec: FlashKernelSpec, config):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
-    extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
+    extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
         main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)

@@ -1,12 +1,15 @@
-"""Hopper (sm_90a) prefill kernel for FP8 inputs and chained query blocks.
+"""Hopper (sm_90a) prefill kernel on the in-order schedule: chained query blocks, and tile maps
+with one warpgroup.
 
-cuda.py picks this module over ``_cuda_wgmma.py`` when the spec takes fp8 inputs or the
-config chains query blocks (``query_blocks`` > 1).  It is the wgmma kernel as it stood before
-``_cuda_wgmma.py`` gained the ping-pong schedule and the L2-friendly grid order (it has the
-grid order since).  Table mode (tile maps, captured tensors) runs on the ping-pong kernel
-now; this one keeps its own table mode for fp8 with a block mask and for chained blocks (the
-row compaction is ``_cuda_wgmma.compact_row_macro``, shared).  Folding fp8 and chaining into
-``_cuda_wgmma.py`` is open work; until then the two share the descriptor/layout scheme below.
+cuda.py picks this module over ``_cuda_wgmma.py`` when the config chains query blocks
+(``query_blocks`` > 1) or iterates a tile map with one warpgroup (no ping-pong partner).  It is
+the wgmma kernel as it stood before ``_cuda_wgmma.py`` gained the ping-pong schedule and the
+L2-friendly grid order (it has the grid order since).  Table mode, captured tensors and fp8
+run on the ping-pong kernel for two warpgroups and more; this one keeps its own table mode and
+fp8 path for one warpgroup and for chained blocks (the row compaction, the fp8 rules, the fp8 V
+loader and the K/V loaders are ``_cuda_wgmma``'s, shared).  Folding chaining into
+``_cuda_wgmma.py`` was tried and measured slower (benchmarks/gpu/RESULTS.md); the two share the
+descriptor/layout scheme below.
 
 The original description follows.
 
@@ -65,19 +68,10 @@ from attncc.errors import ConfigError, ShapeError
 from attncc.targets.spec import FlashKernelSpec
 
 _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
-_FP8_PTX = {"float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}
-P_SHIFT = 8.0                     # fp8 P is 2^8 * exp2(s - m): in (2^-9, 2^8], never subnormal for kept keys
-_LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 ALIGN_BYTES = 1024
 # experiment switches ("lazy_rescale"; build.py sets them before lower()); empty = the defaults
 _OPTIONS: dict = {}
-
-
-def _elem_bytes(spec: FlashKernelSpec):
-    """Bytes per element of q/k and of v (fp8: 1, else 2)."""
-    qk = 1 if spec.quant_dtype else 2
-    return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
 
 
 def chained(config) -> int:
@@ -101,9 +95,10 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
-from attncc.targets._cuda_wgmma import (check_resources, check_tiles, compact_row_macro,  # noqa: E402,F401
-                                        registers_estimate, row_list_macro, tile_loader_macro,
-                                        use_block_table)
+from attncc.targets._cuda_wgmma import (FP8_PTX as _FP8_PTX, P_SHIFT, _LOG2E,  # noqa: E402,F401
+                                        check_fp8, check_resources, check_tiles, compact_row_macro,
+                                        elem_bytes as _elem_bytes, fp8_v_loader_macro, registers_estimate,
+                                        row_list_macro, tile_loader_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -119,22 +114,7 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
                 "block ahead: num_stages must be 2")
         if spec.quant_dtype is not None:
             bad("query_blocks > 1 does not take fp8 inputs yet: use query_blocks=1")
-    if spec.quant_dtype is not None:
-        from attncc.errors import DTypeError
-        if spec.quant_dtype not in _FP8_PTX:
-            raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
-                             "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
-                             variant=spec.name or None)
-        if spec.head_dim % 128:
-            raise ShapeError(f"cuda target, fp8: head_dim ({spec.head_dim}) must be a multiple of 128 (fp8 rows "
-                             "of the 128-byte swizzled Q/K tiles)", variant=spec.name or None)
-        if spec.quant_pv:
-            if c.block_k % 128:
-                bad("fp8 P·V reads V transposed in rows of block_k bytes: block_k must be 128 or 256")
-            if any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v")):
-                raise ShapeError("cuda target, fp8 P·V: per-block V scales are not supported (the V scale must be "
-                                 "per tensor or per head: --quantize-granularity tensor|head)",
-                                 variant=spec.name or None)
+    check_fp8(spec, c)
     check_resources(spec, c, smem_limit, shared_memory_bytes(spec, c))
 
 
@@ -268,17 +248,6 @@ def lower(spec: FlashKernelSpec, config):
         return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
                    tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
 
-    def v_src(vbuf, bi, hk, blk, idx):
-        """(global address, 16[, source bytes]) of 16-byte chunk ``idx`` of key block ``blk``'s
-        transposed fp8 V tile (row = value dim, chunk = 16 keys; the 16-bit V loads through
-        tile_loader_macro)."""
-        row, chunk = idx // CVL, idx % CVL
-        key = blk * BK + chunk * 16
-        if KEYS_EXACT:
-            return (T.address_of(vbuf[bi, hk, row, key]), 16)
-        return (T.address_of(vbuf[bi, hk, row, tirx.min(key, TKP - 16)]), 16,
-                tirx.Cast("uint32", tirx.Select(key < TKP, 16, 0)))
-
     def tile_off(base, rows, row, chunk):
         """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
         return (base + tirx.floordiv(chunk, 8) * (rows * 64) + row * 64
@@ -399,7 +368,8 @@ def lower(spec: FlashKernelSpec, config):
     KEYS_EXACT = _OPTIONS.get("keys_exact", TK % BK == 0 and TKP % BK == 0)
 
     load_k = tile_loader_macro(NT, BK, TK, KEYS_EXACT, k_off, CQ, K_ITERS, EQ, D * QB)
-    load_v = tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CVL, V_ITERS, 8, DV * 2)
+    load_v = (fp8_v_loader_macro(NT, BK, TKP, KEYS_EXACT, v_off, V_ROWS, CVL, V_ITERS) if PV8 else
+              tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CVL, V_ITERS, 8, DV * 2))
     ex2 = "ex2.approx.ftz.f32"
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
@@ -423,13 +393,7 @@ def lower(spec: FlashKernelSpec, config):
     @T.macro
     def load_kv(blk, slot, smem, k, v, pe, tx, b, hk):
         load_k(blk, slot, smem, k, pe, tx, b, hk)
-        if not PV8:
-            load_v(blk, slot, smem, v, pe, tx, b, hk)
-        else:       # the transposed fp8 V: v_src's rows and clamps
-            for it in T.unroll(V_ITERS):
-                if within(V_ROWS * CVL, it * NT + tx):
-                    T.ptx[cpa](T.address_of(smem[pe + v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
-                               *v_src(v, b, hk, blk, it * NT + tx))
+        load_v(blk, slot, smem, v, pe, tx, b, hk)
 
     @T.macro
     def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):

@@ -82,13 +82,14 @@ _ROUTE: dict = {}
 
 
 def _wgmma_for(spec: FlashKernelSpec, config=None):
-    """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the kernel takes fp8
-    inputs or chains query blocks (features the ping-pong kernel of ``_cuda_wgmma`` does not
-    have), or iterates a tile map with one warpgroup (no ping-pong partner: the in-order
-    schedule measured 3-6 % faster at 64 x 32 on documents, causal documents and 512-token
-    chunks, the same on bands; H200, benchmarks/gpu/RESULTS.md); else ``_cuda_wgmma``
-    (bands, tile maps, captured tensors)."""
-    if spec.quant_dtype is not None:
+    """The wgmma kernel module for ``spec``: ``_cuda_wgmma_sparse`` when the config chains query
+    blocks (a feature the ping-pong kernel of ``_cuda_wgmma`` does not have), or iterates a tile
+    map with one warpgroup (no ping-pong partner: the in-order schedule measured 3-6 % faster at
+    64 x 32 on documents, causal documents and 512-token chunks, the same on bands; H200,
+    benchmarks/gpu/RESULTS.md); else ``_cuda_wgmma`` (bands, tile maps, captured tensors, fp8
+    inputs).  (``_ROUTE["fp8"] = "inorder"``: fp8 on the in-order kernel, as before it moved to
+    the ping-pong one -- an experiment build's comparison.)"""
+    if spec.quant_dtype is not None and _ROUTE.get("fp8") == "inorder":
         return _wgmma_sparse
     if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
@@ -231,12 +232,14 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
         # without a mask since lazy rescaling (dense S=4k / 16k 530 / 542 vs 503 / 525; GQA 466 /
         # 508 vs 454 / 507; H200, benchmarks/gpu/RESULTS.md), with a score_mod (ALiBi 365 vs
         # 345), with a tile map (documents=2-8 2.380 / 1.381 / 0.756 ms vs 2.455 / 1.408 / 0.770
-        # at 3; equal at 16-32) and in the fp8 kernel (its 3-stage path overlaps P·V
+        # at 3; equal at 16-32) and in the in-order kernel (its 3-stage path overlaps P·V
         # differently: 390 vs 425)
         no_mask = (spec.mask_mod is None and spec.key_bounds.lower_offset is None
                    and spec.key_bounds.upper_offset is None)
+        # fp8 on the ping-pong kernel: 2 (causal S=16k / 4k, Q·Kᵀ + P·V 764 / 648 vs 736 / 619 at 3;
+        # Q·Kᵀ alone equal; H200, benchmarks/gpu/RESULTS.md, "fp8 on the ping-pong kernel")
         stages = ((2,) if spec.score_mod is not None or _wgmma_for(spec) is _wgmma_sparse
-                  or _wgmma_dense.use_block_table(spec) or no_mask else (3, 2))
+                  or spec.quant_dtype is not None or _wgmma_dense.use_block_table(spec) or no_mask else (3, 2))
         for block_k in (128, 64):
             for num_stages in stages:
                 cfg = CudaConfig(block_q=128, block_k=block_k, num_warps=8, num_stages=num_stages, mma="wgmma")
@@ -385,7 +388,7 @@ def _validate_spec(spec: FlashKernelSpec) -> None:
 def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
     """fp8 inputs need the Hopper wgmma kernel, captured tensors a prefill kernel (wgmma or
     mma.sync, not split-KV decode): one clear error otherwise."""
-    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma_sparse._FP8_PTX:
+    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma_dense.FP8_PTX:
         raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
                          "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
                          variant=spec.name or None)

@@ -568,7 +568,7 @@ def bench_fp8(man, fn, dev):
     ref = F.scaled_dot_product_attention(x["q"], x["k"], x["v"], is_causal=causal)
     res["rel_vs_sdpa_bf16"] = float((out.float() - ref.float()).norm() / ref.float().norm())
     res["nan"] = bool(torch.isnan(out).any().item())
-    print(f"FP8 {man['id']:<80} {man['fp8']['group']:<14} {man['fp8']['mode']:<10} "
+    print(f"FP8 {man['id']:<80} {man['fp8']['group']:<14} {man['fp8']['mode']:<17} "
           f"TFLOP/s {man['flops'] / res['attncc_s'] / 1e12:6.1f}  rel err vs bf16 SDPA {res['rel_vs_sdpa_bf16']:.1e}"
           + (" NAN!" if res["nan"] else ""), flush=True)
     return res
@@ -620,6 +620,16 @@ def sparse_summary(results, manifests):
             c = d.get("fp8 QK+PV", (float("nan"), None))
             print(f"{g:<16} {b:>7.1f} {a[0]:>7.1f} {c[0]:>10.1f} {a[0] / b:>8.2f} {c[0] / b:>11.2f} "
                   f"{a[1] or float('nan'):>10.1e} {c[1] or float('nan'):>13.1e}")
+        if any(mode.endswith(" inorder") for d in groups.values() for mode in d):
+            # build.py --only fp8pp: the same fp8 kernels on the in-order schedule, same run
+            print("\nfp8 on the ping-pong kernel vs the in-order kernel (TFLOP/s; ratio > 1: ping-pong faster)")
+            print(f"{'shape':<16} {'QK in-order':>11} {'QK ping-pong':>12} {'ratio':>6} "
+                  f"{'QK+PV in-order':>14} {'QK+PV ping-pong':>15} {'ratio':>6}")
+            for g, d in groups.items():
+                nan = (float("nan"), None)
+                qi, qp = d.get("fp8 QK inorder", nan)[0], d.get("fp8 QK", nan)[0]
+                pi, pp = d.get("fp8 QK+PV inorder", nan)[0], d.get("fp8 QK+PV", nan)[0]
+                print(f"{g:<16} {qi:>11.1f} {qp:>12.1f} {qp / qi:>6.2f} {pi:>14.1f} {pp:>15.1f} {pp / pi:>6.2f}")
 
 
 _COPY_TBS = {}

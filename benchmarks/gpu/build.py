@@ -59,7 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -617,6 +617,52 @@ def _fp8_bench_entries():
     return out
 
 
+def _fp8_pingpong_entries():
+    """fp8 on the ping-pong kernel (``_cuda_wgmma``; before, fp8 ran on the in-order kernel of
+    ``_cuda_wgmma_sparse``): every fp8 code path verified -- Q·Kᵀ per head, + P·V per tensor,
+    ragged dims, e5m2, per-block scales (a k scale per key), GQA, a score_mod (softcap: warpgroups
+    in step), a runtime document mask and a compile-time tile map, 3 stages, a band -- and the
+    fp8 vs bf16 benchmark, each fp8 kernel beside the in-order one (``cuda_route`` fp8=inorder,
+    the kernel compile picked before), same run."""
+    out = []
+    fp8 = dict(dtype="fp8", granularity="head")
+    small = {"B": 1, "S": 517}
+    for name, dt, shapes, quant, cfg in (
+            ("causal", "bf16", small, fp8, None),
+            ("causal", "bf16", small, dict(dtype="fp8", granularity="tensor", pv=True), None),
+            ("full", "bf16", {"B": 2, "S": 700}, dict(fp8, pv=True), None),
+            ("full", "f16", {"B": 1, "S": 1024}, fp8, None),
+            ("causal", "bf16", small, dict(dtype="fp8_e5m2", granularity="head", pv=True), None),
+            ("causal", "bf16", small, dict(dtype="fp8", granularity="block", block=64), None),
+            ("gqa", "bf16", {"B": 1, "S": 333}, dict(fp8, pv=True), None),
+            ("softcap", "f16", small, dict(fp8, pv=True), None),
+            ("doc_causal", "bf16", {"S": 700}, dict(fp8, pv=True), None),
+            ("doc_mask", "bf16", {"S": 1100, "H": 4}, fp8, None),
+            ("causal", "bf16", {"B": 1, "S": 700}, dict(fp8, pv=True), dict(WGMMA, num_stages=3)),
+            ("causal", "bf16", {"B": 1, "S": 700}, fp8, dict(WGMMA, num_stages=2)),
+            ("sliding_window", "bf16", {"B": 1, "S": 1100}, dict(fp8, pv=True), None),
+            ("alibi", "bf16", small, fp8, None)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype=dt, shapes=shapes, config=cfg,
+                        quantize=quant))
+    out.append(dict(kind="verify", path=VARIANTS, name="chunk_512", dtype="bf16", shapes={"S": 1100, "H": 4},
+                    config=None, quantize=dict(fp8, pv=True)))
+    for s_ in (4096, 16384):
+        shp = {"B": 16384 // s_, "S": s_}
+        for name in ("full", "causal"):
+            for mode, quant in (("bf16", None), ("fp8 QK", fp8), ("fp8 QK+PV", dict(fp8, pv=True))):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
+                                quantize=quant, fp8=dict(group=f"{name} S={s_}", mode=mode)))
+                if quant is not None:
+                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
+                                    quantize=quant, cuda_route={"fp8": "inorder"},
+                                    fp8=dict(group=f"{name} S={s_}", mode=mode + " inorder")))
+                if quant is not None and name == "causal":     # compile picks 3 stages here; 2 beside it
+                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp,
+                                    config=WGMMA, quantize=quant,
+                                    fp8=dict(group=f"{name} S={s_}", mode=mode + " s2")))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -710,7 +756,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
