@@ -83,35 +83,12 @@ def elem_bytes(spec: FlashKernelSpec):
     return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
 
 
-def chained(config) -> int:
-    """Query blocks a thread block runs one after another (``CudaConfig.query_blocks``)."""
-    return int(getattr(config, "query_blocks", 1) or 1)
-
-
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = elem_bytes(spec)
     q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)      # Q, then the O staging
     kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
-    table = 4 * (-(-spec.kv_len // config.block_k) + 1) * chained(config) if use_block_table(spec) else 0
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
     return q_tile + kv + ALIGN_BYTES + table
-
-
-def check_chain(spec: FlashKernelSpec, config) -> None:
-    """The rules of chained query blocks on the ping-pong kernel (``query_blocks`` > 1)."""
-    qc = chained(config)
-    if qc == 1:
-        return
-    if config.num_stages != 2:
-        _bad(spec, config, f"query_blocks={qc} prefetches the next query block's first K/V tile into the slot "
-             "the last one left free: num_stages must be 2")
-    if spec.quant_dtype is not None:
-        _bad(spec, config, f"query_blocks={qc} does not take fp8 inputs: use query_blocks=1")
-    if config.block_q * spec.head_dim_v > config.block_k * spec.head_dim:
-        _bad(spec, config, f"query_blocks={qc} stages the output in a K slot: block_q x head_dim_v must fit in "
-             "block_k x head_dim")
-    if use_block_table(spec) and qc > config.num_warps:
-        _bad(spec, config, f"query_blocks={qc}: one warp compacts each chained block's tile-map row, so at most "
-             f"num_warps ({config.num_warps}) blocks")
 
 
 def check_fp8(spec: FlashKernelSpec, config) -> None:
@@ -324,7 +301,6 @@ def registers_estimate(spec: FlashKernelSpec, config) -> int:
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
     check_tiles(spec, config, arch)
     check_fp8(spec, config)
-    check_chain(spec, config)
     check_resources(spec, config, smem_limit, shared_memory_bytes(spec, config))
 
 
@@ -451,13 +427,7 @@ def lower(spec: FlashKernelSpec, config):
     # table mode: the key-block list (int32), past the tiles and the alignment slack
     LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
     USE_TABLE = use_block_table(spec)
-    # chained query blocks (query_blocks QC > 1): one thread block runs QC query blocks, each
-    # block's last step loading the next one's Q and first K/V (main_chain below)
-    QC = chained(config)
-    CHAIN = QC > 1
-    NQG = -(-NQB // QC)               # thread blocks along the query axis
-    LS = NKB + 1                      # one key-block list (entries, then the count) per chained block
-    SMEM_ELEMS = LIST_BASE + (2 * LS * QC if USE_TABLE else 0)
+    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
     # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
     # ids) follow it, read by the mask / score_mod expressions
     TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
@@ -662,7 +632,7 @@ def lower(spec: FlashKernelSpec, config):
               tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CV, V_ITERS, 8, DV * 2))
 
     @T.macro
-    def loads(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
+    def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
         # K of block j + AHEAD into the slot of K_{j-1}, V of block j + AHEAD - 1 into that of
         # V_{j-2}: every warpgroup waited for the products that read them before this barrier.
         # One commit group a step, empty or not (the waits count groups).  Table mode: the key
@@ -675,8 +645,7 @@ def lower(spec: FlashKernelSpec, config):
             if j + AHEAD < kb_hi:
                 load_k(key_block(ent, 2, j + AHEAD), (j + AHEAD - kb_lo) % NS, smem, k, pe, tx, b, hk)
             if AHEAD == 1:
-                if has_pv or not CHAIN:     # (chained blocks: a block's first V came with its first K)
-                    load_v(key_block(ent, 3, j), (j - kb_lo) % NS, smem, v, pe, tx, b, hk)
+                load_v(key_block(ent, 3, j), (j - kb_lo) % NS, smem, v, pe, tx, b, hk)
             elif j + AHEAD - 1 < kb_hi:
                 load_v(key_block(ent, 3, j + AHEAD - 1), (j + AHEAD - 1 - kb_lo) % NS, smem, v, pe, tx, b, hk)
         T.ptx["cp.async.commit_group"]()
@@ -772,47 +741,20 @@ def lower(spec: FlashKernelSpec, config):
             T.ptx["wgmma.commit_group.sync.aligned"]()
 
     @T.macro
-    def load_q(q0, smem, q, pe, tx, b, h):
-        for it in T.unroll(Q_ITERS):
-            if within(BQ * CQ, it * NT + tx):
-                T.ptx[cpa](
-                    T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                    T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                   (it * NT + tx) % CQ * EQ]),
-                    16,
-                    T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-
-    @T.macro
-    def prefetch(nx, smem, q, k, v, pe, tx, b, h, hk):
-        """Chained blocks: the next block's Q tile and its first K and V tiles, one commit group
-        (nx: [0] 1 when there is a next block, [1] its first query row, [2] its first key block or
-        -1 when it has none, [3] the K/V slot they go to)."""
-        if nx[0] == 1:
-            load_q(nx[1], smem, q, pe, tx, b, h)
-            if nx[2] >= 0:
-                load_k(nx[2], nx[3], smem, k, pe, tx, b, hk)
-                load_v(nx[2], nx[3], smem, v, pe, tx, b, hk)
-        T.ptx["cp.async.commit_group"]()
-
-    @T.macro
     def step(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane, sbase,
-             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent, row_fold, p16, q, nx):
+             s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent, row_fold, p16):
         """Key block j: the softmax of S_j (even warpgroups) or S_{j-1} (odd ones) and the
         products S_j = Q K_jᵀ (has_qk) and O += P_{j-1} V_{j-1} (has_pv).  The first and the
         last step are peeled off the loop (has_pv / has_qk False) so that no wgmma or wait
-        sits under a condition that ptxas cannot follow (it would serialise every wgmma).
-        Chained blocks: the last step (has_qk False) issues the next block's Q and first K/V
-        (``prefetch``), since every product that read Q and the K slots is done by its barrier."""
+        sits under a condition that ptxas cannot follow (it would serialise every wgmma)."""
         T.ptx["cp.async.wait_group"](AHEAD - 1)     # K_j and V_{j-1} have landed
         T.ptx["fence.proxy.async.shared::cta"]()
         T.tvm_storage_sync("shared")
-        if CHAIN and not has_qk:
-            prefetch(nx, smem, q, k, v, pe, tx, b, h, hk)
         if USE_TABLE:      # the key blocks of S_j and S_{j-1}
             ent[0] = kv_list[T.min(j, NKB)]
             ent[1] = kv_list[T.max(j - 1, 0)]
         if is_odd(wg):
-            loads(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
             if has_pv:
                 softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
                         s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
@@ -821,7 +763,7 @@ def lower(spec: FlashKernelSpec, config):
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
         gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
         if is_even(wg):
-            loads(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
+            loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
         if is_even(wg):
             if has_qk:
                 if SPLIT and has_pv:
@@ -884,7 +826,14 @@ def lower(spec: FlashKernelSpec, config):
                     lane = tx % 32
                     r0 = q0 + warp * 16                    # first query row of this warp
                     # ---- prologue: the Q tile, (table mode) the key-block list, K of the first key block
-                    load_q(q0, smem, q, pe, tx, b, h)
+                    for it in T.unroll(Q_ITERS):
+                        if within(BQ * CQ, it * NT + tx):
+                            T.ptx[cpa](
+                                T.address_of(smem[pe + q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                                T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
+                                               (it * NT + tx) % CQ * EQ]),
+                                16,
+                                T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
                     if QUANT:
@@ -917,14 +866,14 @@ def lower(spec: FlashKernelSpec, config):
                     if kb_lo < kb_hi:
                         step(kb_lo, True, False, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
                              sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
-                             row_fold, p16, q, cnt)
+                             row_fold, p16)
                         for j in T.serial(kb_lo + 1, kb_hi):
                             step(j, True, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
                                  sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
-                             row_fold, p16, q, cnt)
+                             row_fold, p16)
                         step(kb_hi, False, True, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane,
                              sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent,
-                             row_fold, p16, q, cnt)
+                             row_fold, p16)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
@@ -954,149 +903,6 @@ def lower(spec: FlashKernelSpec, config):
                                     out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
                                         smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
-    # ------------------------------------------------------------------ chained query blocks
-    # query_blocks = QC > 1: thread block g runs query blocks g QC .. g QC + QC - 1 (heavy first),
-    # each through the unchained key loop.  What changes is the boundary: the last step of block c
-    # (P·V only) issues block c + 1's Q tile and its first K and V tiles (``prefetch``) right after
-    # its barrier, so they load under block c's last softmax, P·V and write-out, and block c
-    # stages its output in the K slot its own last K tile left, not over Q.  K/V slots run on
-    # across blocks (a block's slots start where the previous one's ended: the slot origin
-    # ``kb_lo - cs[0]``).  Table mode: warp c compacts block c's tile-map row at the start, all
-    # at once (one memory latency for the thread block).
-    def chained_kernel():
-        @T.prim_func(check_well_formed=False)
-        def main_chain(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
-                       v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
-                       lse: T.Buffer((B, H, S), "float32")):
-            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-            for g_rev in T.thread_binding(NQG, thread="blockIdx.x" if QB_FAST else "blockIdx.y"):
-                for bh in T.thread_binding(B * H, thread="blockIdx.y" if QB_FAST else "blockIdx.x"):
-                    for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                        smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
-                        p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
-                        s_acc = T.decl_buffer((NSA,), "float32", scope="local")
-                        o_acc = T.decl_buffer((NOA,), "float32", scope="local")
-                        m_run = T.decl_buffer((2,), "float32", scope="local")
-                        l_run = T.decl_buffer((2,), "float32", scope="local")
-                        m_use = T.decl_buffer((2,), "float32", scope="local")
-                        alpha = T.decl_buffer((2,), "float32", scope="local")
-                        red = T.decl_buffer((2,), "float32", scope="local")
-                        saddr = T.decl_buffer((1,), "uint64", scope="local")
-                        # every chained block's key-block list, LS entries each (table mode)
-                        lists = T.decl_buffer((QC * LS,), "int32", data=smem.data, elem_offset=LIST_BASE // 2,
-                                              scope="shared.dyn")
-                        cnt = T.decl_buffer((1,), "int32", scope="local")
-                        tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")
-                        ent = T.decl_buffer((4,), "int32", scope="local")
-                        row_fold = T.decl_buffer((2,), "float32", scope="local")
-                        p16 = T.decl_buffer((2,), "uint16", scope="local")
-                        nx = T.decl_buffer((4,), "int32", scope="local")     # the next block (prefetch)
-                        cs = T.decl_buffer((1,), "int32", scope="local")     # this block's first K/V slot
-                        T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
-                        pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
-                        sbase = saddr[0] + T.Cast(u64, pad)
-                        pe = pad // 2
-                        b = bh // H
-                        h = bh % H
-                        hk = h // G
-                        wg = T.cuda.__shfl_sync(FULL_MASK, tx // 128, 0, 32)
-                        warp = tx // 32
-                        lane = tx % 32
-                        n_items = T.min(QC, NQB - g_rev * QC)
-                        q0_first = (NQB - 1 - g_rev * QC) * BQ
-                        # ---- prologue: block 0's Q, every block's key-block list, block 0's first K/V
-                        load_q(q0_first, smem, q, pe, tx, b, h)
-                        if USE_TABLE:
-                            for c in T.unroll(QC):
-                                if warp == c:
-                                    if c < n_items:
-                                        compact_row(NQB - 1 - (g_rev * QC + c), c * LS, cnt, tvs, lists, lane)
-                            T.tvm_storage_sync("shared")
-                            cnt[0] = lists[NKB]
-                            ent[2] = lists[0]
-                            nx[2] = T.Select(cnt[0] > 0, ent[2] >> 1, -1)
-                        else:
-                            nx[2] = T.Select(block_hi(q0_first, None) > block_lo(q0_first), block_lo(q0_first), -1)
-                        if nx[2] >= 0:
-                            load_k(nx[2], 0, smem, k, pe, tx, b, hk)
-                            load_v(nx[2], 0, smem, v, pe, tx, b, hk)
-                        T.ptx["cp.async.commit_group"]()
-                        cs[0] = 0
-                        for c in T.serial(n_items):
-                            qb = NQB - 1 - (g_rev * QC + c)
-                            q0 = qb * BQ
-                            r0 = q0 + warp * 16
-                            kv_list = T.decl_buffer((LS,), "int32", data=smem.data,
-                                                    elem_offset=LIST_BASE // 2 + c * LS, scope="shared.dyn")
-                            if USE_TABLE:
-                                cnt[0] = kv_list[NKB]
-                            kb_lo = block_lo(q0)
-                            kb_hi = block_hi(q0, cnt)
-                            # the next block: its first query row, first key block (or -1), slot
-                            nx[0] = T.Select(c + 1 < n_items, 1, 0)
-                            nx[1] = q0 - BQ
-                            if USE_TABLE:
-                                ent[2] = lists[T.min(c + 1, QC - 1) * LS + NKB]
-                                ent[3] = lists[T.min(c + 1, QC - 1) * LS]
-                                nx[2] = T.Select(ent[2] > 0, ent[3] >> 1, -1)
-                            else:
-                                nx[2] = T.Select(block_hi(q0 - BQ, None) > block_lo(q0 - BQ), block_lo(q0 - BQ), -1)
-                            nx[3] = (cs[0] + kb_hi - kb_lo) % NS
-                            for r in T.unroll(2):
-                                m_run[r] = NEG_INF
-                                l_run[r] = T.float32(0)
-                                alpha[r] = T.float32(1)
-                            for e in T.unroll(NOA):
-                                o_acc[e] = T.float32(0)
-                            if kb_lo < kb_hi:
-                                step(kb_lo, True, False, kb_lo - cs[0], kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0,
-                                     lane, sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list,
-                                     ent, row_fold, p16, q, nx)
-                                for j in T.serial(kb_lo + 1, kb_hi):
-                                    step(j, True, True, kb_lo - cs[0], kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0,
-                                         lane, sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
-                                         kv_list, ent, row_fold, p16, q, nx)
-                                step(kb_hi, False, True, kb_lo - cs[0], kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0,
-                                     lane, sbase, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list,
-                                     ent, row_fold, p16, q, nx)
-                            else:
-                                # no key block: the previous block's write-out read the staging slot
-                                # this one writes; the next block's loads go out now
-                                T.tvm_storage_sync("shared")
-                                prefetch(nx, smem, q, k, v, pe, tx, b, h, hk)
-                            T.ptx["wgmma.wait_group.sync.aligned"](0)
-                            # ---- write-out, staged in the K slot of this block's last K tile (the
-                            # next block's loads are in flight to Q, and to the other K and V slots)
-                            for r in T.unroll(2):
-                                l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
-                                l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
-                                red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
-                            for hf in T.unroll(2):
-                                if both(lane % 4 == 0, r0 + hf * 8 + lane // 4 < S):
-                                    lse[b, h, r0 + hf * 8 + lane // 4] = T.Select(
-                                        l_run[hf] > T.float32(0),
-                                        (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2), NEG_INF)
-                            # (in 16-byte units: pe is a multiple of 8 elements, and the copy-out's
-                            # 8-element vectors must be seen to stay aligned)
-                            stage16 = (pe + K_BASE + (1 - nx[3]) * K_ELEMS) // 8
-                            for nd in T.unroll(NDV):
-                                for e in T.unroll(4):
-                                    smem[stage16 * 8
-                                         + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                        T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                            T.tvm_storage_sync("shared")
-                            for it in T.unroll(O_ITERS):
-                                if within(BQ * CV, it * NT + tx):
-                                    if q0 + (it * NT + tx) // CV < S:
-                                        for e in T.vectorized(8):
-                                            out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                                smem[stage16 * 8
-                                                     + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
-                            cs[0] = nx[3]
-        return main_chain
-
-    if CHAIN:
-        main = chained_kernel()
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter

@@ -74,7 +74,9 @@ ALIGN_BYTES = 1024
 _OPTIONS: dict = {}
 
 
-from attncc.targets._cuda_wgmma import chained  # noqa: E402  (query blocks a thread block runs)
+def chained(config) -> int:
+    """Query blocks a thread block runs one after another (``CudaConfig.query_blocks``)."""
+    return int(getattr(config, "query_blocks", 1) or 1)
 
 
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:

@@ -91,7 +91,7 @@ def _wgmma_for(spec: FlashKernelSpec, config=None):
     the ping-pong one -- an experiment build's comparison.)"""
     if spec.quant_dtype is not None and _ROUTE.get("fp8") == "inorder":
         return _wgmma_sparse
-    if _wgmma_sparse.chained(config) > 1 and not (_ROUTE.get("chain") == "pingpong" and config.num_warps >= 8):
+    if _wgmma_sparse.chained(config) > 1:
         return _wgmma_sparse
     if getattr(config, "num_warps", None) == 4:
         route = _ROUTE.get("one_warpgroup")

@@ -59,8 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "chainpp": _chain_pingpong_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -664,48 +663,6 @@ def _fp8_pingpong_entries():
     return out
 
 
-def _chain_pingpong_entries():
-    """Chained query blocks on the ping-pong kernel, second try (``query_blocks`` 2-4,
-    ``cuda_route`` chain=pingpong): each block runs the unchained key loop, and only its last step
-    changes -- it issues the next block's Q and first K/V, and the write-out is staged in a free K
-    slot.  Verified on every kind of kernel it builds (bands, tile maps, document ids, blocks
-    without keys, a last group of fewer blocks, score_mods, f16, GQA), and timed beside the
-    unchained kernels of the same run on the density benchmark and at S=1k."""
-    out = []
-    s16 = {"B": 1, "S": 16384}
-    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
-    ch = lambda qc, **kw: dict(WGMMA, query_blocks=qc, **kw)   # noqa: E731
-    route = {"chain": "pingpong"}
-
-    def verify(path, name, dtype, shapes, cfg):
-        out.append(dict(kind="verify", path=path, name=name, dtype=dtype, shapes=shapes, config=cfg,
-                        cuda_route=route))
-
-    verify(ex("document_mask"), None, "bf16", "ragged", ch(2))
-    verify(VARIANTS, "doc_causal", "bf16", {"S": 700}, ch(2))
-    verify(VARIANTS, "doc_mask", "bf16", {"S": 1100, "H": 4}, ch(4))
-    verify(ex("local_global"), None, "bf16", {"S": 700}, ch(3))
-    verify(ex("strided"), None, "bf16", "ragged", ch(2))
-    verify(ex("prefix_lm"), None, "f16", {}, ch(2))
-    verify(VARIANTS, "chunk_512", "bf16", {"S": 1100, "H": 4}, ch(3))
-    verify(VARIANTS, "late_keys", "bf16", {}, ch(3))
-    verify(VARIANTS, "full", "bf16", {"B": 2, "S": 700}, ch(2))
-    verify(VARIANTS, "causal", "bf16", {"B": 1, "S": 700}, ch(4))
-    verify(VARIANTS, "sw_256", "bf16", {"S": 1100, "H": 4}, ch(4))
-    verify(ex("alibi"), None, "bf16", "ragged", ch(2))
-    verify(ex("softcap"), None, "f16", {}, ch(2))
-    verify(ex("causal_gqa"), None, "f16", {}, ch(2))
-    for name, sp in DENSITY_MASKS:
-        for cfg in (None, dict(WGMMA), ch(2), ch(4)):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=cfg, sparse=sp,
-                            cuda_route=route if cfg and cfg.get("query_blocks") else None))
-    for name in ("full", "causal"):
-        for cfg in (None, dict(WGMMA), ch(2)):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 16, "S": 1024},
-                            config=cfg, cuda_route=route if cfg and cfg.get("query_blocks") else None))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -799,7 +756,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "chainpp"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
