@@ -393,3 +393,59 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     assert k2.spec.kv_len % k2.config.block_k != 0
     assert "T.ptx.addr(T.address_of(k[" not in ragged
     assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)
+
+
+# --------------------------------------------------------------------------- partial-tile masks
+
+
+@pytest.mark.parametrize("name", ["sw_1024", "causal", "prefix_lm_band", "chunk_512"])
+def test_band_comparisons_on_j_minus_i_agree_with_the_index_form(name):
+    """Partial tiles compare d = j - i (a per-thread value plus a constant per element) with the
+    band's offsets; for every (i, j) of a grid around the band's edges, including keys past a ragged
+    key length, keep(i, j, d=j-i) decides exactly as keep(i, j)."""
+    from tvm import tirx
+    from tvm.sym import Analyzer
+
+    from attncc.targets._gpu_flash import FlashIndexing
+
+    if name == "prefix_lm_band":
+        k = _compile("prefix_lm", {"S": 333}, path=os.path.join(ROOT, "examples", "prefix_lm.py"), build=False)
+    else:
+        k = _compile(name, {"S": 1100, "H": 2} if name != "causal" else {"B": 1, "S": 333}, build=False)
+    ix = FlashIndexing(k.spec, 128, 128, 16, ())
+    assert ix.lower_offset is not None or ix.upper_offset is not None or name == "prefix_lm_band"
+    an = Analyzer()
+    b, h = tirx.const(0, "int32"), tirx.const(0, "int32")
+    edges = [o for o in (ix.lower_offset, ix.upper_offset) if o is not None]
+    checked = 0
+    for i in (0, 1, 127, 128, 500, k.spec.q_len - 1):
+        for off in sorted({0, 1, -1, 7, -9} | {e + x for e in edges for x in (-1, 0, 1)}):
+            j = i + off
+            if not 0 <= j < k.spec.kv_len + 64:
+                continue
+            ii, jj = tirx.const(i, "int32"), tirx.const(j, "int32")
+            plain = an.simplify(ix.keep(b, h, ii, jj))
+            delta = an.simplify(ix.keep(b, h, ii, jj, d=tirx.const(j - i, "int32")))
+            assert isinstance(plain, tirx.IntImm) and isinstance(delta, tirx.IntImm), (plain, delta)
+            assert bool(plain.value) == bool(delta.value), (name, i, j)
+            checked += 1
+    assert checked > 20
+
+
+def test_partial_tiles_bind_j_minus_i_once_and_compare_it_with_immediates():
+    """The wgmma kernel's masked softmax binds dq = j - i of the thread's first element and compares
+    dq with one constant per element per side (window 1024: -1023 <= dq + c <= 0); the experiment
+    switch restores the per-element index form."""
+    from attncc.targets import _gpu_flash
+
+    k = _compile("sw_1024", {"S": 4096, "H": 2}, build=False, **CHAIN)
+    tir = cuda.lower(k.spec, k.config).script()
+    assert re.search(r"dq: T\.int32 = kb", tir)
+    d = re.escape("dq + (nt * 8 + e % 2 - e // 2 * 8)")
+    assert re.search(d + r" >= -1023 and " + d + r" <= 0,", tir)
+    _gpu_flash._OPTIONS["band_delta"] = False
+    try:
+        old = cuda.lower(k.spec, k.config).script()
+    finally:
+        _gpu_flash._OPTIONS.clear()
+    assert "dq + (" not in old and re.search(r"lane % 4 \* 2 \+ e % 2 <= r0 \+ lane // 4 \+ e // 2 \* 8,", old)
