@@ -555,8 +555,8 @@ def lower(spec: FlashKernelSpec, config):
         out = s * row_fold[r] - m if QUANT and fold_scale else ix.exp_arg(s, m)
         return out + tirx.const(SHIFT, f32) if PV8 else out
 
-    def masked(acc, b, h, i, j, r, row_fold, d=None):
-        return tirx.Select(ix.keep(b, h, i, j, d), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
+    def masked(acc, b, h, i, j, r, row_fold):
+        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
 
     def block_lo(q0):
         if USE_TABLE or kb_lower is None:     # table mode: positions in the compacted list
@@ -662,16 +662,12 @@ def lower(spec: FlashKernelSpec, config):
                         r0 + lane // 4 + e // 2 * 8,
                         kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         else:
-            # j - i of the thread's first element, bound once a tile: each element's is this plus a
-            # constant, so a band comparison is one compare with an immediate
-            dq = kb * BK + lane % 4 * 2 - (r0 + lane // 4)
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):
                     s_acc[nt * 4 + e] = masked(
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
-                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold,
-                        dq + (nt * 8 + e % 2 - e // 2 * 8))
+                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF

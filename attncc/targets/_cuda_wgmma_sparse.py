@@ -120,7 +120,6 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
 
 # the TIR expression helpers shared with cuda.py and rocm.py
 from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of, eager_logic  # noqa: E402,E501
-from attncc.targets._gpu_flash import band_delta  # noqa: E402
 
 
 def lower(spec: FlashKernelSpec, config):
@@ -290,16 +289,14 @@ def lower(spec: FlashKernelSpec, config):
             out = s - m
         return out + tirx.const(SHIFT, f32) if PV8 else out
 
-    def keep(b, h, i, j, d=None):
-        # d: j - i as a per-thread value plus a constant (see _gpu_flash.FlashIndexing.keep)
-        d = band_delta(d)
+    def keep(b, h, i, j):
         conds = []
         if NKB * BK != TK:
             conds.append(j < TK)
         if kb_lower is not None:
-            conds.append(d >= kb_lower if d is not None else j >= i + kb_lower)
+            conds.append(j >= i + kb_lower)
         if kb_upper is not None:
-            conds.append(d <= kb_upper if d is not None else j <= i + kb_upper)
+            conds.append(j <= i + kb_upper)
         if mask_mod is not None and not band_is_mask:     # an exact band is the mask itself
             conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
         if not conds:
@@ -309,8 +306,8 @@ def lower(spec: FlashKernelSpec, config):
             out = tirx.And(out, cnd)
         return eager_logic(out)
 
-    def masked(acc, b, h, i, j, r=0, row_fold=None, d=None):
-        return tirx.Select(keep(b, h, i, j, d), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
+    def masked(acc, b, h, i, j, r=0, row_fold=None):
+        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
 
     def block_lo(q0):
         if USE_TABLE:
@@ -442,14 +439,12 @@ def lower(spec: FlashKernelSpec, config):
                         r0 + lane // 4 + e // 2 * 8,
                         kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         else:
-            dq = kbv * BK + lane % 4 * 2 - (r0 + lane // 4)      # j - i of the thread's first element
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):
                     s_acc[nt * 4 + e] = masked(
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
-                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold,
-                        dq + (nt * 8 + e % 2 - e // 2 * 8))
+                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF

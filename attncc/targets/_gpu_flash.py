@@ -119,16 +119,6 @@ def eager_logic(expr):
     return expr
 
 
-# experiment switches of the GPU kernels' shared index code ("band_delta": False compares i and j
-# per element as before, for a same-run comparison; build.py sets them); empty = the defaults
-_OPTIONS: dict = {}
-
-
-def band_delta(d):
-    """``d`` (j - i per element, see FlashIndexing.keep), or None under the experiment switch."""
-    return d if _OPTIONS.get("band_delta", True) else None
-
-
 def _all(conds):
     from tvm import tirx
 
@@ -214,28 +204,24 @@ class FlashIndexing:
             return s * tirx.const(float(self.spec.scale) * LOG2E, "float32") - m
         return s - m
 
-    def keep(self, b, h, i, j, d=None):
-        """Whether key j is kept for query i.  ``d`` (optional): j - i as the caller holds it, a
-        per-thread value plus a constant per element, so that each band comparison is one compare
-        against an immediate (instead of adding offsets to i and j per element)."""
+    def keep(self, b, h, i, j):
         conds = []
-        d = band_delta(d)
         if self.k_blocks * self.block_k != self.spec.kv_len:
             conds.append(j < self.spec.kv_len)
         if self.lower_offset is not None:
-            conds.append(d >= self.lower_offset if d is not None else j >= i + self.lower_offset)
+            conds.append(j >= i + self.lower_offset)
         if self.upper_offset is not None:
-            conds.append(d <= self.upper_offset if d is not None else j <= i + self.upper_offset)
+            conds.append(j <= i + self.upper_offset)
         if self.spec.mask_mod is not None and not self.spec.key_bounds.exact:
             # (an exact band IS the mask: its two comparisons above replace the mask's own,
             # which would repeat them per element)
             conds.append(as_bool(self.spec.mask_mod(b, h, i, j, *self.captures)))
         return _all(conds)
 
-    def masked(self, acc, b, h, i, j, d=None):
+    def masked(self, acc, b, h, i, j):
         from tvm import tirx
 
-        return tirx.Select(self.keep(b, h, i, j, d), self.scaled(acc, b, h, i, j),
+        return tirx.Select(self.keep(b, h, i, j), self.scaled(acc, b, h, i, j),
                            tirx.const(float("-inf"), "float32"))
 
     # ---- key-block skipping

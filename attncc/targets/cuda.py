@@ -723,17 +723,13 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
                                             key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
                         else:
-                            # j - i of the thread's first element: each element's is this plus a
-                            # constant, so a band comparison is one compare with an immediate
-                            dq = key_block(ent, 0, kb) * BK + lane % 4 * 2 - (r0 + lane // 4)
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
                                     for e in T.unroll(4):
                                         s_acc[mt, nt, e] = masked(
                                             s_acc[mt, nt, e], b, h,
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
-                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2,
-                                            dq + (nt * 8 + e % 2 - mt * 16 - e // 2 * 8))
+                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
                         # ---- online softmax
                         for r in T.unroll(MT * 2):
                             red[r] = NEG_INF

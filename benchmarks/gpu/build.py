@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from attncc.compiler import compile_variant  # noqa: E402
-from attncc.targets import _gpu_flash, cuda  # noqa: E402
+from attncc.targets import cuda  # noqa: E402
 
 VARIANTS = os.path.join("benchmarks", "gpu", "variants.py")
 
@@ -59,8 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "banddelta": _band_delta_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -664,47 +663,6 @@ def _fp8_pingpong_entries():
     return out
 
 
-def _band_delta_entries():
-    """Partial tiles compare j - i, bound once a tile per thread, with one immediate per element
-    (``_gpu_flash.FlashIndexing.keep``'s ``d``; before, i and j were offset per element): every
-    kind of masked kernel it changes verified -- the examples with a mask on the wgmma kernel
-    (ragged and default dims), 64 x 32 tiles on both schedules, fp8, score_mods with a mask, and
-    the mma.sync kernel -- and the density benchmark beside the same kernels with the old
-    comparisons (``band_delta`` False), same run, on the wgmma kernels compile picks and on
-    mma.sync."""
-    out = []
-    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
-    masked = ("alibi", "causal_gqa", "causal_mha", "chunked", "document_mask", "local_global", "prefix_lm",
-              "sliding_window", "softcap", "strided")
-    for n in masked:
-        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=None))
-        out.append(dict(kind="verify", path=ex(n), name=None, dtype="f16", shapes={}, config=None))
-    one_wg = dict(WGMMA, block_q=64, num_warps=4, block_k=32)
-    for name, shapes, cfg, quant in (
-            ("sw_256", {"S": 1100, "H": 4}, one_wg, None),                 # band, one warpgroup (ping-pong module)
-            ("chunk_512", {"S": 1100, "H": 4}, one_wg, None),              # tile map, in-order module
-            ("doc_causal", {"S": 700}, one_wg, None),
-            ("late_keys", {}, None, None),
-            ("causal", {"B": 1, "S": 517}, None, dict(dtype="fp8", granularity="head")),
-            ("causal", {"B": 1, "S": 700}, None, dict(dtype="fp8", granularity="head", pv=True)),
-            ("sliding_window", {"B": 1, "S": 1100}, dict(WGMMA, num_stages=3), None)):
-        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
-                        quantize=quant))
-    sync = dict(mma="sync", block_q=128, block_k=64, num_warps=4, num_stages=2, q_in_registers=False)
-    for n in ("causal_mha", "sliding_window", "chunked", "document_mask", "prefix_lm", "local_global"):
-        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=sync))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"band_delta": False}):
-        for name, sp in DENSITY_MASKS:
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                            sparse=sp, options=opts))
-        for name, sp in DENSITY_MASKS:
-            if name in ("full", "causal", "sw_1024", "chunk_2048", "doc_causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=sync,
-                                sparse=sp, options=opts))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -798,7 +756,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "banddelta"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
@@ -828,7 +786,7 @@ def main(argv=None):
             if e.get("route"):
                 cuda._ROUTE["one_warpgroup"] = e["route"]
             cuda._ROUTE.update(e.get("cuda_route") or {})
-            for mod in (cuda._wgmma_dense, cuda._wgmma_sparse, _gpu_flash):
+            for mod in (cuda._wgmma_dense, cuda._wgmma_sparse):
                 mod._OPTIONS.clear()
                 mod._OPTIONS.update(e.get("options") or {})
             k = compile_variant(os.path.join(ROOT, e["path"]), target="cuda", dtype=e["dtype"],
@@ -842,7 +800,7 @@ def main(argv=None):
                                                                   **(e.get("cuda_route") or {})}.items())))
         src = cuda.source(k.built)
         cuda._ROUTE.clear()
-        for mod in (cuda._wgmma_dense, cuda._wgmma_sparse, _gpu_flash):
+        for mod in (cuda._wgmma_dense, cuda._wgmma_sparse):
             mod._OPTIONS.clear()
         sha = hashlib.sha256(src.encode()).hexdigest()
         src_path = os.path.join(srcdir, sha + ".cu")
