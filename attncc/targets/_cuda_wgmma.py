@@ -245,6 +245,39 @@ def tile_loader_macro(NT: int, BK: int, TK: int, exact: bool, off, chunks: int, 
     return load
 
 
+def p_fragments_macro(kk_steps: int, pv8: bool, ptx_t: str):
+    """``to_p(p_frag, s_acc, p16)`` of both wgmma kernels: the probabilities in the S accumulator
+    (f32) as the register A fragments of P·V -- 16-bit pairs (``cvt.rn.{ptx_t}x2``), or with fp8
+    P·V (``pv8``) e4m3 quadruples: register e of k32 step kk holds row half e % 2, keys of n8
+    groups 4 kk + 2 (e // 2) + {0, 1} (the host prologue permutes V's keys to match, so no
+    shuffles)."""
+    from tvm.script import tirx as T
+
+    KK = kk_steps
+    cvt = f"cvt.rn.{ptx_t}x2.f32"
+    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
+
+    @T.macro
+    def to_p(p_frag, s_acc, p16):
+        if pv8:
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    for g in T.unroll(2):
+                        T.ptx[cvt8](p16[g],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
+                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
+                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
+                        T.Cast("uint32", p16[1]), T.uint32(16))
+        else:
+            for kk in T.unroll(KK):
+                for e in T.unroll(4):
+                    T.ptx[cvt](p_frag[kk, e],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
+                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+
+    return to_p
+
+
 def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, chunks: int, iters: int):
     """The transposed fp8 V tile load of both wgmma kernels (fp8 P·V): ``load(blk, slot, smem, src,
     pe, tx, b, hk)`` copies keys ``blk * BK ..`` of ``src`` [B, KVH, d_v, TKP] (``rows`` = d_v rows of
@@ -616,8 +649,6 @@ def lower(spec: FlashKernelSpec, config):
             f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}")
     TRANS_S = () if QUANT else (0, 0)     # fp8 wgmma has no transpose immediates (K-major only)
     TRANS_O = () if PV8 else (1,)
-    cvt = f"cvt.rn.{ptx_t}x2.f32"
-    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
     cpa = "cp.async.cg.shared.global"
     # the key length a multiple of block_k: K/V tile loads need no clamp and no zero fill, so each
     # 16-byte copy is one instruction at a constant offset from the tile's base (the clamp and the
@@ -690,28 +721,14 @@ def lower(spec: FlashKernelSpec, config):
                 l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
     rescale_o = rescale_o_macro(NDV, LAZY)
+    to_p = p_fragments_macro(KK, PV8, ptx_t)
 
     @T.macro
     def rescale_convert(o_acc, alpha, p_frag, s_acc, p16):
         """O *= alpha (no product in flight), then P (16-bit or e4m3, in registers): the A
         fragments of P·V."""
         rescale_o(o_acc, alpha)
-        if PV8:
-            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of n8 groups
-            # 4 kk + 2 (e // 2) + {0, 1} (the host prologue permutes V's keys to match)
-            for kk in T.unroll(KK):
-                for e in T.unroll(4):
-                    for g in T.unroll(2):
-                        T.ptx[cvt8](p16[g],
-                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
-                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
-                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(T.Cast("uint32", p16[1]), T.uint32(16))
-        else:
-            for kk in T.unroll(KK):
-                for e in T.unroll(4):
-                    T.ptx[cvt](p_frag[kk, e],
-                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
-                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+        to_p(p_frag, s_acc, p16)
 
     @T.macro
     def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg):

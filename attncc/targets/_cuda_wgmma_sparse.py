@@ -222,8 +222,9 @@ def lower(spec: FlashKernelSpec, config):
     OVERLAP = NS >= 3
     # lazy rescaling (see _cuda_wgmma.LAZY); not with fp8 P (2^8-scaled already: e4m3 would saturate)
     LAZY = _OPTIONS.get("lazy_rescale", score_mod is None) and not PV8
-    from attncc.targets._cuda_wgmma import LAZY_TAU, rescale_o_macro
+    from attncc.targets._cuda_wgmma import LAZY_TAU, p_fragments_macro, rescale_o_macro
     rescale_o = rescale_o_macro(NDV, LAZY)
+    to_p = p_fragments_macro(KK, PV8, ptx_t)
     AHEAD = NS - 2 if OVERLAP else NS - 1
 
     def v_desc(sb, slot, kk):
@@ -360,8 +361,6 @@ def lower(spec: FlashKernelSpec, config):
         f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}"
     TRANS_S = () if QUANT else (0, 0)     # fp8 wgmma has no transpose immediates (K-major only)
     TRANS_O = () if PV8 else (1,)
-    cvt = f"cvt.rn.{ptx_t}x2.f32"
-    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
     cpa = "cp.async.cg.shared.global"
     # every key block whole (fp8 P·V: in the padded, transposed V too): loads without clamp or zero
     # fill (_cuda_wgmma.KEYS_EXACT)
@@ -474,24 +473,8 @@ def lower(spec: FlashKernelSpec, config):
                     o_acc[nd * 4 + e] = o_acc[nd * 4 + e] * m_run[e // 2]
         for r in T.unroll(2):
             m_run[r] = red[r]
-        # ---- P (16-bit, in registers): the A fragments of P·V
-        if PV8:
-            # e4m3 A fragment of k32 step kk: register e holds row half e % 2, keys of
-            # n8 groups 4 kk + 2 (e // 2) + {0, 1} (V's keys are permuted to match)
-            for kk in T.unroll(KK):
-                for e in T.unroll(4):
-                    for g in T.unroll(2):
-                        T.ptx[cvt8](p16[g],
-                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2 + 1],
-                                    s_acc[(kk * 4 + e // 2 * 2 + g) * 4 + e % 2 * 2])
-                    p_frag[kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
-                        T.Cast("uint32", p16[1]), T.uint32(16))
-        else:
-            for kk in T.unroll(KK):
-                for e in T.unroll(4):
-                    T.ptx[cvt](p_frag[kk, e],
-                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2 + 1],
-                               s_acc[(kk * 2 + e // 2) * 4 + e % 2 * 2])
+        # ---- P (16-bit or e4m3, in registers): the A fragments of P·V
+        to_p(p_frag, s_acc, p16)
 
     @T.macro
     def pv_product(slot, o_acc, p_frag, sbase, kb):

@@ -646,20 +646,13 @@ def _fp8_pingpong_entries():
                         quantize=quant))
     out.append(dict(kind="verify", path=VARIANTS, name="chunk_512", dtype="bf16", shapes={"S": 1100, "H": 4},
                     config=None, quantize=dict(fp8, pv=True)))
-    for s_ in (4096, 16384):
-        shp = {"B": 16384 // s_, "S": s_}
-        for name in ("full", "causal"):
-            for mode, quant in (("bf16", None), ("fp8 QK", fp8), ("fp8 QK+PV", dict(fp8, pv=True))):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
-                                quantize=quant, fp8=dict(group=f"{name} S={s_}", mode=mode)))
-                if quant is not None:
-                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
-                                    quantize=quant, cuda_route={"fp8": "inorder"},
-                                    fp8=dict(group=f"{name} S={s_}", mode=mode + " inorder")))
-                if quant is not None and name == "causal":     # compile picks 3 stages here; 2 beside it
-                    out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp,
-                                    config=WGMMA, quantize=quant,
-                                    fp8=dict(group=f"{name} S={s_}", mode=mode + " s2")))
+    for e in _fp8_bench_entries():
+        out.append(e)
+        if e["quantize"] is not None:
+            mode = e["fp8"]["mode"]
+            out.append(dict(e, cuda_route={"fp8": "inorder"}, fp8=dict(e["fp8"], mode=mode + " inorder")))
+            if e["name"] == "causal":     # (run 1: compile picked 3 stages for a band; 2 beside it)
+                out.append(dict(e, config=WGMMA, fp8=dict(e["fp8"], mode=mode + " s2")))
     return out
 
 
