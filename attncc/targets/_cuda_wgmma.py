@@ -83,6 +83,21 @@ def elem_bytes(spec: FlashKernelSpec):
     return qk, (1 if spec.quant_dtype and spec.quant_pv else 2)
 
 
+def operand_types(spec: FlashKernelSpec):
+    """The operand types of both wgmma kernels: (quant, pv8, qk_dtype, v_dtype, qk_ptx, v_ptx,
+    qk_bytes, v_bytes, v_keys) -- fp8 q/k (the quantize pass) and with quant_pv fp8 v, whose
+    transposed layout has ``v_keys`` keys (the key length rounded up to 32); else the 16-bit
+    dtype throughout."""
+    quant = spec.quant_dtype is not None
+    pv8 = quant and spec.quant_pv
+    qk_dt = spec.quant_dtype if quant else spec.dtype
+    v_dt = spec.quant_dtype if pv8 else spec.dtype
+    ptx_t = _PTX_TYPE[spec.dtype]
+    qb, vb = elem_bytes(spec)
+    return (quant, pv8, qk_dt, v_dt, FP8_PTX[qk_dt] if quant else ptx_t, FP8_PTX[v_dt] if pv8 else ptx_t,
+            qb, vb, padded_kv_len(spec.kv_len) if pv8 else spec.kv_len)
+
+
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = elem_bytes(spec)
     q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)      # Q, then the O staging
@@ -426,14 +441,8 @@ def lower(spec: FlashKernelSpec, config):
     scale = float(spec.scale)
     # fp8 (the quantize pass): q and k (and with quant_pv v) arrive in QK_DT / V_DT with f32 scales
     # (arguments after the tile map); the tiles are the 16-bit scheme's with rows of D bytes
-    QUANT = spec.quant_dtype is not None
-    PV8 = QUANT and spec.quant_pv
-    QK_DT = spec.quant_dtype if QUANT else dtype
-    V_DT = spec.quant_dtype if PV8 else dtype
-    qk_t = FP8_PTX[QK_DT] if QUANT else ptx_t
-    v_t = FP8_PTX[V_DT] if PV8 else ptx_t
-    QB, VB = elem_bytes(spec)         # bytes per element of q/k and of v
-    TKP = padded_kv_len(TK) if PV8 else TK    # keys of the transposed fp8 V
+    # (QB, VB: bytes per element of q/k and of v; TKP: keys of the transposed fp8 V)
+    QUANT, PV8, QK_DT, V_DT, qk_t, v_t, QB, VB, TKP = operand_types(spec)
 
     BQ, BK = config.block_q, config.block_k
     NW, NS = config.num_warps, config.num_stages

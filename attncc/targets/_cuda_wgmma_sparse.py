@@ -97,7 +97,8 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (FP8_PTX as _FP8_PTX, P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
-                                        elem_bytes as _elem_bytes, fp8_v_loader_macro, registers_estimate,
+                                        elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
+                                        registers_estimate,
                                         row_list_macro, tile_loader_macro, use_block_table)
 
 
@@ -139,14 +140,8 @@ def lower(spec: FlashKernelSpec, config):
     NW, NS = config.num_warps, config.num_stages
     NT = NW * 32
     # fp8 (quantize pass): q, k in QK_DT (and v when PV8); scales and captures are arguments
-    QUANT = spec.quant_dtype is not None
-    PV8 = QUANT and spec.quant_pv
-    QK_DT = spec.quant_dtype if QUANT else dtype
-    V_DT = spec.quant_dtype if PV8 else dtype
-    qk_t = _FP8_PTX[QK_DT] if QUANT else ptx_t
-    v_t = _FP8_PTX[V_DT] if PV8 else ptx_t
-    QB, VB = _elem_bytes(spec)        # bytes per element of q/k and of v
-    TKP = padded_kv_len(TK) if PV8 else TK    # keys of the transposed fp8 V
+    # (QB, VB: bytes per element of q/k and of v; TKP: keys of the transposed fp8 V)
+    QUANT, PV8, QK_DT, V_DT, qk_t, v_t, QB, VB, TKP = operand_types(spec)
     NKT = BK // 8                     # n8 column groups of S
     KD = D * QB // 32                 # k steps of Q·Kᵀ (k16 for 16-bit, k32 for fp8: 32 bytes each)
     KK = BK // (32 if PV8 else 16)    # k steps of P·V
