@@ -58,7 +58,7 @@ from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (til
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
 from attncc.targets import _cuda_wgmma as _wgmma_dense  # Hopper wgmma prefill kernel (mma="wgmma")
-from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # the same for fp8 and chained query blocks
+from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # in order: chained blocks, 1-warpgroup tile maps
 
 
 # Which kernel (and which revision of it) a config runs: tuning records carry it, and a

@@ -792,6 +792,7 @@ def main(argv=None):
             "".join(f"-{'' if v else 'no_'}{o}" for o, v in sorted({**(e.get("options") or {}),
                                                                   **(e.get("cuda_route") or {})}.items())))
         src = cuda.source(k.built)
+        smem_bytes = cuda.shared_memory_bytes(k.spec, k.config)     # (under the entry's route)
         cuda._ROUTE.clear()
         for mod in (cuda._wgmma_dense, cuda._wgmma_sparse):
             mod._OPTIONS.clear()
@@ -811,7 +812,7 @@ def main(argv=None):
                                                      "head_dim", "head_dim_v", "dtype", "scale")},
             "key_bounds": dataclasses.asdict(k.spec.key_bounds),
             "flops": k.flops(), "density": k.density(),
-            "shared_memory_bytes": cuda.shared_memory_bytes(k.spec, k.config),
+            "shared_memory_bytes": smem_bytes,
             "source_sha256": sha,
             # FlexAttention is timed (attention.py --flex) on the default config at S=4k
             "compare_flex": e["kind"] == "bench" and (e["config"] is None or e.get("flex", False))
