@@ -644,40 +644,6 @@ def lower(spec: FlashKernelSpec, config):
             out = tirx.And(out, cnd)
         return out
 
-    # a band mask (the mask is its key bounds): partial tiles test each n8 column group of a warp's
-    # 16 rows first (ncu: the element mask of a window's two edge tiles is ~10 % of window 1024's
-    # instructions, benchmarks/gpu/RESULTS.md)
-    GROUP_MASK = (_OPTIONS.get("group_mask", True) and band_is_mask and not USE_TABLE
-                  and (ix.lower_offset is not None or ix.upper_offset is not None))
-
-    def group_kept(r0, c0):
-        """Every key c0 .. c0 + 7 is kept for every row r0 .. r0 + 15."""
-        conds = []
-        if NKB * BK != TK:
-            conds.append(c0 + 7 < TK)
-        if ix.lower_offset is not None:
-            conds.append(c0 >= r0 + 15 + ix.lower_offset)
-        if ix.upper_offset is not None:
-            conds.append(c0 + 7 <= r0 + ix.upper_offset)
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.And(out, cnd)
-        return out
-
-    def group_dropped(r0, c0):
-        """No key c0 .. c0 + 7 is kept for any row r0 .. r0 + 15."""
-        conds = []
-        if NKB * BK != TK:
-            conds.append(c0 >= TK)
-        if ix.lower_offset is not None:
-            conds.append(c0 + 7 < r0 + ix.lower_offset)
-        if ix.upper_offset is not None:
-            conds.append(c0 > r0 + 15 + ix.upper_offset)
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.Or(out, cnd)
-        return out
-
     def within(count, index):
         if count % NT == 0:
             return tirx.const(True, "bool")
@@ -735,26 +701,6 @@ def lower(spec: FlashKernelSpec, config):
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
                         kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-        elif GROUP_MASK:
-            # a band's partial tile, n8 column group by group: the warp's 16 rows x 8 keys are
-            # kept whole, dropped whole or mixed (warp-uniform tests); only a mixed group compares
-            # each score
-            for nt in T.unroll(NKT):
-                if group_kept(r0, kb * BK + nt * 8):
-                    for e in T.unroll(4):
-                        s_acc[nt * 4 + e] = scaled(
-                            s_acc[nt * 4 + e], b, h,
-                            r0 + lane // 4 + e // 2 * 8,
-                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-                elif group_dropped(r0, kb * BK + nt * 8):
-                    for e in T.unroll(4):
-                        s_acc[nt * 4 + e] = NEG_INF
-                else:
-                    for e in T.unroll(4):
-                        s_acc[nt * 4 + e] = masked(
-                            s_acc[nt * 4 + e], b, h,
-                            r0 + lane // 4 + e // 2 * 8,
-                            kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         else:
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):

@@ -59,8 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "groupmask": _group_mask_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -657,41 +656,6 @@ def _fp8_pingpong_entries():
     return out
 
 
-def _group_mask_entries():
-    """A band's partial tiles tested n8 column group by group (``_cuda_wgmma`` GROUP_MASK: a
-    warp's 16 rows x 8 keys kept whole, dropped whole, or compared per score): every band kernel
-    kind verified (the band examples at ragged and default dims, 64 x 32, 3 stages, fp8, a score_mod
-    with a band, ragged keys), and the density benchmark and issue 3's band shapes beside the same
-    kernels comparing every score (``group_mask`` False), same run."""
-    out = []
-    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
-    for n in ("causal_mha", "sliding_window", "causal_gqa", "alibi", "softcap"):
-        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=None))
-        out.append(dict(kind="verify", path=ex(n), name=None, dtype="f16", shapes={}, config=None))
-    one_wg = dict(WGMMA, block_q=64, num_warps=4, block_k=32)
-    for name, shapes, cfg, quant in (
-            ("sw_256", {"S": 1100, "H": 4}, one_wg, None),
-            ("sw_256", {"S": 1100, "H": 4}, None, None),
-            ("sliding_window", {"B": 1, "S": 1100}, dict(WGMMA, num_stages=3), None),
-            ("causal", {"B": 1, "S": 517}, None, dict(dtype="fp8", granularity="head")),
-            ("causal", {"B": 1, "S": 700}, None, dict(dtype="fp8", granularity="head", pv=True)),
-            ("full", {"B": 2, "S": 700}, None, None),
-            ("gqa", {"B": 1, "S": 333}, None, None)):
-        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
-                        quantize=quant))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"group_mask": False}):
-        for name, sp in DENSITY_MASKS:
-            if name in ("full", "causal", "sw_256", "sw_1024", "sw_4096"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                                sparse=sp, options=opts))
-        for name, shp in (("causal", {"B": 4, "S": 4096}), ("causal", {"B": 16, "S": 1024}),
-                          ("sliding_window", {"B": 4, "S": 4096}), ("gqa", {"B": 4, "S": 4096})):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=None,
-                            options=opts))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -785,7 +749,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "groupmask"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
