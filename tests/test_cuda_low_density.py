@@ -393,31 +393,3 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     assert k2.spec.kv_len % k2.config.block_k != 0
     assert "T.ptx.addr(T.address_of(k[" not in ragged
     assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)
-
-
-# --------------------------------------------------------------------------- row sums on tensor cores
-
-
-def test_row_sums_run_on_the_tensor_cores_except_for_fp8_p():
-    """The ping-pong kernel sums P's rows as P x a tile of ones (wgmma m64n8, a fifth n8 group of
-    O's accumulator, rescaled with O), not with one add per score; fp8 P·V keeps the adds; the
-    experiment switch restores them everywhere.  Shared memory holds the 1 KB tile of ones."""
-    from attncc.targets import _cuda_wgmma
-
-    k = _compile("causal", {"B": 1, "S": 1024}, build=False)
-    tir = cuda.lower(k.spec, k.config).script()
-    assert "m64n8k16.f32.bf16.bf16" in tir
-    assert "l_run[e // 2] = l_run[e // 2] + s_acc" not in tir
-    assert re.search(r"l_run\[r\] = o_acc\[64 \+ r \* 2\]", tir)          # D=128: 64 O registers, then l
-    assert _cuda_wgmma.shared_memory_bytes(k.spec, k.config) == _cuda_wgmma.ONES_BYTES + (
-        128 * 128 * 2 + 2 * 128 * 256 * 2 + _cuda_wgmma.ALIGN_BYTES)
-    pv8 = compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 1024},
-                          config=CHAIN, target_options=H100, build=False, quantize={"dtype": "fp8", "pv": True})
-    assert not _cuda_wgmma.tc_rowsum(pv8.spec)
-    assert "m64n8k16" not in cuda.lower(pv8.spec, pv8.config).script()
-    _cuda_wgmma._OPTIONS["tc_rowsum"] = False
-    try:
-        old = cuda.lower(k.spec, k.config).script()
-    finally:
-        _cuda_wgmma._OPTIONS.clear()
-    assert "m64n8k16" not in old and "l_run[e // 2] = l_run[e // 2] + s_acc" in old

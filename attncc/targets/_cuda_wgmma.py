@@ -98,22 +98,12 @@ def operand_types(spec: FlashKernelSpec):
             qb, vb, padded_kv_len(spec.kv_len) if pv8 else spec.kv_len)
 
 
-def tc_rowsum(spec: FlashKernelSpec) -> bool:
-    """Whether the ping-pong kernel sums P's rows on the tensor cores: P times a tile of ones
-    (``wgmma m64n8``, into 4 more accumulator registers rescaled with O) instead of one FADD per
-    score.  Not for fp8 P (its ones would be e4m3 and its sums the 2^8-shifted P's)."""
-    return bool(_OPTIONS.get("tc_rowsum", True)) and not (spec.quant_dtype is not None and spec.quant_pv)
-
-
-ONES_BYTES = 1024                 # the tile of ones: one 8-row x 128-byte swizzle atom
-
-
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = elem_bytes(spec)
     q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)      # Q, then the O staging
     kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
     table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
-    return q_tile + kv + ALIGN_BYTES + table + (ONES_BYTES if tc_rowsum(spec) else 0)
+    return q_tile + kv + ALIGN_BYTES + table
 
 
 def check_fp8(spec: FlashKernelSpec, config) -> None:
@@ -463,7 +453,6 @@ def lower(spec: FlashKernelSpec, config):
     NDV = DV // 8                     # n8 column groups of O
     NSA = BK // 2                     # S accumulator registers per thread
     NOA = DV // 2                     # O accumulator registers per thread
-    NOA_T = NOA + (4 if tc_rowsum(spec) else 0)   # + the row sums' m64n8 accumulator (tc_rowsum)
     NQB = (S + BQ - 1) // BQ
     NKB = (TK + BK - 1) // BK
     CQ, CV = D * QB // 16, DV // 8    # 16-byte chunks per row of Q/K and of the output
@@ -478,10 +467,7 @@ def lower(spec: FlashKernelSpec, config):
     V_BASE = K_BASE + NS * K_ELEMS
     V_ELEMS = BK * DV * VB // 2
     # table mode: the key-block list (int32), past the tiles and the alignment slack
-    # the tile of ones of the tensor-core row sums (tc_rowsum), 1024-byte aligned like the tiles
-    TC_SUM = tc_rowsum(spec)
-    ONES_BASE = V_BASE + NS * V_ELEMS
-    LIST_BASE = ONES_BASE + (ONES_BYTES // 2 if TC_SUM else 0) + ALIGN_BYTES // 2
+    LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
     USE_TABLE = use_block_table(spec)
     SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
     # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
@@ -670,7 +656,6 @@ def lower(spec: FlashKernelSpec, config):
     wg_s = f"wgmma.mma_async.sync.aligned.m64n{BK}k{32 if QUANT else 16}.f32.{qk_t}.{qk_t}"
     wg_o = (f"wgmma.mma_async.sync.aligned.m64n{DV}k32.f32.e4m3.{v_t}" if PV8 else
             f"wgmma.mma_async.sync.aligned.m64n{DV}k16.f32.{ptx_t}.{ptx_t}")
-    wg_l = f"wgmma.mma_async.sync.aligned.m64n8k16.f32.{ptx_t}.{ptx_t}"      # tc_rowsum
     TRANS_S = () if QUANT else (0, 0)     # fp8 wgmma has no transpose immediates (K-major only)
     TRANS_O = () if PV8 else (1,)
     cpa = "cp.async.cg.shared.global"
@@ -737,16 +722,14 @@ def lower(spec: FlashKernelSpec, config):
                 red[r] = T.Select(red[r] > m_run[r] + T.float32(LAZY_TAU), red[r], m_run[r])
             m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
             T.ptx[ex2](alpha[r], m_run[r] - m_use[r])
-            if not TC_SUM:      # (tc_rowsum: l is O's extra accumulator, rescaled with it)
-                l_run[r] = l_run[r] * alpha[r]
+            l_run[r] = l_run[r] * alpha[r]
             m_run[r] = red[r]
         for nt in T.unroll(NKT):
             for e in T.unroll(4):
                 T.ptx[ex2](s_acc[nt * 4 + e], exp_arg(s_acc[nt * 4 + e], m_use[e // 2], e // 2, row_fold))
-                if not TC_SUM:
-                    l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
+                l_run[e // 2] = l_run[e // 2] + s_acc[nt * 4 + e]
 
-    rescale_o = rescale_o_macro(NDV + (1 if TC_SUM else 0), LAZY)   # (tc_rowsum: l is the last n8 group)
+    rescale_o = rescale_o_macro(NDV, LAZY)
     to_p = p_fragments_macro(KK, PV8, ptx_t)
 
     @T.macro
@@ -781,15 +764,6 @@ def lower(spec: FlashKernelSpec, config):
                     p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
                     v_desc(sbase, (j - 1 - kb_lo) % NS, kk),
                     j >= 0, 1, 1, *TRANS_O)
-            if TC_SUM:
-                # l += P x ones: every column of the m64n8 accumulator is the row sum (the ones are
-                # read as a K-major B; any 16 keys of them are ones, so one descriptor serves)
-                for kk in T.unroll(KK):
-                    T.ptx[wg_l](
-                        *[o_acc[NOA + i] for i in range(4)],
-                        p_frag[kk, 0], p_frag[kk, 1], p_frag[kk, 2], p_frag[kk, 3],
-                        (sbase >> U(4)) + T.Cast(u64, ONES_BASE // 8) + U(DESC_K),
-                        j >= 0, 1, 1, 0)
             T.ptx["wgmma.commit_group.sync.aligned"]()
 
     @T.macro
@@ -844,7 +818,7 @@ def lower(spec: FlashKernelSpec, config):
                     smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
                     p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
                     s_acc = T.decl_buffer((NSA,), "float32", scope="local")
-                    o_acc = T.decl_buffer((NOA_T,), "float32", scope="local")
+                    o_acc = T.decl_buffer((NOA,), "float32", scope="local")
                     m_run = T.decl_buffer((2,), "float32", scope="local")
                     l_run = T.decl_buffer((2,), "float32", scope="local")
                     m_use = T.decl_buffer((2,), "float32", scope="local")
@@ -911,12 +885,8 @@ def lower(spec: FlashKernelSpec, config):
                         m_run[r] = NEG_INF
                         l_run[r] = T.float32(0)
                         alpha[r] = T.float32(1)
-                    for e in T.unroll(NOA_T):
+                    for e in T.unroll(NOA):
                         o_acc[e] = T.float32(0)
-                    if TC_SUM:      # the tile of ones (made visible to the tensor cores by the first step's fence)
-                        for it in T.unroll(-(-(ONES_BYTES // 2) // NT)):
-                            if within(ONES_BYTES // 2, it * NT + tx):
-                                smem[pe + ONES_BASE + it * NT + tx] = T.Cast(dtype, T.float32(1))
                     # ---- the key loop: the first block (no P·V yet), the middle, one step past
                     # the last block (its P·V only)
                     if kb_lo < kb_hi:
@@ -935,11 +905,8 @@ def lower(spec: FlashKernelSpec, config):
                     T.ptx["cp.async.wait_group"](0)
                     T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
-                        if TC_SUM:      # the whole row's sum, in each of the thread's two columns
-                            l_run[r] = o_acc[NOA + r * 2]
-                        else:
-                            l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
-                            l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
+                        l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
                         red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
                         if PV8:
                             red[r] = red[r] * scale_at(2, b, hk, 0)

@@ -59,8 +59,7 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "tcsum": _tc_rowsum_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -657,50 +656,6 @@ def _fp8_pingpong_entries():
     return out
 
 
-def _tc_rowsum_entries():
-    """Row sums of P on the tensor cores (``_cuda_wgmma.tc_rowsum``: P x a tile of ones, m64n8,
-    instead of one FADD per score): every kind of ping-pong kernel verified -- each example at
-    ragged (bf16) and default (f16) dims, 64 x 32 bands, 12 warps, D=256, fp8 Q·Kᵀ (on) and
-    fp8 P·V (off), blocks without keys, document ids, a tile map -- and issue 3's and 4's
-    benchmarks beside the same kernels with FADD row sums (``tc_rowsum`` False), same run."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
-        rel = os.path.relpath(path, ROOT)
-        out.append(dict(kind="verify", path=rel, name=None, dtype="bf16", shapes="ragged", config=None))
-        out.append(dict(kind="verify", path=rel, name=None, dtype="f16", shapes={}, config=None))
-    fp8 = dict(dtype="fp8", granularity="head")
-    for name, shapes, cfg, quant in (
-            ("sw_256", {"S": 1100, "H": 4}, dict(WGMMA, block_q=64, num_warps=4, block_k=32), None),
-            ("full", {"B": 1, "S": 1024}, dict(WGMMA, block_q=192, num_warps=12, block_k=64), None),
-            ("causal", {"B": 1, "S": 517, "D": 256}, None, None),
-            ("causal", {"B": 1, "S": 517}, None, fp8),
-            ("causal", {"B": 1, "S": 700}, None, dict(fp8, pv=True)),
-            ("late_keys", {}, None, None),
-            ("doc_causal", {"S": 700}, None, None),
-            ("chunk_512", {"S": 1100, "H": 4}, None, None),
-            ("gqa", {"B": 1, "S": 333}, None, None),
-            ("sliding_window", {"B": 1, "S": 1100}, dict(WGMMA, num_stages=3), None)):
-        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
-                        quantize=quant))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"tc_rowsum": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        for name in ("sliding_window", "gqa", "alibi"):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
-                            config=None, options=opts))
-        for name, sp in DENSITY_MASKS:
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                            sparse=sp, options=opts))
-        for name in ("full", "causal"):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                            quantize=fp8, options=opts,
-                            fp8=dict(group=f"{name} S=16384{'' if opts is None else ' fadd'}", mode="fp8 QK")))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -794,7 +749,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "tcsum"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
