@@ -293,6 +293,35 @@ def p_fragments_macro(kk_steps: int, pv8: bool, ptx_t: str):
     return to_p
 
 
+def scale_reader(scale_buffers):
+    """``scale_at(which, b, head, row)`` of both wgmma kernels: the f32 scale of q (0), k (1) or v
+    (2) at (batch, head, row), from the scale buffers of shapes [B|1, H|1, rows|1, 1]."""
+    from tvm import tirx
+
+    def scale_at(which, bi, head, row):
+        buf = scale_buffers[which]
+        shp = [int(x) for x in buf.shape]
+        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
+                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
+
+    return scale_at
+
+
+def row_fold_macro(scale_at, k_per_key: bool, factor: float):
+    """``set_row_fold(row_fold, b, h, hk, r0, lane)`` of both wgmma kernels (fp8): the
+    dequantization of the thread's two rows -- q scale of the row x the k scale of the kv head
+    (unless k is scaled per key) x ``factor`` (scale * log2 e where it folds into the exponent)."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def set_row_fold(row_fold, b, h, hk, r0, lane):
+        for r in T.unroll(2):
+            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
+                T.float32(1) if k_per_key else scale_at(1, b, hk, 0)) * T.float32(factor)
+
+    return set_row_fold
+
+
 def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, chunks: int, iters: int):
     """The transposed fp8 V tile load of both wgmma kernels (fp8 P·V): ``load(blk, slot, smem, src,
     pe, tx, b, hk)`` copies keys ``blk * BK ..`` of ``src`` [B, KVH, d_v, TKP] (``rows`` = d_v rows of
@@ -553,12 +582,8 @@ def lower(spec: FlashKernelSpec, config):
                                             + (kk % 4) * 2) + U(DESC_K)
         return (sb >> U(4)) + tirx.Cast(u64, (V_BASE + slot * V_ELEMS) // 8 + kk * (16 * 8)) + U(DESC_V)
 
-    def scale_at(which, bi, head, row):
-        """Scale of q (0), k (1) or v (2) at (batch, head, row); shapes [B|1, H|1, rows|1, 1]."""
-        buf = SCALE_BUFFERS[which]
-        shp = [int(x) for x in buf.shape]
-        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
-                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
+    scale_at = scale_reader(SCALE_BUFFERS)
+    set_row_fold = row_fold_macro(scale_at, K_PER_KEY, scale * _LOG2E if fold_scale else 1.0)
 
     def tile_off(base, rows, row, chunk):
         """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
@@ -863,10 +888,7 @@ def lower(spec: FlashKernelSpec, config):
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
                     if QUANT:
-                        for r in T.unroll(2):
-                            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
-                                T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(
-                                    scale * _LOG2E if fold_scale else 1.0)
+                        set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0, cnt)
                     # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})

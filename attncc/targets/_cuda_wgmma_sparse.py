@@ -98,7 +98,7 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 from attncc.targets._cuda_wgmma import (FP8_PTX as _FP8_PTX, P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
-                                        registers_estimate,
+                                        registers_estimate, row_fold_macro, scale_reader,
                                         row_list_macro, tile_loader_macro, use_block_table)
 
 
@@ -237,12 +237,8 @@ def lower(spec: FlashKernelSpec, config):
             return tirx.shift_right(ent[which], 1)
         return pos
 
-    def scale_at(which, bi, head, row):
-        """Scale of q (0), k (1) or v (2) at (batch, head, row); shapes [B|1, H|1, rows|1, 1]."""
-        buf = SCALE_BUFFERS[which]
-        shp = [int(x) for x in buf.shape]
-        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
-                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
+    scale_at = scale_reader(SCALE_BUFFERS)
+    set_row_fold = row_fold_macro(scale_at, K_PER_KEY, scale * _LOG2E if fold_scale else 1.0)
 
     def tile_off(base, rows, row, chunk):
         """Element offset of 16-byte chunk ``chunk`` of row ``row`` in a swizzled tile."""
@@ -532,10 +528,7 @@ def lower(spec: FlashKernelSpec, config):
                     if USE_TABLE:      # the key-block list of this query block
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
                     if QUANT:
-                        for r in T.unroll(2):
-                            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
-                                T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(
-                                    scale * _LOG2E if fold_scale else 1.0)
+                        set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0, cnt)
                     for st in T.unroll(AHEAD):
