@@ -322,6 +322,38 @@ def row_fold_macro(scale_at, k_per_key: bool, factor: float):
     return set_row_fold
 
 
+def score_functions(ix, quant: bool, pv8: bool, k_per_key: bool, scale_at, group: int):
+    """``(scaled, to_log2, exp_arg, masked)`` of both wgmma kernels: FlashIndexing's score_mod, scale
+    folding and element mask (``ix``), plus fp8's dequantization -- ``row_fold[r]`` is the q scale
+    of the thread's row r (x the k scale per head, x scale * log2 e where it folds), a per-key k
+    scale multiplies each score -- and fp8 P's shift by 2^P_SHIFT.  Each takes the thread's row
+    half ``r`` and the ``row_fold`` buffer after FlashIndexing's arguments."""
+    from tvm import tirx
+
+    fold = ix.fold_scale
+    shift = tirx.const(P_SHIFT, "float32")
+
+    def scaled(acc, b, h, i, j, r, row_fold):
+        if k_per_key:
+            acc = acc * scale_at(1, b, h // group, j)
+        if quant and not fold:
+            acc = acc * row_fold[r]
+        return ix.scaled(acc, b, h, i, j)
+
+    def to_log2(x, r, row_fold):
+        return x * row_fold[r] if quant and fold else ix.to_log2(x)
+
+    def exp_arg(s, m, r, row_fold):
+        out = s * row_fold[r] - m if quant and fold else ix.exp_arg(s, m)
+        return out + shift if pv8 else out
+
+    def masked(acc, b, h, i, j, r, row_fold):
+        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold),
+                           tirx.const(float("-inf"), "float32"))
+
+    return scaled, to_log2, exp_arg, masked
+
+
 def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, chunks: int, iters: int):
     """The transposed fp8 V tile load of both wgmma kernels (fp8 P·V): ``load(blk, slot, smem, src,
     pe, tx, b, hk)`` copies keys ``blk * BK ..`` of ``src`` [B, KVH, d_v, TKP] (``rows`` = d_v rows of
@@ -607,23 +639,7 @@ def lower(spec: FlashKernelSpec, config):
     # head, x scale * log2 e when folded), a per-key k scale multiplies each score, and fp8 P is
     # shifted by 2^SHIFT
     ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
-
-    def scaled(acc, b, h, i, j, r, row_fold):
-        if K_PER_KEY:
-            acc = acc * scale_at(1, b, h // G, j)
-        if QUANT and not fold_scale:
-            acc = acc * row_fold[r]
-        return ix.scaled(acc, b, h, i, j)
-
-    def to_log2(x, r, row_fold):
-        return x * row_fold[r] if QUANT and fold_scale else ix.to_log2(x)
-
-    def exp_arg(s, m, r, row_fold):
-        out = s * row_fold[r] - m if QUANT and fold_scale else ix.exp_arg(s, m)
-        return out + tirx.const(SHIFT, f32) if PV8 else out
-
-    def masked(acc, b, h, i, j, r, row_fold):
-        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
+    scaled, to_log2, exp_arg, masked = score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
 
     def block_lo(q0):
         if USE_TABLE or kb_lower is None:     # table mode: positions in the compacted list

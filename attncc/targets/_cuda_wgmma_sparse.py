@@ -95,10 +95,10 @@ from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutati
 
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
-from attncc.targets._cuda_wgmma import (FP8_PTX as _FP8_PTX, P_SHIFT, _LOG2E,  # noqa: E402,F401
+from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
-                                        registers_estimate, row_fold_macro, scale_reader,
+                                        registers_estimate, row_fold_macro, scale_reader, score_functions,
                                         row_list_macro, tile_loader_macro, use_block_table)
 
 
@@ -119,8 +119,8 @@ def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> Non
     check_resources(spec, c, smem_limit, shared_memory_bytes(spec, c))
 
 
-# the TIR expression helpers shared with cuda.py and rocm.py
-from attncc.targets._gpu_flash import as_bool as _as_bool, as_f32 as _as_f32, dtype_of as _dtype_of, eager_logic  # noqa: E402,E501
+# the key range, score_mod and element mask, shared with cuda.py and rocm.py
+from attncc.targets._gpu_flash import FlashIndexing  # noqa: E402
 
 
 def lower(spec: FlashKernelSpec, config):
@@ -189,7 +189,6 @@ def lower(spec: FlashKernelSpec, config):
         kb_lower = None
     band_is_mask = spec.mask_mod is None or spec.key_bounds.exact
     score_mod = spec.score_mod
-    mask_mod = spec.mask_mod
     fold_scale = score_mod is None
     SHIFT = P_SHIFT if PV8 else 0.0
 
@@ -257,49 +256,9 @@ def lower(spec: FlashKernelSpec, config):
     def v_off(slot, row, chunk):
         return tile_off(V_BASE + slot * V_ELEMS, V_ROWS, row, chunk)
 
-    def scaled(acc, b, h, i, j, r=0, row_fold=None):
-        # fp8: acc * k scale of key j when the k scale is per key; the row's q (and per-head k)
-        # scale is in row_fold[r] (times scale * log2 e when folded)
-        if K_PER_KEY:
-            acc = acc * scale_at(1, b, h // G, j)
-        if fold_scale:
-            return acc
-        if QUANT:
-            acc = acc * row_fold[r]
-        s = _as_f32(score_mod(acc * tirx.const(scale, f32), b, h, i, j, *CAPTURE_BUFFERS))
-        return s * tirx.const(_LOG2E, f32)
-
-    def to_log2(x, r=0, row_fold=None):
-        if fold_scale:
-            return x * (row_fold[r] if QUANT else tirx.const(scale * _LOG2E, f32))
-        return x
-
-    def exp_arg(s, m, r=0, row_fold=None):
-        if fold_scale:
-            out = s * (row_fold[r] if QUANT else tirx.const(scale * _LOG2E, f32)) - m
-        else:
-            out = s - m
-        return out + tirx.const(SHIFT, f32) if PV8 else out
-
-    def keep(b, h, i, j):
-        conds = []
-        if NKB * BK != TK:
-            conds.append(j < TK)
-        if kb_lower is not None:
-            conds.append(j >= i + kb_lower)
-        if kb_upper is not None:
-            conds.append(j <= i + kb_upper)
-        if mask_mod is not None and not band_is_mask:     # an exact band is the mask itself
-            conds.append(_as_bool(mask_mod(b, h, i, j, *CAPTURE_BUFFERS)))
-        if not conds:
-            return tirx.const(True, "bool")
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.And(out, cnd)
-        return eager_logic(out)
-
-    def masked(acc, b, h, i, j, r=0, row_fold=None):
-        return tirx.Select(keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold), NEG_INF)
+    # score_mod, scale folding, element mask and fp8 dequantization: _cuda_wgmma's
+    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
+    scaled, to_log2, exp_arg, masked = score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
 
     def block_lo(q0):
         if USE_TABLE:
