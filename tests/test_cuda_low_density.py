@@ -161,14 +161,62 @@ def test_an_exact_band_masks_with_its_two_comparisons_only(mma):
     assert k.spec.key_bounds.exact
     tir = cuda.lower(k.spec, k.config).script()
     # the variant's mask is (kv <= q) & (q - kv < 256): the band j in [i - 255, i] says the same,
-    # so a masked score compares against the band's two ends (and the ragged key end) only
+    # so a masked score compares against the band's two ends (and the ragged key end) only; on
+    # wgmma those ends are each row's first and last kept key, set once a tile (next test)
     selects = [ln for ln in tir.splitlines() if "T.Select(" in ln and 'T.float32("-inf")' in ln
                and "s_acc" in ln.split("=")[0]]
     assert selects
+    ends = [ln for ln in tir.splitlines() if re.match(r"\s*lim\[", ln)] if mma == "wgmma" else selects
+    assert ends
     for ln in selects:
         cond = ln.split("T.Select(", 1)[1]
-        assert cond.count(" and ") <= 2, ln                 # < 1100, >= i - 255, <= i
-        assert "-255" in cond and "< 256" not in cond and "q_idx" not in cond
+        assert cond.count(" and ") <= (1 if mma == "wgmma" else 2), ln   # < 1100, >= i - 255, <= i
+    assert any("-255" in ln for ln in ends)
+    for ln in ends:
+        assert "< 256" not in ln and "q_idx" not in ln, ln
+
+
+def _band_tir(name, shapes, cfg=None, **options):
+    from attncc.targets import _cuda_wgmma
+
+    k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes=shapes,
+                        config=dict(CHAIN, **(cfg or {})), target_options=H100, build=False)
+    _cuda_wgmma._OPTIONS.update(options)
+    try:
+        return k, cuda.lower(k.spec, k.config).script()
+    finally:
+        _cuda_wgmma._OPTIONS.clear()
+
+
+def test_band_partial_tiles_compare_each_score_with_its_rows_limits():
+    """A band's partial tile on the ping-pong kernel: each row's first and last kept key are set
+    once a tile as offsets from the thread's first key (the ragged key end folded into the last),
+    and each score compares its own offset (an immediate once unrolled) with them -- both limits
+    only where both band sides cut the warp's rows, one where one does.  (H200: 1-4 % on bands,
+    benchmarks/gpu/RESULTS.md; GPU-verified by build.py --only edges.)"""
+    both = r"T\.Select\(lim\[e // 2\] <= nt \* 8 \+ e % 2 and nt \* 8 \+ e % 2 <= lim\[2 \+ e // 2\], "
+    lower = r"T\.Select\(lim\[e // 2\] <= nt \* 8 \+ e % 2, "
+    upper = r"T\.Select\(nt \* 8 \+ e % 2 <= lim\[2 \+ e // 2\], "
+    # a window ending 184 keys past the query, 517 keys: both sides, and the key end 516 in the last key
+    k, tir = _band_tir("band_offset", {})
+    assert k.spec.kv_len % 128 and k.spec.key_bounds.exact
+    assert re.search(r"lim = T\.alloc_local\(\(4,\), \"int32\"\)", tir)
+    assert re.search(r"lim\[r\] = r0 \+ lane // 4 \+ r \* 8 \+ -115 - ", tir)
+    assert re.search(r"lim\[2 \+ r\] = T\.min\(r0 \+ lane // 4 \+ r \* 8 \+ 184, 516\) - ", tir)
+    for form in (both, lower, upper):
+        assert re.search(form, tir), form
+    masks = [ln for ln in tir.splitlines() if "T.Select(" in ln and 'T.float32("-inf")' in ln
+             and ln.strip().startswith("s_acc")]
+    assert masks and all("lane" not in ln and "kb" not in ln and " j" not in ln for ln in masks)
+    # causal, keys a multiple of the block: the upper side only, no min
+    k, tir = _band_tir("causal", {"B": 1, "S": 1024})
+    assert re.search(upper, tir) and not re.search(lower, tir) and "T.min(r0" not in tir
+    # tile maps keep the mask_mod per score; the old per-score band compares stay an option
+    _, tir = _band_tir("doc_mask", {"S": 1024})
+    assert not re.search(r"\blim\[", tir)
+    _, tir = _band_tir("band_offset", {}, band_edges=False)
+    assert not re.search(r"\blim\[", tir)
+    assert re.search(r"T\.Select\(kb_lo \* 128 \+ nt \* 8 \+ lane % 4 \* 2 \+ e % 2 < 517 and ", tir)
 
 
 def test_sparse_compile_time_masks_default_to_four_blocks_an_sm():

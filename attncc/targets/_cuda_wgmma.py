@@ -685,6 +685,35 @@ def lower(spec: FlashKernelSpec, config):
             out = tirx.And(out, cnd)
         return out
 
+    # a band's partial tiles (no tile map, the band is the whole mask): each row's first and last
+    # kept key set once a tile, one immediate compare a score per side that cuts the warp's rows
+    LO_SIDE = kb_lower is not None
+    HI_SIDE = kb_upper is not None or NKB * BK != TK
+    BAND_EDGES = (_OPTIONS.get("band_edges", True) and not USE_TABLE and band_is_mask
+                  and (LO_SIDE or HI_SIDE))
+
+    def hi_key(i):
+        """The last key row i keeps (the upper side and the key length)."""
+        if kb_upper is None:
+            return i32(TK - 1)
+        return tirx.min(i + kb_upper, TK - 1) if NKB * BK != TK else i + kb_upper
+
+    def hi_cuts(r0, kb):
+        """The upper side (or the key length) drops keys of warp rows r0 .. r0+15 in block kb."""
+        conds = []
+        if kb_upper is not None:
+            conds.append(kb * BK + (BK - 1) > r0 + kb_upper)
+        if NKB * BK != TK:
+            conds.append(kb * BK + BK > TK)
+        out = conds[0]
+        for cnd in conds[1:]:
+            out = tirx.Or(out, cnd)
+        return out
+
+    def band_cond(lim, r, c, lo_on, hi_on):
+        conds = ([lim[r] <= c] if lo_on else []) + ([c <= lim[2 + r]] if hi_on else [])
+        return conds[0] if len(conds) == 1 else tirx.And(conds[0], conds[1])
+
     def within(count, index):
         if count % NT == 0:
             return tirx.const(True, "bool")
@@ -732,6 +761,42 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
+    def band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, lo_on, hi_on):
+        # a band's partial tile: lim[r] <= c (lo_on) and/or c <= lim[2 + r] (hi_on) per score,
+        # c = 8 nt + e % 2 its key offset from the thread's first key (an immediate)
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = T.Select(
+                    band_cond(lim, e // 2, nt * 8 + e % 2, lo_on, hi_on),
+                    scaled(s_acc[nt * 4 + e], b, h, r0 + lane // 4 + e // 2 * 8,
+                           kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold),
+                    NEG_INF)
+
+    # The element mask of a band's partial tile (BAND_EDGES): per row, the first and the last key
+    # kept, as offsets from the thread's first key of the tile (the key length folded into the
+    # last), set once a tile; each score then compares one immediate per side that cuts this
+    # warp's rows.  (Before: both sides, j and i rebuilt per score -- ~4.5 instructions a score
+    # against ~2, ncu on H200: benchmarks/gpu/RESULTS.md.)
+    @T.macro
+    def band_mask(kb, s_acc, r0, lane, b, h, row_fold):
+        lim = T.decl_buffer((4,), "int32", scope="local")
+        for r in T.unroll(2):
+            if LO_SIDE:
+                lim[r] = r0 + lane // 4 + r * 8 + kb_lower - (kb * BK + lane % 4 * 2)
+            if HI_SIDE:
+                lim[2 + r] = hi_key(r0 + lane // 4 + r * 8) - (kb * BK + lane % 4 * 2)
+        if LO_SIDE and HI_SIDE:
+            if kb * BK < r0 + 15 + kb_lower:            # the lower side cuts these rows
+                if hi_cuts(r0, kb):
+                    band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, True, True)
+                else:
+                    band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, True, False)
+            else:
+                band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, False, True)
+        else:
+            band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, LO_SIDE, HI_SIDE)
+
+    @T.macro
     def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold):
         """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
         # ---- score_mod, mask (partial tiles only), log2 domain
@@ -742,6 +807,8 @@ def lower(spec: FlashKernelSpec, config):
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
                         kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+        elif BAND_EDGES:
+            band_mask(kb, s_acc, r0, lane, b, h, row_fold)
         else:
             for nt in T.unroll(NKT):
                 for e in T.unroll(4):

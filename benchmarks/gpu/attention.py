@@ -387,6 +387,8 @@ def bench_sparse(man, fn, dev, flex=True, mod=None):
     cases = []
     if sp["mask"] in ("document", "document_causal"):
         for n in sp["docs"]:
+            if _DOCS_ONLY and n not in _DOCS_ONLY:
+                continue
             cases.append((f"{'causal ' if sp['mask'] == 'document_causal' else ''}documents={n}", _doc_ids(S, n)))
     else:
         cases.append((sp.get("label") or {"full": "dense", "causal": "causal"}.get(sp["mask"], f"window={sp.get('window')}"),
@@ -705,6 +707,9 @@ def bench_decode(man, fn, dev):
     return res
 
 
+_DOCS_ONLY: list = []      # --docs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=os.path.join(ROOT, ".gpu"))
@@ -713,7 +718,10 @@ def main(argv=None):
                     "(a plain substring works)")
     ap.add_argument("--flex", action="store_true", help="also time FlexAttention (torch.compile)")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--docs", type=int, action="append", default=[],
+                    help="document masks: only these document counts (repeatable; e.g. to profile one)")
     args = ap.parse_args(argv)
+    _DOCS_ONLY[:] = args.docs
 
     import torch
 

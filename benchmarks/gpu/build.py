@@ -59,7 +59,8 @@ def _entries(only):
     sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
-            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries}
+            "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
+            "edges": _edge_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -656,6 +657,48 @@ def _fp8_pingpong_entries():
     return out
 
 
+def _edge_entries():
+    """A band's partial tiles masked with one immediate compare a score per side that cuts the
+    warp's rows (``BAND_EDGES`` of ``_cuda_wgmma``): every band kernel kind verified (examples at
+    default and ragged dims, both sides and a ragged key length, query blocks without keys, 64 x 32,
+    3 stages, fp8, score_mods), and the band benchmarks beside the kernels with the old per-score
+    mask (``band_edges`` False), same run; the table-mode masks (unchanged kernels) for profiling."""
+    out = []
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for n in ("sliding_window", "causal_mha", "causal_gqa", "alibi", "softcap"):
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="f16", shapes={}, config=None))
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=None))
+    k32 = dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2)
+    fp8 = dict(dtype="fp8", granularity="head")
+    for name, shapes, cfg, quant in (
+            ("band_offset", {}, None, None), ("band_offset", {}, k32, None),
+            ("band_offset", {}, dict(WGMMA, num_stages=3), None), ("band_offset", {"S": 700, "T": 1100}, None, None),
+            ("late_keys", {}, None, None), ("sw_256", {"S": 1100, "H": 2}, k32, None),
+            ("sw_1024", {"S": 3000, "H": 2}, dict(WGMMA, num_stages=3), None),
+            ("causal", {"B": 1, "S": 517}, None, fp8), ("sliding_window", {"B": 1, "S": 1100}, None, dict(fp8, pv=True)),
+            ("alibi", {"B": 1, "S": 517}, None, None), ("gqa", {"B": 1, "S": 333}, None, None)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                        quantize=quant))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"band_edges": False}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("causal", "sw_256", "sw_1024", "sw_4096"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                                sparse=sp, options=opts))
+        for s_ in (1024, 4096, 16384):
+            out.append(dict(kind="bench", path=VARIANTS, name="causal", dtype="bf16",
+                            shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
+        out.append(dict(kind="bench", path=VARIANTS, name="sliding_window", dtype="bf16", shapes={"B": 4, "S": 4096},
+                        config=None, options=opts))
+    for name in ("sw_1024", "sw_4096"):       # 2 stages beside compile's 3
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=dict(WGMMA),
+                        sparse=dict(DENSITY_MASKS)[name]))
+    for name, sp in DENSITY_MASKS:
+        if name in ("full", "doc_mask", "doc_causal", "chunk_2048"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -749,7 +792,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")

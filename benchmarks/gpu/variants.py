@@ -128,6 +128,14 @@ def doc_causal(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: 
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx))
 
 
+@variant(defaults=dict(B=1, H=4, S=333, T=517, D=128))
+def band_offset(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "T", "D"], v: Tensor["B", "H", "T", "D"]):
+    # a window of 300 keys ending 184 keys past the query (chunked prefill's bottom-right causal at
+    # these lengths): both band sides and a key length that is no multiple of the key block
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx + 184)
+                     & (q_idx + 184 - kv_idx < 300))
+
+
 @variant(defaults=dict(B=1, H=4, S=1100, D=128))
 def late_keys(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
     # queries below 600 keep no key (out 0, lse -inf): whole query blocks without key blocks
