@@ -66,6 +66,51 @@ def test_document_mask_gathers_are_not_behind_branches():
         assert " and " not in ln, ln
 
 
+def test_captures_indexed_by_a_row_or_key_in_range_are_read_unclamped():
+    """Where the blocks divide the lengths, every row and key the ping-pong kernel masks is real,
+    so document ids indexed by exactly q_idx or kv_idx are loaded without the clamp (loads at
+    constant offsets); a ragged length, or any other index expression, keeps it."""
+    def gathers(name, S, **opts):
+        from attncc.targets import _cuda_wgmma
+
+        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"S": S, "H": 2},
+                            config=CHAIN, target_options=H100, build=False)
+        _cuda_wgmma._OPTIONS.update(opts)
+        try:
+            tir = cuda.lower(k.spec, k.config).script()
+        finally:
+            _cuda_wgmma._OPTIONS.clear()
+        return set(re.findall(r"doc\[[^\]]*\]", tir))
+
+    for name in ("doc_mask", "doc_causal"):
+        exact = gathers(name, 1024)
+        assert exact and not any("T.min(" in g or "T.max(" in g for g in exact), exact
+        assert "doc[r0 + lane // 4 + e // 2 * 8]" in exact
+        for g in gathers(name, 1000) | gathers(name, 1024, unclamped=False):
+            assert g.startswith("doc[T.max(T.min("), g
+
+
+def test_only_the_exact_index_and_a_long_enough_dimension_skip_the_clamp():
+    from tvm import tirx
+
+    # the mask_mod builder of examples/document_mask.py: (doc[q] == doc[kv]) & (kv <= q)
+    k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
+                        shapes={"S": 256}, config=CHAIN, target_options=H100, build=False)
+    doc = tirx.decl_buffer((256,), "int32", "doc")
+    i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
+    b, h = tirx.const(0, "int32"), tirx.const(0, "int32")
+
+    def text(**kw):
+        return str(k.spec.mask_mod(b, h, i, j, doc, **kw))
+
+    assert text().count("T.min(") == 2                                # both indices clamped
+    assert text(in_range=((j, 256),)).count("T.min(") == 1            # the key's dropped
+    assert "doc[j]" in text(in_range=((j, 256),))
+    assert text(in_range=((j - i, 256), (i, 256))).count("T.min(") == 1   # another expression: kept
+    assert text(in_range=((j, 257), (i, 256))).count("T.min(") == 1       # bound past the dimension: kept
+    assert text(in_range=((j, 256), (i, 256))).count("T.min(") == 0
+
+
 # --------------------------------------------------------------------------- chained query blocks
 
 
@@ -441,3 +486,49 @@ def test_whole_key_blocks_load_at_immediate_offsets(name, shapes, cfg, quant):
     assert k2.spec.kv_len % k2.config.block_k != 0
     assert "T.ptx.addr(T.address_of(k[" not in ragged
     assert re.search(r"T\.address_of\(k\[b, hk, T\.min\(", ragged)
+
+
+# --------------------------------------------------------------------------- the write-out
+
+
+def test_each_warp_writes_its_rows_out_by_bulk_copies():
+    """The ping-pong kernel's write-out: a warp stages its 16 output rows in padded rows of shared
+    memory (row stride d_v + 8: its 2-byte stores hit 32 banks), fences them for the async proxy,
+    syncs the warp and copies them out one 2*d_v-byte bulk copy per lane -- no block barrier, no
+    shared loads, no vector stores (H200: benchmarks/gpu/RESULTS.md).  A block without key blocks
+    still waits for every thread's Q copies first; ``bulk_store`` False keeps the staged copy-out."""
+    from attncc.targets import _cuda_wgmma
+
+    def tir(name, shapes, cfg=None, **opts):
+        k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes=shapes,
+                            config=dict(CHAIN, **(cfg or {})), target_options=H100, build=False)
+        _cuda_wgmma._OPTIONS.update(opts)
+        try:
+            return cuda.lower(k.spec, k.config).script()
+        finally:
+            _cuda_wgmma._OPTIONS.clear()
+
+    for name, shapes, cfg in (("full", {"B": 1, "S": 1000}, None), ("doc_mask", {"S": 1100, "H": 4}, None),
+                              ("late_keys", {}, None),
+                              ("sw_256", {"S": 1100, "H": 4}, dict(block_q=64, num_warps=4, block_k=32))):
+        one_wg = cfg is not None
+        t = tir(name, shapes, cfg, **({"bulk_store": True} if one_wg else {}))
+        if one_wg:       # one warpgroup: the staged copy-out by default (measured faster there)
+            d = tir(name, shapes, cfg)
+            assert '"bulk"' not in d[d.rindex('T.ptx.cp(0, "async", "wait_group", "")'):]
+        epi = t[t.rindex('T.ptx.cp(0, "async", "wait_group", "")'):]
+        assert re.search(r'T\.ptx\.cp\(T\.address_of\(out\[b, h, r0 \+ lane, 0\]\), T\.cuda\.cvta_generic_to_shared\('
+                         r'T\.address_of\(smem\[\(warp \* 16 \+ lane\) \* 136\]\)\), T\.uint32\(256\), "async", "bulk"', epi), name
+        assert re.search(r"smem\[\(warp \* 16 \+ lane // 4 \+ e // 2 \* 8\) \* 136 \+ nd \* 8 \+ lane % 4 \* 2 \+ e % 2\]", epi)
+        assert epi.index('T.ptx.fence("proxy", "async", "shared::cta"') < epi.index("T.cuda.warp_sync()") \
+            < epi.index("if lane < 16:")
+        assert re.search(r'if lane < 16:\s*\n\s*if r0 \+ lane < \d+:', epi), name
+        assert '"bulk", "wait_group", "read"' in epi
+        assert "T.vectorized(8)" not in epi, name
+        # one barrier, and only where the block ran no key loop
+        assert epi.count("T.tvm_storage_sync") == 1, name
+        assert re.search(r"if kb_hi <= kb_lo:\s*\n\s*T\.tvm_storage_sync", epi) or re.search(
+            r"if cnt\[0\] <= 0:\s*\n\s*T\.tvm_storage_sync", epi), name
+        old = tir(name, shapes, cfg, bulk_store=False)
+        old_epi = old[old.rindex('T.ptx.cp(0, "async", "wait_group", "")'):]
+        assert '"bulk"' not in old_epi and "T.vectorized(8)" in old_epi and old_epi.count("T.tvm_storage_sync") == 2

@@ -42,6 +42,12 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   step reading the key blocks of its loads and of its softmax from the list, and full tiles
   skip the element mask.  (Before: the sparse kernel's in-order schedule; ping-pong measured
   4-7 % faster on document masks at 128 x 128, benchmarks/gpu/RESULTS.md.)
+* a band's partial tiles (no tile map) set each row's first and last kept key once a tile and
+  compare each score's key offset (an immediate) with the side(s) that cut the warp's rows;
+  captured tensors indexed by exactly the row or the key are read unclamped where the blocks
+  divide the lengths (document ids: loads at constant offsets).
+* the write-out (two warpgroups and more): each warp stages its 16 rows of O in padded rows of
+  shared memory and copies them out with ``cp.async.bulk``, one row a lane, no block barrier.
 * fp8 (the quantize pass, ``spec.quant_dtype`` e4m3 or e5m2): q and k arrive as fp8 with f32
   scales (arguments after the tile map, before the captured tensors).  The fp8 tiles are the
   16-bit scheme's with rows of ``head_dim`` bytes, so the descriptors, swizzle and loads are
@@ -634,11 +640,28 @@ def lower(spec: FlashKernelSpec, config):
     def v_off(slot, row, chunk):
         return tile_off(V_BASE + slot * V_ELEMS, V_ROWS, row, chunk)
 
+    # the write-out (BULK_STORE): O staged a warp's 16 rows at a time, rows padded by 16 bytes
+    # (O_ROW elements: the 2-byte stores of a warp hit 32 different banks), and copied to global
+    # memory by cp.async.bulk, one row a lane.  The staging (from the unaligned base) covers Q
+    # and the first K slot, dead once the last step has begun (its barrier is past every S
+    # product; a block without key blocks has a barrier first); the V slots, still read by the
+    # other warpgroup's last P·V, lie beyond it.
+    # H200, same run against the staged copy-out: 1-3 % faster with two warpgroups and more (full
+    # S=1k/4k, sliding window S=4k, windows 1024/4096, documents=8), 2.7 % slower with one
+    # (window 256 at 64 x 32, four thread blocks an SM): off there
+    O_ROW = DV + 8
+    BULK_STORE = (_OPTIONS.get("bulk_store", NW >= 8) and BQ * O_ROW <= V_BASE and DV % 8 == 0)
+
     # score_mod (log2 units), the element mask and the scale folding: shared with cuda.py and rocm.py;
     # fp8 adds the dequantization: row_fold[r] = q scale of the thread's row r (x the k scale per
     # head, x scale * log2 e when folded), a per-key k scale multiplies each score, and fp8 P is
     # shifted by 2^SHIFT
-    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
+    # every row of every query block is below S (every key of every key block below TK) where the
+    # blocks divide the lengths: captured tensors indexed by the row (key) itself need no clamp
+    # (H200, document masks: benchmarks/gpu/RESULTS.md)
+    UNCLAMPED = _OPTIONS.get("unclamped", True)
+    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS), rows_in_range=UNCLAMPED and S % BQ == 0,
+                       keys_in_range=UNCLAMPED and TK % BK == 0)
     scaled, to_log2, exp_arg, masked = score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
 
     def block_lo(q0):
@@ -775,8 +798,9 @@ def lower(spec: FlashKernelSpec, config):
     # The element mask of a band's partial tile (BAND_EDGES): per row, the first and the last key
     # kept, as offsets from the thread's first key of the tile (the key length folded into the
     # last), set once a tile; each score then compares one immediate per side that cuts this
-    # warp's rows.  (Before: both sides, j and i rebuilt per score -- ~4.5 instructions a score
-    # against ~2, ncu on H200: benchmarks/gpu/RESULTS.md.)
+    # warp's rows.  (Before: both sides, with j and i rebuilt per score; ncu on H200, window 1024:
+    # ISETP + VIADD a masked score 2.6 -> 1.4, the kernel 1 % faster, sliding window S=4k 4 %:
+    # benchmarks/gpu/RESULTS.md.)
     @T.macro
     def band_mask(kb, s_acc, r0, lane, b, h, row_fold):
         lim = T.decl_buffer((4,), "int32", scope="local")
@@ -1008,7 +1032,10 @@ def lower(spec: FlashKernelSpec, config):
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
-                    T.tvm_storage_sync("shared")
+                    if not BULK_STORE:
+                        T.tvm_storage_sync("shared")
+                    elif kb_hi <= kb_lo:      # no key loop, no barrier yet: other threads' Q copies may still land
+                        T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
@@ -1021,18 +1048,36 @@ def lower(spec: FlashKernelSpec, config):
                                 l_run[hf] > T.float32(0),
                                 (m_run[hf] + T.log2(l_run[hf]) - T.float32(SHIFT)) * T.float32(_LN2),
                                 NEG_INF)
-                    # (the output tile needs no alignment: it is staged from the unaligned base)
-                    for nd in T.unroll(NDV):
-                        for e in T.unroll(4):
-                            smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                    T.tvm_storage_sync("shared")
-                    for it in T.unroll(O_ITERS):
-                        if within(BQ * CV, it * NT + tx):
-                            if q0 + (it * NT + tx) // CV < S:
-                                for e in T.vectorized(8):
-                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                    if BULK_STORE:
+                        # each warp stages its 16 rows (padded: conflict-free 2-byte stores), hands
+                        # them to the async proxy and copies them out a row per lane (bulk copies):
+                        # no block barrier, no shared loads, no global stores in the warps
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(4):
+                                smem[(warp * 16 + lane // 4 + e // 2 * 8) * O_ROW + nd * 8 + lane % 4 * 2 + e % 2] = \
+                                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+                        T.ptx["fence.proxy.async.shared::cta"]()
+                        T.cuda.warp_sync()
+                        if lane < 16:
+                            if r0 + lane < S:
+                                T.ptx["cp.async.bulk.global.shared::cta.bulk_group"](
+                                    T.address_of(out[b, h, r0 + lane, 0]), T.address_of(smem[(warp * 16 + lane) * O_ROW]),
+                                    T.uint32(DV * 2))
+                            T.ptx["cp.async.bulk.commit_group"]()
+                            T.ptx["cp.async.bulk.wait_group.read"](0)
+                    else:
+                        # (the output tile needs no alignment: it is staged from the unaligned base)
+                        for nd in T.unroll(NDV):
+                            for e in T.unroll(4):
+                                smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+                        T.tvm_storage_sync("shared")
+                        for it in T.unroll(O_ITERS):
+                            if within(BQ * CV, it * NT + tx):
+                                if q0 + (it * NT + tx) // CV < S:
+                                    for e in T.vectorized(8):
+                                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                                            smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
 
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:

@@ -53,14 +53,18 @@ def region_to_tir(region: Optional[Region], env: dict):
     if region is None:
         return None
 
-    def build(*args):
+    def build(*args, in_range=()):
+        """``in_range``: (expression, bound) pairs the caller guarantees 0 <= expression < bound
+        (a kernel's row and key indices where the blocks divide the lengths): a captured tensor
+        indexed by exactly that expression, along a dimension of at least ``bound``, is read
+        without the clamp every other index gets."""
         from tvm import tirx
         vals = dict(zip(region.args, args))
         for op in region.ops:
             if op.name == "attn.yield":
                 return vals[op.operands[0]]
             a = [vals[v] for v in op.operands]
-            vals[op.results[0]] = _tir_op(tirx, op, a, env)
+            vals[op.results[0]] = _tir_op(tirx, op, a, env, in_range)
         raise AssertionError("region without yield")
     return build
 
@@ -73,7 +77,7 @@ def _tir_const(tirx, value, dt: DType):
     return tirx.const(int(value), "int32")
 
 
-def _tir_op(tirx, op: Op, a: list, env: dict):
+def _tir_op(tirx, op: Op, a: list, env: dict, in_range=()):
     n = op.short
     dt = op.results[0].type.dtype
     if n == "constant":
@@ -122,7 +126,8 @@ def _tir_op(tirx, op: Op, a: list, env: dict):
         return tirx.Select(a[0], a[1], a[2])
     if n == "gather":
         buf = a[0]
-        idx = [tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
+        idx = [x if any(x.same_as(e) and n <= int(d) for e, n in in_range)
+               else tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
         val = buf[tuple(idx)] if idx else buf[()]
         src_dt = op.operands[0].type.dtype
         if src_dt.is_float and src_dt != DType.f32:

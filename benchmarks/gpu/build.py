@@ -60,7 +60,7 @@ def _entries(only):
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "edges": _edge_entries}
+            "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -699,6 +699,74 @@ def _edge_entries():
     return out
 
 
+def _unclamped_entries():
+    """Document ids read without index clamps where the blocks divide the lengths
+    (``FlashIndexing.rows_in_range / keys_in_range``, ``_OPTIONS["unclamped"]`` of ``_cuda_wgmma``):
+    the kernels with captured tensors verified at exact and ragged lengths (2 and 3 stages, fp8,
+    12 warps, the per-call pair), and the document benchmarks beside the clamped kernels, same run."""
+    out = []
+    ex = os.path.join("examples", "document_mask.py")
+    for dt, shapes in (("bf16", {}), ("f16", {"S": 1024}), ("bf16", "ragged")):
+        out.append(dict(kind="verify", path=ex, name=None, dtype=dt, shapes=shapes, config=None))
+    fp8 = dict(dtype="fp8", granularity="head")
+    for name, shapes, cfg, quant in (
+            ("doc_mask", {"S": 1024, "H": 4}, None, None), ("doc_mask", {"S": 1100, "H": 4}, None, None),
+            ("doc_causal", {"S": 1024}, None, None), ("doc_causal", {"S": 700}, None, None),
+            ("doc_mask", {"S": 2048, "H": 2}, dict(WGMMA, num_stages=3), None),
+            ("doc_causal", {"S": 1024}, dict(WGMMA, block_q=192, num_warps=12, block_k=64), None),
+            ("doc_causal", {"S": 1024}, None, dict(fp8, pv=True)), ("doc_mask", {"S": 1024, "H": 4}, None, fp8)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                        quantize=quant))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"unclamped": False}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("doc_mask", "doc_causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                                sparse=sp, options=opts))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    return out
+
+
+def _bulk_entries():
+    """The write-out by bulk copies (``BULK_STORE`` of ``_cuda_wgmma``: each warp stages its rows and
+    copies them out a row per lane with cp.async.bulk, no block barrier): every kind of ping-pong
+    kernel verified -- the examples at default (f16) and ragged (bf16) dims, D=64 and 128, blocks
+    without keys, both band sides, tile maps and document ids, 64 x 32, 12 warps, 3 stages, fp8
+    Q·Kᵀ and P·V, GQA -- and issue 3's and issue 4's benchmarks beside the kernels with the staged
+    shared-memory write-out (``bulk_store`` False), same run."""
+    out = []
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+        rel = os.path.relpath(path, ROOT)
+        out.append(dict(kind="verify", path=rel, name=None, dtype="f16", shapes={}, config=None))
+        out.append(dict(kind="verify", path=rel, name=None, dtype="bf16", shapes="ragged", config=None))
+    k32 = dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2)
+    fp8 = dict(dtype="fp8", granularity="head")
+    for name, shapes, cfg, quant in (
+            ("band_offset", {}, None, None), ("band_offset", {}, k32, None), ("late_keys", {}, None, None),
+            ("doc_mask", {"S": 1100, "H": 4}, None, None), ("doc_causal", {"S": 1024}, None, None),
+            ("full", {"B": 1, "S": 1024}, dict(WGMMA, block_q=192, num_warps=12, block_k=64), None),
+            ("full", {"B": 2, "S": 700}, None, dict(fp8, pv=True)), ("causal", {"B": 1, "S": 517}, None, fp8),
+            ("gqa", {"B": 1, "S": 333}, None, None), ("sw_1024", {"S": 3000, "H": 2}, dict(WGMMA, num_stages=3), None),
+            ("softcap", {"B": 1, "S": 517}, None, None)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                        quantize=quant))
+    out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 700}, config=k32))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"bulk_store": False}):
+        for s_ in (1024, 4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
+        out.append(dict(kind="bench", path=VARIANTS, name="sliding_window", dtype="bf16", shapes={"B": 4, "S": 4096},
+                        config=None, options=opts))
+        for name, sp in DENSITY_MASKS:
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                            sparse=sp, options=opts))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -792,7 +860,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
