@@ -764,38 +764,6 @@ def lower(spec: FlashKernelSpec, config):
     load_v = (fp8_v_loader_macro(NT, BK, TKP, KEYS_EXACT, v_off, V_ROWS, CVL, V_ITERS) if PV8 else
               tile_loader_macro(NT, BK, TK, KEYS_EXACT, v_off, CV, V_ITERS, 8, DV * 2))
 
-    # The first loads of a thread block wait on HBM (ncu: the prologue's long-scoreboard stalls
-    # are 5 % of a window-1024 kernel).  Thread blocks start in launch order, so the one that
-    # starts on this SM when a block of the current wave ends is about one wave ahead: each
-    # block asks L2 for that block's Q tile and first K and V tiles (band) or its tile-map row
-    # (table mode) -- one bulk prefetch each, issued by one thread.
-    CTAS = max(1, min(2048 // NT, 232448 // (SMEM_ELEMS * 2 + ALIGN_BYTES)))
-    L2_PREFETCH = _OPTIONS.get("l2_prefetch", True)
-    NBLK = NQB * B * H
-
-    @T.macro
-    def prefetch_next_wave(qb_rev, bh, q, k, v):
-        lin = bh * NQB + qb_rev if QB_FAST else qb_rev * (B * H) + bh
-        nxt = lin + T.cuda.mov_sreg(32, "nsmid") * CTAS
-        if nxt < NBLK:
-            bh2 = nxt // NQB if QB_FAST else nxt % (B * H)
-            q2 = (NQB - 1 - (nxt % NQB if QB_FAST else nxt // (B * H))) * BQ
-            T.ptx["cp.async.bulk.prefetch.L2.global"](
-                T.address_of(q[bh2 // H, bh2 % H, q2, 0]), T.Cast("uint32", T.min(BQ, S - q2) * (D * QB)))
-            if USE_TABLE:
-                if NKB % 4 == 0:
-                    T.ptx["cp.async.bulk.prefetch.L2.global"](
-                        T.address_of(TILE_MAP[q2 // BQ, 0]), T.uint32(NKB * 4))
-            else:
-                if block_lo(q2) < block_hi(q2, None):
-                    T.ptx["cp.async.bulk.prefetch.L2.global"](
-                        T.address_of(k[bh2 // H, bh2 % H // G, block_lo(q2) * BK, 0]),
-                        T.Cast("uint32", T.min(BK, TK - block_lo(q2) * BK) * (D * QB)))
-                    if not PV8:
-                        T.ptx["cp.async.bulk.prefetch.L2.global"](
-                            T.address_of(v[bh2 // H, bh2 % H // G, block_lo(q2) * BK, 0]),
-                            T.Cast("uint32", T.min(BK, TK - block_lo(q2) * BK) * (DV * 2)))
-
     @T.macro
     def loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent):
         # K of block j + AHEAD into the slot of K_{j-1}, V of block j + AHEAD - 1 into that of
@@ -1024,9 +992,6 @@ def lower(spec: FlashKernelSpec, config):
                                                (it * NT + tx) % CQ * EQ]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
-                    if L2_PREFETCH:
-                        if tx == NT - 1:
-                            prefetch_next_wave(qb_rev, bh, q, k, v)
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
                     if QUANT:

@@ -60,7 +60,7 @@ def _entries(only):
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries, "prefetch": _prefetch_entries}
+            "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -767,40 +767,6 @@ def _bulk_entries():
     return out
 
 
-def _prefetch_entries():
-    """L2 prefetch of the next wave's first tiles (``L2_PREFETCH`` of ``_cuda_wgmma``: each thread
-    block asks L2, by cp.async.bulk.prefetch, for the Q tile and first K/V tiles -- or the tile-map
-    row -- of the block about one wave after it in launch order): verified on the kernels whose
-    prefetch addresses differ (ragged lengths, GQA, batch 2, tile maps, fp8 P·V, blocks without
-    keys, 64 x 32, 12 warps), and issue 3's and issue 4's benchmarks beside the kernels without it
-    (``l2_prefetch`` False), same run."""
-    out = []
-    k32 = dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2)
-    fp8 = dict(dtype="fp8", granularity="head")
-    for name, shapes, cfg, quant in (
-            ("band_offset", {}, None, None), ("band_offset", {}, k32, None), ("late_keys", {}, None, None),
-            ("doc_mask", {"S": 1100, "H": 4}, None, None), ("doc_causal", {"S": 1024}, None, None),
-            ("full", {"B": 2, "S": 700}, dict(WGMMA, block_q=192, num_warps=12, block_k=64), None),
-            ("full", {"B": 2, "S": 700}, None, dict(fp8, pv=True)), ("gqa", {"B": 2, "S": 333}, None, None),
-            ("sw_1024", {"S": 3000, "H": 2}, dict(WGMMA, num_stages=3), None)):
-        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
-                        quantize=quant))
-    out.append(dict(kind="verify", path=os.path.join("examples", "chunked.py"), name=None, dtype="bf16",
-                    shapes="ragged", config=None))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"l2_prefetch": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        out.append(dict(kind="bench", path=VARIANTS, name="sliding_window", dtype="bf16", shapes={"B": 4, "S": 4096},
-                        config=None, options=opts))
-        for name, sp in DENSITY_MASKS:
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                            sparse=sp, options=opts))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -894,7 +860,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "prefetch"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
