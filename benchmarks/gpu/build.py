@@ -60,7 +60,8 @@ def _entries(only):
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
-            "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries}
+            "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
+            "session6": _session6_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -767,6 +768,24 @@ def _bulk_entries():
     return out
 
 
+def _session6_entries():
+    """Issue 4, sixth pass, the closing run on the code as committed: the time-vs-density table
+    beside FlexAttention's BlockMask (attention.py --flex), issue 3's benchmark beside cuDNN,
+    FlashAttention-2 and FlexAttention, and fp8 beside bf16 -- the configs compile picks."""
+    out = []
+    for s_ in (4096, 16384):
+        for name in ("full", "causal"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                            shapes={"B": 16384 // s_, "S": s_}, config=None, flex=True))
+    for name in ("sliding_window", "gqa", "alibi", "softcap"):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
+                        config=None, flex=True))
+    s16 = {"B": 1, "S": 16384}
+    for name, sp in DENSITY_MASKS:
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp))
+    return out + _fp8_bench_entries()
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -860,7 +879,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
