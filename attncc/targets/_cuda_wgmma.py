@@ -266,6 +266,30 @@ def tile_loader_macro(NT: int, BK: int, TK: int, exact: bool, off, chunks: int, 
     return load
 
 
+def staged_store_macro(dtype: str, ndv: int, bq: int, cv: int, nt: int, s_len: int, o_off, within):
+    """``store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h)`` of both wgmma kernels:
+    O times ``red`` (1 / l) staged in the swizzled tile at ``off`` (a block barrier), then copied
+    out 16 bytes a thread, rows below ``s_len`` only (the ping-pong kernel's write-out with one
+    warpgroup or ``bulk_store`` off, and the in-order kernel's)."""
+    from tvm.script import tirx as T
+
+    from attncc.targets._gpu_flash import copy_out_macro
+
+    NDV = ndv
+    copy_out = copy_out_macro(bq, cv, nt, s_len, o_off, within)
+
+    @T.macro
+    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
+        for nd in T.unroll(NDV):
+            for e in T.unroll(4):
+                smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
+                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
+        T.tvm_storage_sync("shared")
+        copy_out(off, q0, smem, out, tx, b, h)
+
+    return store_out
+
+
 def p_fragments_macro(kk_steps: int, pv8: bool, ptx_t: str):
     """``to_p(p_frag, s_acc, p16)`` of both wgmma kernels: the probabilities in the S accumulator
     (f32) as the register A fragments of P·V -- 16-bit pairs (``cvt.rn.{ptx_t}x2``), or with fp8
@@ -549,7 +573,6 @@ def lower(spec: FlashKernelSpec, config):
     row_list = row_list_macro(compact_row, NKB) if USE_TABLE else None
 
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
-    O_ITERS = -(-(BQ * CV) // NT)
 
     kb_lower = spec.key_bounds.lower_offset
     kb_upper = spec.key_bounds.upper_offset
@@ -744,6 +767,8 @@ def lower(spec: FlashKernelSpec, config):
 
     def both(a, c):
         return tirx.And(a, c)
+
+    store_out = staged_store_macro(dtype, NDV, BQ, CV, NT, S, o_off, within)
 
     V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
     wg_s = f"wgmma.mma_async.sync.aligned.m64n{BK}k{32 if QUANT else 16}.f32.{qk_t}.{qk_t}"
@@ -1067,17 +1092,7 @@ def lower(spec: FlashKernelSpec, config):
                             T.ptx["cp.async.bulk.wait_group.read"](0)
                     else:
                         # (the output tile needs no alignment: it is staged from the unaligned base)
-                        for nd in T.unroll(NDV):
-                            for e in T.unroll(4):
-                                smem[o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-                        T.tvm_storage_sync("shared")
-                        for it in T.unroll(O_ITERS):
-                            if within(BQ * CV, it * NT + tx):
-                                if q0 + (it * NT + tx) // CV < S:
-                                    for e in T.vectorized(8):
-                                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                            smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                        store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
 
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:

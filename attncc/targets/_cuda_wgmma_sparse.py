@@ -99,7 +99,7 @@ from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
                                         registers_estimate, row_fold_macro, scale_reader, score_functions,
-                                        row_list_macro, tile_loader_macro, use_block_table)
+                                        row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -170,7 +170,6 @@ def lower(spec: FlashKernelSpec, config):
     SMEM_ELEMS = LIST_BASE + (2 * LS * QC if use_block_table(spec) else 0)
 
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
-    O_ITERS = -(-(BQ * CV) // NT)
 
     # table mode: the tile map [NQB, NKB] is an argument; captured tensors and scales too
     USE_TABLE = use_block_table(spec)
@@ -344,19 +343,7 @@ def lower(spec: FlashKernelSpec, config):
         load_k(blk, slot, smem, k, pe, tx, b, hk)
         load_v(blk, slot, smem, v, pe, tx, b, hk)
 
-    @T.macro
-    def store_out(off, q0, smem, out, o_acc, red, tx, warp, lane, b, h):
-        for nd in T.unroll(NDV):
-            for e in T.unroll(4):
-                smem[off + o_off(warp * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
-                    T.Cast(dtype, o_acc[nd * 4 + e] * red[e // 2])
-        T.tvm_storage_sync("shared")
-        for it in T.unroll(O_ITERS):
-            if within(BQ * CV, it * NT + tx):
-                if q0 + (it * NT + tx) // CV < S:
-                    for e in T.vectorized(8):
-                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                            smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+    store_out = staged_store_macro(dtype, NDV, BQ, CV, NT, S, o_off, within)
 
     @T.macro
     def qk_product(q_buf, slot, s_acc, sbase, wg):

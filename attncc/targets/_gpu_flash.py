@@ -119,6 +119,27 @@ def eager_logic(expr):
     return expr
 
 
+def copy_out_macro(bq: int, cv: int, nt: int, s_len: int, o_off, within):
+    """``copy_out(off, q0, smem, out, tx, b, h)`` of the CUDA flash kernels: the output tile staged
+    in shared memory at ``off`` (``o_off(row, chunk)``: its swizzled 16-byte chunks) copied to
+    ``out[b, h, q0 + row, :]`` 16 bytes a thread, rows below ``s_len`` only."""
+    from tvm.script import tirx as T
+
+    BQ, CV, NT, S = bq, cv, nt, s_len
+    O_ITERS = -(-(BQ * CV) // NT)
+
+    @T.macro
+    def copy_out(off, q0, smem, out, tx, b, h):
+        for it in T.unroll(O_ITERS):
+            if within(BQ * CV, it * NT + tx):
+                if q0 + (it * NT + tx) // CV < S:
+                    for e in T.vectorized(8):
+                        out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
+                            smem[off + o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+
+    return copy_out
+
+
 def _all(conds):
     from tvm import tirx
 

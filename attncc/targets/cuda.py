@@ -499,7 +499,6 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
 
     # copies: chunks of a tile per thread (ceil), guarded when the tile does not divide
     Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
-    O_ITERS = -(-(BQ * CV) // NT)
 
     # key-block skipping, the element mask, score_mod and the log2 scaling: shared with rocm
     ix = _gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
@@ -551,6 +550,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
         if count % NT == 0:
             return tirx.const(True, "bool")
         return index < count
+
+    copy_out = _gpu.copy_out_macro(BQ, CV, NT, S, o_off, within)
 
     def both(a, c):
         return tirx.And(a, c)
@@ -801,12 +802,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                 smem[o_off(warp * RW + mt * 16 + lane // 4 + e // 2 * 8, nd) + lane % 4 * 2 + e % 2] = \
                                     T.Cast(dtype, o_acc[mt, nd, e] * red[mt * 2 + e // 2])
                     T.tvm_storage_sync("shared")
-                    for it in T.unroll(O_ITERS):
-                        if within(BQ * CV, it * NT + tx):
-                            if q0 + (it * NT + tx) // CV < S:
-                                for e in T.vectorized(8):
-                                    out[b, h, q0 + (it * NT + tx) // CV, (it * NT + tx) % CV * 8 + e] = \
-                                        smem[o_off((it * NT + tx) // CV, (it * NT + tx) % CV) + e]
+                    copy_out(0, q0, smem, out, tx, b, h)
 
     extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
     if extra:

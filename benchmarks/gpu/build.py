@@ -532,6 +532,15 @@ def _stage_entries():
             for s_ in (4096, 16384) for st in (2, 3)]
 
 
+def _issue3_bench(opts, names=("full", "causal"), at_4k=("sliding_window",)):
+    """Issue 3's benchmark shapes for an A/B set: ``names`` at S=1k/4k/16k (B*S = 16k) and
+    ``at_4k`` at S=4k (B=4), with the kernels' ``options``."""
+    out = [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 16384 // s_, "S": s_},
+                config=None, options=opts) for s_ in (1024, 4096, 16384) for name in names]
+    return out + [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
+                       config=None, options=opts) for name in at_4k]
+
+
 def _keys_entries():
     """K/V tile loads without clamp or zero fill where the key length is a multiple of block_k
     (``KEYS_EXACT`` of both wgmma modules): every kind of kernel it changes verified (the examples
@@ -559,13 +568,7 @@ def _keys_entries():
                     config=dict(WGMMA, query_blocks=2)))
     s16 = {"B": 1, "S": 16384}
     for opts in (None, {"keys_exact": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        for name in ("sliding_window", "gqa"):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 4, "S": 4096},
-                            config=None, options=opts))
+        out.extend(_issue3_bench(opts, at_4k=("sliding_window", "gqa")))
         for name, sp in DENSITY_MASKS:
             out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
                             sparse=sp, options=opts))
@@ -686,11 +689,7 @@ def _edge_entries():
             if name in ("causal", "sw_256", "sw_1024", "sw_4096"):
                 out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
                                 sparse=sp, options=opts))
-        for s_ in (1024, 4096, 16384):
-            out.append(dict(kind="bench", path=VARIANTS, name="causal", dtype="bf16",
-                            shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        out.append(dict(kind="bench", path=VARIANTS, name="sliding_window", dtype="bf16", shapes={"B": 4, "S": 4096},
-                        config=None, options=opts))
+        out.extend(_issue3_bench(opts, names=("causal",)))
     for name in ("sw_1024", "sw_4096"):       # 2 stages beside compile's 3
         out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=dict(WGMMA),
                         sparse=dict(DENSITY_MASKS)[name]))
@@ -756,12 +755,7 @@ def _bulk_entries():
     out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 700}, config=k32))
     s16 = {"B": 1, "S": 16384}
     for opts in (None, {"bulk_store": False}):
-        for s_ in (1024, 4096, 16384):
-            for name in ("full", "causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
-                                shapes={"B": 16384 // s_, "S": s_}, config=None, options=opts))
-        out.append(dict(kind="bench", path=VARIANTS, name="sliding_window", dtype="bf16", shapes={"B": 4, "S": 4096},
-                        config=None, options=opts))
+        out.extend(_issue3_bench(opts))
         for name, sp in DENSITY_MASKS:
             out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
                             sparse=sp, options=opts))
