@@ -126,7 +126,7 @@ def _tir_op(tirx, op: Op, a: list, env: dict, in_range=()):
         return tirx.Select(a[0], a[1], a[2])
     if n == "gather":
         buf = a[0]
-        idx = [x if any(x.same_as(e) and n <= int(d) for e, n in in_range)
+        idx = [x if any(hasattr(x, "same_as") and x.same_as(e) and n <= int(d) for e, n in in_range)
                else tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
         val = buf[tuple(idx)] if idx else buf[()]
         src_dt = op.operands[0].type.dtype
