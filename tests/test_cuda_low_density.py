@@ -532,3 +532,40 @@ def test_each_warp_writes_its_rows_out_by_bulk_copies():
         old = tir(name, shapes, cfg, bulk_store=False)
         old_epi = old[old.rindex('T.ptx.cp(0, "async", "wait_group", "")'):]
         assert '"bulk"' not in old_epi and "T.vectorized(8)" in old_epi and old_epi.count("T.tvm_storage_sync") == 2
+
+
+# --------------------------------------------------------------------------- the profile reader
+
+
+def test_ncu_blocks_splits_block_code_from_the_key_loop(tmp_path, capsys):
+    """benchmarks/gpu/ncu_blocks.py on a synthetic SASS page: 4 blocks x 8 warps, so the first
+    instruction runs 32 times; instructions run at most that often are block code, the rest the
+    key loop; samples are reported per block and the loop per step (tiles - 1 steps)."""
+    import csv
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ncu_blocks", os.path.join(ROOT, "benchmarks", "gpu", "ncu_blocks.py"))
+    nb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nb)
+    hdr = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed", "stall_wait",
+           "stall_barrier", "stall_wait (Not Issued)"]
+    rows = [("0x10", "LDC R1, c[0x0][0x28]", 40, 32, 30, 10, 0),        # prologue: block code
+            ("0x20", "HGMMA.64x128x16.F32.BF16 R24", 200, 96, 150, 50, 0),   # loop: 3 steps a block-warp
+            ("0x30", "@P0 BRA 0x20", 20, 96, 0, 20, 0),
+            ("0x40", "STG.E.128 [R2.64], R4", 20, 32, 5, 15, 0)]          # write-out: block code
+    path = tmp_path / "k.sass.csv.gz"
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Kernel Name", "main_kernel"])
+        w.writerow(hdr)
+        w.writerows(rows)
+    k = nb.analyse(str(path), 4.0)
+    assert k["per_bw"] == 32 and k["samples"] == 280
+    assert [(sg["block"], sg["s"]) for sg in k["segs"]] == [(True, 40), (False, 220), (True, 20)]
+    assert k["why"]["wait"] == 185 and k["why"]["barrier"] == 95
+    assert nb.main([f"{path}:4", f"{path}:4"]) == 0
+    out = capsys.readouterr().out
+    assert "70.00 a block" in out                    # 280 samples / 4 blocks
+    assert "block code: 15.00 samples a block (21.4%); key loop: 18.333 a step" in out
+    assert "loop step 1.00 x its step" in out
