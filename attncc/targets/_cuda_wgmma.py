@@ -715,21 +715,25 @@ def lower(spec: FlashKernelSpec, config):
             return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
         if not band_is_mask:
             return tirx.const(False, "bool")
-        r_last = r0 + 15
-        j0 = kb * BK
-        conds = []
-        if NKB * BK != TK:
-            conds.append(j0 + BK <= TK)
-        if kb_lower is not None:
-            conds.append(j0 >= r_last + kb_lower)
-        if kb_upper is not None:
-            conds.append(j0 + (BK - 1) <= r0 + kb_upper)
+        conds = [c for c in band_keeps_all(r0, kb) if c is not None]
         if not conds:
             return tirx.const(True, "bool")
         out = conds[0]
         for cnd in conds[1:]:
             out = tirx.And(out, cnd)
         return out
+
+    def band_keeps_all(r0, kb):
+        """(key end, lower side, upper side): each the condition that it keeps every key of block
+        kb for warp rows r0 .. r0+15, None where the band has no such bound."""
+        j0 = kb * BK
+        return (j0 + BK <= TK if NKB * BK != TK else None,
+                j0 >= r0 + 15 + kb_lower if kb_lower is not None else None,
+                j0 + (BK - 1) <= r0 + kb_upper if kb_upper is not None else None)
+
+    def cuts(cond):
+        """The negation of one of band_keeps_all's comparisons (the side drops some key)."""
+        return tirx.LT(cond.a, cond.b) if isinstance(cond, tirx.GE) else tirx.GT(cond.a, cond.b)
 
     # a band's partial tiles (no tile map, the band is the whole mask): each row's first and last
     # kept key set once a tile, one immediate compare a score per side that cuts the warp's rows
@@ -746,15 +750,9 @@ def lower(spec: FlashKernelSpec, config):
 
     def hi_cuts(r0, kb):
         """The upper side (or the key length) drops keys of warp rows r0 .. r0+15 in block kb."""
-        conds = []
-        if kb_upper is not None:
-            conds.append(kb * BK + (BK - 1) > r0 + kb_upper)
-        if NKB * BK != TK:
-            conds.append(kb * BK + BK > TK)
-        out = conds[0]
-        for cnd in conds[1:]:
-            out = tirx.Or(out, cnd)
-        return out
+        edge, _, upper = band_keeps_all(r0, kb)
+        conds = [cuts(c) for c in (upper, edge) if c is not None]
+        return conds[0] if len(conds) == 1 else tirx.Or(conds[0], conds[1])
 
     def band_cond(lim, r, c, lo_on, hi_on):
         conds = ([lim[r] <= c] if lo_on else []) + ([c <= lim[2 + r]] if hi_on else [])
@@ -835,7 +833,7 @@ def lower(spec: FlashKernelSpec, config):
             if HI_SIDE:
                 lim[2 + r] = hi_key(r0 + lane // 4 + r * 8) - (kb * BK + lane % 4 * 2)
         if LO_SIDE and HI_SIDE:
-            if kb * BK < r0 + 15 + kb_lower:            # the lower side cuts these rows
+            if cuts(band_keeps_all(r0, kb)[1]):         # the lower side cuts these rows
                 if hi_cuts(r0, kb):
                     band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, True, True)
                 else:
