@@ -371,7 +371,7 @@ def _band_tiles(S, bq, bk, lo, up):
     return tiles
 
 
-def bench_sparse(man, fn, dev, flex=True, mod=None):
+def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
     """attncc (tile density, time) beside FlexAttention with a BlockMask of the same mask."""
     import torch
 
@@ -387,7 +387,7 @@ def bench_sparse(man, fn, dev, flex=True, mod=None):
     cases = []
     if sp["mask"] in ("document", "document_causal"):
         for n in sp["docs"]:
-            if _DOCS_ONLY and n not in _DOCS_ONLY:
+            if docs and n not in docs:      # --docs: only these document counts
                 continue
             cases.append((f"{'causal ' if sp['mask'] == 'document_causal' else ''}documents={n}", _doc_ids(S, n)))
     else:
@@ -707,9 +707,6 @@ def bench_decode(man, fn, dev):
     return res
 
 
-_DOCS_ONLY: list = []      # --docs
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=os.path.join(ROOT, ".gpu"))
@@ -721,7 +718,6 @@ def main(argv=None):
     ap.add_argument("--docs", type=int, action="append", default=[],
                     help="document masks: only these document counts (repeatable; e.g. to profile one)")
     args = ap.parse_args(argv)
-    _DOCS_ONLY[:] = args.docs
 
     import torch
 
@@ -754,7 +750,7 @@ def main(argv=None):
                       + (f" vs unquantized {row['unquantized_err']:.2e}" if row.get("unquantized_err") else ""),
                       flush=True)
             elif man.get("sparse"):
-                row.update(bench_sparse(man, fn, dev, flex=args.flex, mod=mod))
+                row.update(bench_sparse(man, fn, dev, flex=args.flex, mod=mod, docs=args.docs))
             elif man.get("fp8"):
                 row.update(bench_fp8(man, fn, dev))
             elif man["kind"] == "verify":
