@@ -67,14 +67,14 @@ def test_document_mask_gathers_are_not_behind_branches():
 
 
 def test_captures_indexed_by_a_row_or_key_in_range_are_read_unclamped():
-    """Where the blocks divide the lengths, every row and key the ping-pong kernel masks is real,
+    """Where the blocks divide the lengths, every row and key the wgmma kernels mask is real,
     so document ids indexed by exactly q_idx or kv_idx are loaded without the clamp (loads at
     constant offsets); a ragged length, or any other index expression, keeps it."""
-    def gathers(name, S, **opts):
+    def gathers(name, S, cfg=None, **opts):
         from attncc.targets import _cuda_wgmma
 
         k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"S": S, "H": 2},
-                            config=CHAIN, target_options=H100, build=False)
+                            config=dict(CHAIN, **(cfg or {})), target_options=H100, build=False)
         _cuda_wgmma._OPTIONS.update(opts)
         try:
             tir = cuda.lower(k.spec, k.config).script()
@@ -88,6 +88,11 @@ def test_captures_indexed_by_a_row_or_key_in_range_are_read_unclamped():
         assert "doc[r0 + lane // 4 + e // 2 * 8]" in exact
         for g in gathers(name, 1000) | gathers(name, 1024, unclamped=False):
             assert g.startswith("doc[T.max(T.min("), g
+    # the in-order kernel (64 x 32 tile maps) too; its chained blocks keep the clamps
+    small = dict(block_q=64, num_warps=4, block_k=32)
+    assert not any("T.min(" in g for g in gathers("doc_mask", 1024, cfg=small))
+    assert all(g.startswith("doc[T.max(T.min(") for g in gathers("doc_mask", 1000, cfg=small))
+    assert all(g.startswith("doc[T.max(T.min(") for g in gathers("doc_mask", 1024, cfg=dict(query_blocks=2)))
 
 
 def test_only_the_exact_index_and_a_long_enough_dimension_skip_the_clamp():

@@ -255,8 +255,12 @@ def lower(spec: FlashKernelSpec, config):
     def v_off(slot, row, chunk):
         return tile_off(V_BASE + slot * V_ELEMS, V_ROWS, row, chunk)
 
-    # score_mod, scale folding, element mask and fp8 dequantization: _cuda_wgmma's
-    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS))
+    # score_mod, scale folding, element mask and fp8 dequantization: _cuda_wgmma's, with its
+    # unclamped row/key gathers where the blocks divide the lengths (not for chained blocks,
+    # whose stream may name query blocks past the last)
+    UNCLAMPED = _OPTIONS.get("unclamped", True) and QC == 1
+    ix = FlashIndexing(spec, BQ, BK, 16, tuple(CAPTURE_BUFFERS), rows_in_range=UNCLAMPED and S % BQ == 0,
+                       keys_in_range=UNCLAMPED and TK % BK == 0)
     scaled, to_log2, exp_arg, masked = score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
 
     def block_lo(q0):

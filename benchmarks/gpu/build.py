@@ -61,7 +61,7 @@ def _entries(only):
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
-            "session6": _session6_entries}
+            "session6": _session6_entries, "unclamped2": _unclamped_small_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -728,6 +728,30 @@ def _unclamped_entries():
     return out
 
 
+def _unclamped_small_entries():
+    """The unclamped row/key gathers on the in-order kernel too (the per-call 64 x 32 kernel of
+    sparse document maps; not chained blocks): verified at exact and ragged lengths, and the
+    document benchmarks beside the clamped kernels (``unclamped`` False), same run."""
+    out = []
+    k32 = dict(WGMMA, block_q=64, num_warps=4, block_k=32, num_stages=2)
+    for name, shapes, cfg in (("doc_mask", {"S": 1024, "H": 4}, k32), ("doc_mask", {"S": 1100, "H": 4}, k32),
+                              ("doc_causal", {"S": 1024}, k32), ("doc_causal", {"S": 700}, k32),
+                              ("doc_mask", {"S": 2048, "H": 2}, dict(k32, num_stages=3)),
+                              ("doc_causal", {"S": 1024}, dict(WGMMA, query_blocks=2))):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg))
+    out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
+                    shapes={"S": 1024}, config=k32))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"unclamped": False}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("doc_mask", "doc_causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                                sparse=sp, options=opts))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    return out
+
+
 def _bulk_entries():
     """The write-out by bulk copies (``BULK_STORE`` of ``_cuda_wgmma``: each warp stages its rows and
     copies them out a row per lane with cp.async.bulk, no block barrier): every kind of ping-pong
@@ -873,7 +897,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
