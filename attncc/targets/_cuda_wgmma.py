@@ -758,6 +758,11 @@ def lower(spec: FlashKernelSpec, config):
         conds = ([lim[r] <= c] if lo_on else []) + ([c <= lim[2 + r]] if hi_on else [])
         return conds[0] if len(conds) == 1 else tirx.And(conds[0], conds[1])
 
+    # table mode: each step reads the list entries j and j + AHEAD only; the entries j - 1 and
+    # j - 1 + AHEAD are the previous step's, kept in registers (two shared loads and their
+    # clamps a step fewer)
+    LIST_REGS = _OPTIONS.get("list_regs", True)
+
     def within(count, index):
         if count % NT == 0:
             return tirx.const(True, "bool")
@@ -796,8 +801,12 @@ def lower(spec: FlashKernelSpec, config):
         # condition).
         if has_qk:
             if USE_TABLE:
-                ent[2] = kv_list[T.min(j + AHEAD, NKB)]
-                ent[3] = kv_list[T.min(j + AHEAD - 1, NKB)]
+                if LIST_REGS:      # the previous step's entry j - 1 + AHEAD is this step's second
+                    ent[3] = ent[2]
+                    ent[2] = kv_list[T.min(j + AHEAD, NKB)]
+                else:
+                    ent[2] = kv_list[T.min(j + AHEAD, NKB)]
+                    ent[3] = kv_list[T.min(j + AHEAD - 1, NKB)]
             if j + AHEAD < kb_hi:
                 load_k(key_block(ent, 2, j + AHEAD), (j + AHEAD - kb_lo) % NS, smem, k, pe, tx, b, hk)
             if AHEAD == 1:
@@ -932,8 +941,12 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["fence.proxy.async.shared::cta"]()
         T.tvm_storage_sync("shared")
         if USE_TABLE:      # the key blocks of S_j and S_{j-1}
-            ent[0] = kv_list[T.min(j, NKB)]
-            ent[1] = kv_list[T.max(j - 1, 0)]
+            if LIST_REGS:      # (j <= kb_hi <= NKB: in the list or its count slot)
+                ent[1] = ent[0]
+                ent[0] = kv_list[j]
+            else:
+                ent[0] = kv_list[T.min(j, NKB)]
+                ent[1] = kv_list[T.max(j - 1, 0)]
         if is_odd(wg):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
             if has_pv:
@@ -1021,6 +1034,8 @@ def lower(spec: FlashKernelSpec, config):
                         set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
                     kb_hi = block_hi(q0, cnt)
+                    if USE_TABLE:
+                        ent[0] = 0
                     # (AHEAD commit groups: group g holds K_{lo+g} and V_{lo+g-1})
                     for g in T.unroll(AHEAD):
                         if USE_TABLE:

@@ -61,7 +61,8 @@ def _entries(only):
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
-            "session6": _session6_entries, "unclamped2": _unclamped_small_entries}
+            "session6": _session6_entries, "unclamped2": _unclamped_small_entries,
+            "listregs": _list_reg_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -752,6 +753,36 @@ def _unclamped_small_entries():
     return out
 
 
+def _list_reg_entries():
+    """Table mode keeping the previous step's list entries in registers (``LIST_REGS`` of
+    ``_cuda_wgmma``): every table-mode kind verified (document ids at exact and ragged lengths,
+    compile-time maps of chunks, prefix-LM, strided and local + global, blocks without keys,
+    3 stages, 12 warps, fp8), and the table-mode benchmarks beside the kernels that reload them
+    (``list_regs`` False), same run."""
+    out = []
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    for n in ("document_mask", "chunked", "prefix_lm", "strided", "local_global"):
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="bf16", shapes="ragged", config=None))
+        out.append(dict(kind="verify", path=ex(n), name=None, dtype="f16", shapes={}, config=None))
+    fp8 = dict(dtype="fp8", granularity="head")
+    for name, shapes, cfg, quant in (
+            ("doc_mask", {"S": 1024, "H": 4}, None, None), ("doc_causal", {"S": 700}, None, None),
+            ("doc_mask", {"S": 2048, "H": 2}, dict(WGMMA, num_stages=3), None),
+            ("doc_causal", {"S": 1024}, dict(WGMMA, block_q=192, num_warps=12, block_k=64), None),
+            ("doc_causal", {"S": 1024}, None, dict(fp8, pv=True)), ("chunk_512", {"S": 1100, "H": 4}, None, None)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                        quantize=quant))
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"list_regs": False}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("doc_mask", "doc_causal", "chunk_2048"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                                sparse=sp, options=opts))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    return out
+
+
 def _bulk_entries():
     """The write-out by bulk copies (``BULK_STORE`` of ``_cuda_wgmma``: each warp stages its rows and
     copies them out a row per lane with cp.async.bulk, no block barrier): every kind of ping-pong
@@ -897,7 +928,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2", "listregs"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
