@@ -533,6 +533,16 @@ def _stage_entries():
             for s_ in (4096, 16384) for st in (2, 3)]
 
 
+def _density_ab(option, names):
+    """The density benchmark of the masks ``names`` (S=16k), each kernel beside the one with
+    ``_OPTIONS[option]`` False, and the dense kernel once (the ratios' reference)."""
+    s16 = {"B": 1, "S": 16384}
+    return [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp,
+                 options=opts) for opts in (None, {option: False}) for name, sp in DENSITY_MASKS if name in names] + [
+        dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+             sparse=dict(mask="full"))]
+
+
 def _issue3_bench(opts, names=("full", "causal"), at_4k=("sliding_window",)):
     """Issue 3's benchmark shapes for an A/B set: ``names`` at S=1k/4k/16k (B*S = 16k) and
     ``at_4k`` at S=4k (B=4), with the kernels' ``options``."""
@@ -718,15 +728,7 @@ def _unclamped_entries():
             ("doc_causal", {"S": 1024}, None, dict(fp8, pv=True)), ("doc_mask", {"S": 1024, "H": 4}, None, fp8)):
         out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
                         quantize=quant))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"unclamped": False}):
-        for name, sp in DENSITY_MASKS:
-            if name in ("doc_mask", "doc_causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                                sparse=sp, options=opts))
-    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
-                    sparse=dict(mask="full")))
-    return out
+    return out + _density_ab("unclamped", ("doc_mask", "doc_causal"))
 
 
 def _unclamped_small_entries():
@@ -742,15 +744,7 @@ def _unclamped_small_entries():
         out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg))
     out.append(dict(kind="verify", path=os.path.join("examples", "document_mask.py"), name=None, dtype="bf16",
                     shapes={"S": 1024}, config=k32))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"unclamped": False}):
-        for name, sp in DENSITY_MASKS:
-            if name in ("doc_mask", "doc_causal"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                                sparse=sp, options=opts))
-    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
-                    sparse=dict(mask="full")))
-    return out
+    return out + _density_ab("unclamped", ("doc_mask", "doc_causal"))
 
 
 def _list_reg_entries():
@@ -772,15 +766,7 @@ def _list_reg_entries():
             ("doc_causal", {"S": 1024}, None, dict(fp8, pv=True)), ("chunk_512", {"S": 1100, "H": 4}, None, None)):
         out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
                         quantize=quant))
-    s16 = {"B": 1, "S": 16384}
-    for opts in (None, {"list_regs": False}):
-        for name, sp in DENSITY_MASKS:
-            if name in ("doc_mask", "doc_causal", "chunk_2048"):
-                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
-                                sparse=sp, options=opts))
-    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
-                    sparse=dict(mask="full")))
-    return out
+    return out + _density_ab("list_regs", ("doc_mask", "doc_causal", "chunk_2048"))
 
 
 def _bulk_entries():
