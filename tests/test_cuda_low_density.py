@@ -68,7 +68,7 @@ def test_document_mask_gathers_are_not_behind_branches():
 
 def test_captures_indexed_by_a_row_or_key_in_range_are_read_unclamped():
     """Where the blocks divide the lengths, every row and key the wgmma kernels mask is real,
-    so document ids indexed by exactly q_idx or kv_idx are loaded without the clamp (loads at
+    so document ids indexed by q_idx or kv_idx are loaded without the clamp (loads at
     constant offsets); a ragged length, or any other index expression, keeps it."""
     def gathers(name, S, cfg=None, **opts):
         from attncc.targets import _cuda_wgmma
@@ -95,8 +95,12 @@ def test_captures_indexed_by_a_row_or_key_in_range_are_read_unclamped():
     assert all(g.startswith("doc[T.max(T.min(") for g in gathers("doc_mask", 1024, cfg=dict(query_blocks=2)))
 
 
-def test_only_the_exact_index_and_a_long_enough_dimension_skip_the_clamp():
+def test_only_an_index_proven_in_range_skips_the_clamp():
+    """lowering.with_indices (the CPU and the wgmma kernels' one mechanism): a gather's clamp goes
+    where the index is proven in range from the kernel's row / key ranges, and stays otherwise."""
     from tvm import tirx
+
+    from attncc.targets.lowering import with_indices
 
     # the mask_mod builder of examples/document_mask.py: (doc[q] == doc[kv]) & (kv <= q)
     k = compile_variant(os.path.join(ROOT, "examples", "document_mask.py"), target="cuda", dtype="bf16",
@@ -105,15 +109,16 @@ def test_only_the_exact_index_and_a_long_enough_dimension_skip_the_clamp():
     i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
     b, h = tirx.const(0, "int32"), tirx.const(0, "int32")
 
-    def text(**kw):
-        return str(k.spec.mask_mod(b, h, i, j, doc, **kw))
+    def text(q_len=None, kv_len=None, fn=k.spec.mask_mod):
+        return str(with_indices(fn, (b, h), i, j, (doc,), q_len, kv_len))
 
     assert text().count("T.min(") == 2                                # both indices clamped
-    assert text(in_range=((j, 256),)).count("T.min(") == 1            # the key's dropped
-    assert "doc[j]" in text(in_range=((j, 256),))
-    assert text(in_range=((j - i, 256), (i, 256))).count("T.min(") == 1   # another expression: kept
-    assert text(in_range=((j, 257), (i, 256))).count("T.min(") == 1       # bound past the dimension: kept
-    assert text(in_range=((j, 256), (i, 256))).count("T.min(") == 0
+    assert text(kv_len=256).count("T.min(") == 1                       # the key's dropped
+    assert "doc[j]" in text(kv_len=256)
+    shifted = lambda b_, h_, q, kv, d: d[tirx.max(tirx.min(kv + 1, 255), 0)]   # noqa: E731
+    assert text(256, 256, fn=shifted).count("T.min(") == 1             # another expression: kept
+    assert text(256, 257).count("T.min(") == 1                         # range past the dimension: kept
+    assert text(256, 256).count("T.min(") == 0
 
 
 # --------------------------------------------------------------------------- chained query blocks

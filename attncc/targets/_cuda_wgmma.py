@@ -44,7 +44,7 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   4-7 % faster on document masks at 128 x 128, benchmarks/gpu/RESULTS.md.)
 * a band's partial tiles (no tile map) set each row's first and last kept key once a tile and
   compare each score's key offset (an immediate) with the side(s) that cut the warp's rows;
-  captured tensors indexed by exactly the row or the key are read unclamped where the blocks
+  captured tensors whose index is proven in range are read unclamped where the blocks
   divide the lengths (document ids: loads at constant offsets).
 * the write-out (two warpgroups and more): each warp stages its 16 rows of O in padded rows of
   shared memory and copies them out with ``cp.async.bulk``, one row a lane, no block barrier.

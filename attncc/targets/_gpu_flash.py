@@ -169,9 +169,9 @@ class FlashIndexing:
     captures: tuple = ()
     # the kernel evaluates score_mod / mask_mod only at rows < q_len (keys < kv_len): true where
     # block_q divides q_len (block_k divides kv_len), every row (key) of every block being real.
-    # A captured tensor indexed by exactly the row (key) index is then read without a clamp --
-    # one load at a constant offset per element instead of index, clamp and address arithmetic
-    # (document ids in the partial tiles of a document mask)
+    # A captured tensor whose index is then proven in range is read without a clamp
+    # (lowering.with_indices, the CPU kernel's mechanism) -- one load at a constant offset per
+    # element instead of index, clamp and address arithmetic (document ids in partial tiles)
     rows_in_range: bool = False
     keys_in_range: bool = False
 
@@ -208,19 +208,21 @@ class FlashIndexing:
         return h // self.spec.group
 
     # ---- score_mod and the element mask
-    def _in_range(self, i, j):
-        """Keyword arguments of score_mod / mask_mod: the indices known in range (see above)."""
-        pairs = (((i, self.spec.q_len),) if self.rows_in_range else ()) + (
-            ((j, self.spec.kv_len),) if self.keys_in_range else ())
-        return {"in_range": pairs} if pairs else {}
+    def _with_indices(self, fn, lead, i, j):
+        """``fn(*lead, i, j, *captures)``, its gathers unclamped where the indices are in range
+        (``lowering.with_indices``, as the CPU kernel)."""
+        from attncc.targets.lowering import with_indices
+
+        return with_indices(fn, lead, i, j, self.captures, self.spec.q_len if self.rows_in_range else None,
+                            self.spec.kv_len if self.keys_in_range else None)
 
     def scaled(self, acc, b, h, i, j):
         from tvm import tirx
 
         if self.fold_scale:
             return acc
-        s = as_f32(self.spec.score_mod(acc * tirx.const(float(self.spec.scale), "float32"), b, h, i, j,
-                                         *self.captures, **self._in_range(i, j)))
+        s = as_f32(self._with_indices(self.spec.score_mod,
+                                      (acc * tirx.const(float(self.spec.scale), "float32"), b, h), i, j))
         return s * tirx.const(LOG2E, "float32")
 
     def to_log2(self, x):
@@ -249,7 +251,7 @@ class FlashIndexing:
         if self.spec.mask_mod is not None and not self.spec.key_bounds.exact:
             # (an exact band IS the mask: its two comparisons above replace the mask's own,
             # which would repeat them per element)
-            conds.append(as_bool(self.spec.mask_mod(b, h, i, j, *self.captures, **self._in_range(i, j))))
+            conds.append(as_bool(self._with_indices(self.spec.mask_mod, (b, h), i, j)))
         return _all(conds)
 
     def masked(self, acc, b, h, i, j):

@@ -56,6 +56,7 @@ from typing import Optional
 import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, TargetError
+from attncc.targets import lowering as _lowering
 from attncc.targets.spec import FlashKernelSpec
 
 __all__ = [
@@ -358,33 +359,10 @@ def lower(spec: FlashKernelSpec, config: CpuConfig):
 
     # ---- Python helpers evaluated by the TVMScript parser (they build PrimExprs)
     def with_indices(fn, lead, i, j):
-        """``fn(*lead, i, j, *captures)`` with the clamps of its gathers (``doc[kv_idx]`` is
-        ``doc[max(min(kv_idx, S - 1), 0)]``) removed where the kernel's index is in range: rows
-        are < q_len unless the last query block is ragged, keys < kv_len unless the last key
-        block is.  A clamped vector index is a gather (a load and an insert per lane); an
-        unclamped one is one vector load."""
-        if not CAPTURE_BUFFERS:
-            return fn(*lead, i, j, *CAPTURE_BUFFERS)
-        import tvm_ffi
-        from tvm.ir import Expr as PrimExpr, Range, Var
-        from tvm.ir.expr import TensorLoad
-        from tvm.sym import Analyzer
-
-        i_var, j_var = tirx.Var("q_idx", "int32"), tirx.Var("kv_idx", "int32")
-        expr = fn(*lead, i_var, j_var, *CAPTURE_BUFFERS)
-        if not isinstance(expr, PrimExpr):
-            return expr
-        analyzer = Analyzer()
-        if SP == S:
-            analyzer.bind(i_var, Range(0, S))
-        if TP == TK:
-            analyzer.bind(j_var, Range(0, TK))
-        expr = tvm_ffi.structural_map(
-            expr, (TensorLoad, lambda ld: ld.source[tuple(analyzer.simplify(x) for x in ld.indices)]),
-            order="post")
-        return tvm_ffi.structural_map(
-            expr, (Var, lambda var: i if var.same_as(i_var) else (j if var.same_as(j_var) else var)),
-            order="post")
+        """``fn(*lead, i, j, *captures)``, its gathers unclamped where rows (keys) are in range:
+        unless the last query (key) block is ragged (``lowering.with_indices``)."""
+        return _lowering.with_indices(fn, lead, i, j, CAPTURE_BUFFERS, S if SP == S else None,
+                                      TK if TP == TK else None)
 
     def modded(s, b, h, i, j):
         # Scores are kept in log2 units (softmax by exp2).  Without a score_mod the

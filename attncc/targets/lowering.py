@@ -53,18 +53,14 @@ def region_to_tir(region: Optional[Region], env: dict):
     if region is None:
         return None
 
-    def build(*args, in_range=()):
-        """``in_range``: (expression, bound) pairs the caller guarantees 0 <= expression < bound
-        (a kernel's row and key indices where the blocks divide the lengths): a captured tensor
-        indexed by exactly that expression, along a dimension of at least ``bound``, is read
-        without the clamp every other index gets."""
+    def build(*args):
         from tvm import tirx
         vals = dict(zip(region.args, args))
         for op in region.ops:
             if op.name == "attn.yield":
                 return vals[op.operands[0]]
             a = [vals[v] for v in op.operands]
-            vals[op.results[0]] = _tir_op(tirx, op, a, env, in_range)
+            vals[op.results[0]] = _tir_op(tirx, op, a, env)
         raise AssertionError("region without yield")
     return build
 
@@ -77,7 +73,7 @@ def _tir_const(tirx, value, dt: DType):
     return tirx.const(int(value), "int32")
 
 
-def _tir_op(tirx, op: Op, a: list, env: dict, in_range=()):
+def _tir_op(tirx, op: Op, a: list, env: dict):
     n = op.short
     dt = op.results[0].type.dtype
     if n == "constant":
@@ -126,8 +122,7 @@ def _tir_op(tirx, op: Op, a: list, env: dict, in_range=()):
         return tirx.Select(a[0], a[1], a[2])
     if n == "gather":
         buf = a[0]
-        idx = [x if any(hasattr(x, "same_as") and x.same_as(e) and n <= int(d) for e, n in in_range)
-               else tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
+        idx = [tirx.max(tirx.min(x, int(d) - 1), 0) for x, d in zip(a[1:], buf.shape)]
         val = buf[tuple(idx)] if idx else buf[()]
         src_dt = op.operands[0].type.dtype
         if src_dt.is_float and src_dt != DType.f32:
@@ -145,6 +140,37 @@ def _tir_op(tirx, op: Op, a: list, env: dict, in_range=()):
             return tirx.NE(a[0], tirx.const(0, a[0].dtype))
         return tirx.Cast("int32", a[0])
     raise TargetError(f"no TVM lowering for {op.name} in a region", op=op.name, line=op.line)
+
+
+def with_indices(fn, lead, i, j, captures, q_len=None, kv_len=None):
+    """``fn(*lead, i, j, *captures)`` (a score_mod / mask_mod builder) with the clamps of its
+    gathers (``doc[kv_idx]`` is ``doc[max(min(kv_idx, S - 1), 0)]``) removed where the kernel's
+    index is in range: ``q_len`` / ``kv_len`` where every row / key the kernel evaluates lies in
+    [0, q_len) / [0, kv_len) (the blocks divide the lengths), None where not.  The builder is
+    traced on two index variables bound to those ranges, each gather index simplified, and the
+    kernel's own index expressions substituted.  A clamped index costs a clamp and an address a
+    load (CPU: a gather, a load and an insert per lane; GPU: loads at a constant offset)."""
+    if not captures or (q_len is None and kv_len is None):
+        return fn(*lead, i, j, *captures)
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.ir import Expr as PrimExpr, Range, Var
+    from tvm.ir.expr import TensorLoad
+    from tvm.sym import Analyzer
+
+    i_var, j_var = tirx.Var("q_idx", "int32"), tirx.Var("kv_idx", "int32")
+    expr = fn(*lead, i_var, j_var, *captures)
+    if not isinstance(expr, PrimExpr):
+        return expr
+    analyzer = Analyzer()
+    if q_len is not None:
+        analyzer.bind(i_var, Range(0, q_len))
+    if kv_len is not None:
+        analyzer.bind(j_var, Range(0, kv_len))
+    expr = tvm_ffi.structural_map(
+        expr, (TensorLoad, lambda ld: ld.source[tuple(analyzer.simplify(x) for x in ld.indices)]), order="post")
+    return tvm_ffi.structural_map(
+        expr, (Var, lambda var: i if var.same_as(i_var) else (j if var.same_as(j_var) else var)), order="post")
 
 
 def region_to_numpy(region: Optional[Region], env: dict):
