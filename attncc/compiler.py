@@ -303,13 +303,14 @@ FP8_LSE_FLOOR = 2e-3
 
 
 def fp8_tensor_cores(kernel: CompiledKernel) -> bool:
-    """True when Q·Kᵀ runs on fp8 tensor cores (the CUDA wgmma kernel with --quantize fp8*)."""
-    return bool(kernel.spec.quant_dtype and getattr(kernel.config, "mma", None) == "wgmma")
+    """True when Q·Kᵀ runs on fp8 tensor cores (the CUDA wgmma or mma.sync kernel with --quantize fp8*)."""
+    return bool(kernel.target_name == "cuda" and kernel.spec.quant_dtype in ("float8_e4m3fn", "float8_e5m2")
+                and getattr(kernel.config, "mma", None) in ("sync", "wgmma"))
 
 
 def fp8_p(kernel: CompiledKernel) -> bool:
-    """True when the kernel computes P·V with P in fp8 (the CUDA wgmma kernel with --quantize-pv)."""
-    return bool(kernel.spec.quant_dtype and kernel.spec.quant_pv and getattr(kernel.config, "mma", None) == "wgmma")
+    """True when the kernel computes P·V with P in fp8 (the CUDA kernels with fp8 --quantize-pv)."""
+    return bool(fp8_tensor_cores(kernel) and kernel.spec.quant_pv)
 
 
 @dataclass

@@ -287,13 +287,14 @@ def test_fp8_v_layout_in_torch_equals_numpy():
     assert np.array_equal(got.view(torch.uint8).numpy(), _layouts.fp8_v_layout(x).view(np.uint8))
 
 
-def test_int8_on_cuda_is_one_clear_error():
-    with pytest.raises(DTypeError, match="int8 is not supported on CUDA"):
-        _fp8(quant={"dtype": "int8"})
+def test_int8_on_the_wgmma_kernel_is_one_clear_error():
+    # (int8 runs on the mma.sync kernel: tests/test_cuda_quant_sync.py)
+    with pytest.raises(DTypeError, match="int8 inputs run on the mma.sync kernel"):
+        _fp8(quant={"dtype": "int8"}, config=WGMMA)
 
 
-def test_fp8_needs_hopper_and_128_wide_heads():
-    with pytest.raises(DTypeError, match="need the Hopper wgmma kernel"):
+def test_fp8_needs_sm89_and_the_wgmma_kernel_128_wide_heads():
+    with pytest.raises(DTypeError, match="need sm_89 or newer"):
         compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 517},
                         target_options={"arch": "sm_80"}, quantize={"dtype": "fp8"})
     with pytest.raises(AttnccError, match="multiple of 128"):

@@ -78,6 +78,12 @@ def _uses_block_table(kernel) -> bool:
     return bool(fn(kernel.spec))
 
 
+def _cuda_fp8_v(spec, config) -> bool:
+    from attncc.targets.cuda import fp8_v_transposed
+
+    return fp8_v_transposed(spec, config)
+
+
 def _static_tables(kernel):
     """The block table a table-mode kernel with a compile-time mask takes (or None)."""
     if not _uses_block_table(kernel) or kernel.spec.runtime_tile_map is not None:
@@ -165,8 +171,7 @@ def build_manifest(kernel) -> dict:
     in_shapes = [[spec.batch, spec.q_heads, spec.q_len, spec.head_dim],
                  [spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim],
                  [spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim_v]]
-    if kernel.target_name == "cuda" and spec.quant_dtype and spec.quant_pv \
-            and getattr(kernel.config, "mma", None) == "wgmma":
+    if kernel.target_name == "cuda" and _cuda_fp8_v(spec, kernel.config):
         # the fp8 P·V kernel reads V transposed and key-permuted: the runtime applies the layout
         # to the quantized v (attncc.runtime._layouts.fp8_v_layout) before the launch
         from attncc.runtime._layouts import FP8_V, padded_kv_len

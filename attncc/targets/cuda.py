@@ -39,7 +39,19 @@ block's row into a shared list of the non-empty key blocks (``_cuda_wgmma.compac
 while Q is in flight, the key loop walks the list, and full tiles skip the element mask.
 ``run`` takes the captures after (q, k, v) and computes the map from them per call (once per
 distinct data).  The Hopper wgmma kernel (``_cuda_wgmma.py``, the default for sm_90a) does the
-same and also takes fp8 inputs with their scales; this kernel refuses fp8 with one clear error.
+same.
+
+Quantized inputs (the quantize pass; their f32 scales are the arguments after the tile map):
+INT8 q and k run Q·Kᵀ on ``mma.sync.m16n8k32.s32.s8.s8`` (sm_80 and newer, also the kernel
+int8 gets on Hopper), FP8 (e4m3 / e5m2) on ``mma.sync.m16n8k32.f32.e4m3.e4m3`` (sm_89 and
+newer; on sm_90a the wgmma kernel takes fp8 where the head is a multiple of 128 wide).  The
+8-bit tiles use the 16-bit path's shared-memory layout and ``ldmatrix`` addresses unchanged: a
+32-byte k step is one k16 step of 16-bit data.  The q scale of each row and the k scale (per
+head, or per key) multiply the f32 scores before score_mod and the mask.  fp8 P·V converts P to
+e4m3 (2^8 exp2(s - m), FlashAttention-3's FP8 forward) and reads V transposed and key-permuted
+(``attncc.runtime._layouts.fp8_v_layout``, the Hopper kernel's host prologue: the S accumulator
+then *is* the A fragment of P), its scale (per tensor or head) folded into 1 / l.  int8 P·V is
+refused (P is not an integer quantity).
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (til
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
 from attncc.targets import _cuda_wgmma as _wgmma_dense  # Hopper wgmma prefill kernel (mma="wgmma")
+from attncc.runtime import _layouts  # host-side argument layouts (fp8 P·V's transposed V)
 from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # in order: chained blocks, 1-warpgroup tile maps
 
 
@@ -125,6 +138,9 @@ __all__ = [
 ]
 
 _SUPPORTED_DTYPES = ("float16", "bfloat16")
+# the quantize pass's dtypes the kernels take: int8 on mma.sync (m16n8k32 s8, sm_80+), fp8 on
+# mma.sync (m16n8k32 e4m3/e5m2, sm_89+) and on the Hopper wgmma kernel
+QUANT_DTYPES = ("int8", "float8_e4m3fn", "float8_e5m2")
 # the IR names of those, and the dtype a variant declared in f32 is traced in for this target
 SUPPORTED_DTYPES = ("f16", "bf16")
 DEFAULT_DTYPE = "bf16"
@@ -192,10 +208,12 @@ def shared_memory_bytes(spec: FlashKernelSpec, config: CudaConfig) -> int:
         return _decode.shared_memory_bytes(spec, config)
     if config.mma == "wgmma":
         return _wgmma_for(spec, config).shared_memory_bytes(spec, config)
-    q_tile = config.block_q * max(spec.head_dim, spec.head_dim_v)
-    kv = config.num_stages * config.block_k * (spec.head_dim + spec.head_dim_v)
+    qb = 1 if spec.quant_dtype else 2                       # bytes per q/k element
+    vb = 1 if fp8_v_transposed(spec, config) else 2
+    q_tile = config.block_q * max(spec.head_dim * qb, spec.head_dim_v * 2)     # Q, then the O staging
+    kv = config.num_stages * config.block_k * (spec.head_dim * qb + spec.head_dim_v * vb)
     table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec, config) else 0
-    return 2 * (q_tile + kv) + table
+    return q_tile + kv + table
 
 
 def registers_estimate(spec: FlashKernelSpec, config: CudaConfig) -> int:
@@ -223,7 +241,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     """
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
-    if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES:
+    if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES and spec.quant_dtype != "int8":
         sparse = _low_density_config(spec, arch)
         if sparse is not None:
             return sparse
@@ -249,8 +267,9 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
                 except (ConfigError, ShapeError) as exc:
                     last = last or exc
                     continue
-        if last is not None and (spec.quant_dtype is not None or spec.captures):
-            raise last      # only the wgmma kernel takes fp8 inputs and captured tensors: its reason
+        if last is not None and spec.captures and spec.quant_dtype is None:
+            raise last      # the wgmma kernel's reason (captured tensors)
+        # (quantized inputs the wgmma kernel cannot take -- head_dim under 128 -- run on mma.sync)
     d = max(spec.head_dim, spec.head_dim_v)
     if spec.q_len <= 64:
         block_q, num_warps = 64, 4
@@ -261,7 +280,10 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
                      q_in_registers=True)
     if registers_estimate(spec, cfg) > 200:
         cfg = dataclasses.replace(cfg, q_in_registers=False)
-    if registers_estimate(spec, cfg) > 240:
+    if registers_estimate(spec, cfg) > 240 or (spec.quant_dtype is not None
+                                               and (spec.quant_pv or registers_estimate(spec, cfg) > 200)):
+        # (quantized inputs: one m16 row tile a warp -- two spill at D=128, and with fp8 P·V at
+        # D=64 too: ptxas -v for sm_90a, benchmarks/gpu/build.py --only quantsync)
         cfg = dataclasses.replace(cfg, block_q=block_q, num_warps=block_q // 16)
     return cfg
 
@@ -369,6 +391,8 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
         if d % 16:
             raise ShapeError(f"cuda target: {name} ({d}) must be a multiple of 16 (mma k step)",
                              variant=spec.name or None)
+    if spec.quant_dtype is not None:
+        _check_sync_quant(spec, c, arch, bad)
     limit = _SMEM_LIMIT.get(arch or "", _DEFAULT_SMEM_LIMIT)
     smem = shared_memory_bytes(spec, c)
     if smem > limit:
@@ -380,29 +404,66 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
             "and softmax state): lower block_q per warp or block_k, or set q_in_registers=False")
 
 
+def _check_sync_quant(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[str], bad) -> None:
+    """The quantized mma.sync kernel's rules: 8-bit Q·Kᵀ in k32 steps; fp8 tensor cores from
+    sm_89 (Ada) on; fp8 P·V reads V transposed in rows of block_k bytes, its scale one per
+    tensor or head."""
+    if spec.head_dim % 32:
+        raise ShapeError(f"cuda target, {spec.quant_dtype}: head_dim ({spec.head_dim}) must be a multiple of 32 "
+                         "(the 8-bit mma k step)", variant=spec.name or None)
+    if spec.quant_dtype != "int8" and arch is not None and arch.startswith("sm_") and arch[3:5].isdigit() \
+            and int(arch[3:5]) < 89:
+        raise DTypeError(f"cuda target: fp8 ({spec.quant_dtype}) tensor cores need sm_89 or newer (Ada, Hopper); "
+                         f"{arch} has none: use --quantize int8 (m16n8k32 s8 tensor cores)",
+                         variant=spec.name or None)
+    if spec.quant_pv:
+        if config.block_k % 32:
+            bad("fp8 P·V takes keys in k32 steps: block_k must be a multiple of 32")
+        if any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v")):
+            raise ShapeError("cuda target, fp8 P·V: per-block V scales are not supported (the V scale must be "
+                             "per tensor or per head: --quantize-granularity tensor|head)",
+                             variant=spec.name or None)
+
+
 def _validate_spec(spec: FlashKernelSpec) -> None:
     # captured tensors and fp8 inputs: _check_kernel_takes (they need the wgmma kernel)
     _gpu.validate_spec(spec, "cuda", captures_ok=True)
 
 
 def _check_kernel_takes(spec: FlashKernelSpec, config) -> None:
-    """fp8 inputs need the Hopper wgmma kernel, captured tensors a prefill kernel (wgmma or
-    mma.sync, not split-KV decode): one clear error otherwise."""
-    if spec.quant_dtype is not None and spec.quant_dtype not in _wgmma_dense.FP8_PTX:
-        raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
-                         "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
+    """Quantized inputs need a prefill kernel that takes them (int8: mma.sync; fp8: wgmma or
+    mma.sync), captured tensors a prefill kernel (wgmma or mma.sync, not split-KV decode): one
+    clear error otherwise."""
+    q = spec.quant_dtype
+    if q is not None and q not in QUANT_DTYPES:
+        raise DTypeError(f"cuda target: --quantize {q} is not supported on CUDA (int8, fp8 e4m3 and e5m2 are)",
                          variant=spec.name or None)
-    if isinstance(config, DecodeConfig) or config.mma != "wgmma":
-        kernel = "split-KV decode" if isinstance(config, DecodeConfig) else "mma.sync"
-        if spec.quant_dtype is not None:
-            raise DTypeError(f"cuda target: fp8 ({spec.quant_dtype}) inputs need the Hopper wgmma kernel (arch "
-                             f"sm_90a, head_dim a multiple of 128, q_len over {_decode.DECODE_MAX_Q_LEN}); the "
-                             f"{kernel} kernel does not take them", variant=spec.name or None)
-        if spec.captures and isinstance(config, DecodeConfig):
+    if isinstance(config, DecodeConfig):
+        if q is not None:
+            raise DTypeError(f"cuda target: quantized ({q}) inputs need a prefill kernel (q_len over "
+                             f"{_decode.DECODE_MAX_Q_LEN}); the split-KV decode kernel does not take them",
+                             variant=spec.name or None)
+        if spec.captures:
             names = ", ".join(str(c[0]) for c in spec.captures)
             raise TargetError(f"cuda target: score/mask read runtime tensors ({names}); captured inputs need the "
                               f"prefill kernels (q_len over {_decode.DECODE_MAX_Q_LEN}); the "
-                              f"{kernel} kernel does not take them", variant=spec.name or None)
+                              "split-KV decode kernel does not take them", variant=spec.name or None)
+        return
+    if q == "int8" and config.mma == "wgmma":
+        raise DTypeError("cuda target: int8 inputs run on the mma.sync kernel (mma='sync': m16n8k32 s8 tensor "
+                         "cores, sm_80 and newer); the wgmma kernel takes fp8 e4m3/e5m2",
+                         variant=spec.name or None)
+    if q == "int8" and spec.quant_pv:
+        raise DTypeError("cuda target: --quantize-pv with int8 is not supported (P·V quantizes to fp8 e4m3 P "
+                         "on CUDA, as FlashAttention-3; use --quantize fp8 --quantize-pv, or int8 for Q·Kᵀ only)",
+                         variant=spec.name or None)
+
+
+def fp8_v_transposed(spec: FlashKernelSpec, config) -> bool:
+    """True when the kernel reads V in fp8 P·V's transposed, key-permuted layout
+    (attncc.runtime._layouts.fp8_v_layout): fp8 --quantize-pv on a prefill kernel."""
+    return bool(spec.quant_dtype in _wgmma_dense.FP8_PTX and spec.quant_pv
+                and getattr(config, "mma", None) in ("sync", "wgmma"))
 
 
 def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
@@ -470,19 +531,37 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     RW = BQ // NW                     # query rows per warp
     MT = RW // 16                     # m16 tiles per warp
     NKT = BK // 8                     # n8 tiles of S per key block
-    KD = D // 16                      # k16 steps of Q·Kᵀ
-    KK = BK // 16                     # k16 steps of P·V
+    # quantized inputs (the quantize pass): q and k 8-bit (int8: m16n8k32 s8 with s32
+    # accumulators, any arch; fp8 e4m3/e5m2: m16n8k32 f8, sm_89 and newer), their scales
+    # applied to the scores; fp8 P·V (PV8) reads V transposed and key-permuted (the host
+    # prologue, attncc.runtime._layouts.fp8_v_layout) with P in e4m3 as the wgmma kernel
+    QUANT = spec.quant_dtype is not None
+    INT8 = spec.quant_dtype == "int8"
+    PV8 = QUANT and spec.quant_pv
+    QK_DT = spec.quant_dtype if QUANT else dtype
+    V_DT = spec.quant_dtype if PV8 else dtype
+    QB = 1 if QUANT else 2            # bytes per q/k element
+    TKP = _layouts.padded_kv_len(TK) if PV8 else TK
+    V_SHAPE = (B, KVH, DV, TKP) if PV8 else (B, KVH, TK, DV)
+    KD = D * QB // 32                 # k steps of Q·Kᵀ (32 bytes of q/k each: k16, or k32 for 8 bits)
+    KK = BK // 32 if PV8 else BK // 16  # k steps of P·V
     NDV = DV // 8                     # n8 tiles of the output
     NQB = (S + BQ - 1) // BQ
-    SWQ, SWV = _swizzle_width(D), _swizzle_width(DV)
-    CQ, CV = D // 8, DV // 8          # 16-byte chunks per row of Q/K and of V/out
+    QROW = D * QB // 2                # 16-bit elements per Q/K row in shared memory
+    VROW = BK // 2 if PV8 else DV     # ... per V row (fp8 P·V: a row is one output column's keys)
+    V_ROWS = DV if PV8 else BK
+    SWQ, SWV = _swizzle_width(QROW), _swizzle_width(VROW)
+    SWO = _swizzle_width(DV)
+    CQ, CV = QROW // 8, DV // 8       # 16-byte chunks per row of Q/K and of out
+    CVL = VROW // 8                   # ... of a V tile row
+    EQ = 16 // QB                     # q/k elements per 16-byte chunk
 
     # shared memory map, in 16-bit elements
-    Q_ELEMS = BQ * max(D, DV)         # the Q tile, later the output tile
+    Q_ELEMS = BQ * max(QROW, DV)      # the Q tile, later the output tile
     K_BASE = Q_ELEMS
-    K_ELEMS = BK * D
+    K_ELEMS = BK * QROW
     V_BASE = K_BASE + NS * K_ELEMS
-    V_ELEMS = BK * DV
+    V_ELEMS = V_ROWS * VROW
     # table mode (a mask that is no band, its tile map known when compiling or computed per call
     # from captured tensors): the tile map [NQB, NKB] is the argument after lse, the captured
     # tensors follow it; warp 0 compacts the query block's row into a list of the non-empty key
@@ -494,15 +573,22 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
+    SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
+                     for name, shape in spec.scales]
+    K_PER_KEY = QUANT and int(SCALE_BUFFERS[1].shape[2]) > 1
     compact_row, MAP_BATCH = (_wgmma_dense.compact_row_macro(TILE_MAP, NKB) if USE_TABLE else (None, 1))
     row_list = _wgmma_dense.row_list_macro(compact_row, NKB) if USE_TABLE else None
 
     # copies: chunks of a tile per thread (ceil), guarded when the tile does not divide
-    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(BK * CV) // NT))
+    Q_ITERS, K_ITERS, V_ITERS = (-(-(BQ * CQ) // NT), -(-(BK * CQ) // NT), -(-(V_ROWS * CVL) // NT))
 
-    # key-block skipping, the element mask, score_mod and the log2 scaling: shared with rocm
+    # key-block skipping, the element mask, score_mod and the log2 scaling: shared with rocm;
+    # the dequantization (q scale per row x k scale per head or key) as in the wgmma kernels
     ix = _gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
-    scaled, to_log2, exp_arg, masked = ix.scaled, ix.to_log2, ix.exp_arg, ix.masked
+    scale_at = _wgmma_dense.scale_reader(SCALE_BUFFERS)
+    scaled, to_log2, exp_arg, masked = _wgmma_dense.score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
+    ROW_FOLD = float(spec.scale) * _LOG2E if ix.fold_scale else 1.0
+    SHIFT = _wgmma_dense.P_SHIFT if PV8 else 0.0
     block_lo, block_hi, band_full = ix.block_lo, ix.block_hi, ix.tile_is_full
 
     def key_block(ent, which, pos):
@@ -534,16 +620,16 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
         return tirx.bitwise_xor(chunk, tirx.floormod(row, width))
 
     def q_off(row, chunk):
-        return row * D + sw(row, chunk, SWQ) * 8
+        return row * QROW + sw(row, chunk, SWQ) * 8
 
     def k_off(slot, row, chunk):
-        return K_BASE + slot * K_ELEMS + row * D + sw(row, chunk, SWQ) * 8
+        return K_BASE + slot * K_ELEMS + row * QROW + sw(row, chunk, SWQ) * 8
 
     def v_off(slot, row, chunk):
-        return V_BASE + slot * V_ELEMS + row * DV + sw(row, chunk, SWV) * 8
+        return V_BASE + slot * V_ELEMS + row * VROW + sw(row, chunk, SWV) * 8
 
     def o_off(row, chunk):
-        return row * DV + sw(row, chunk, SWV) * 8
+        return row * DV + sw(row, chunk, SWO) * 8
 
     def within(count, index):
         """Guard of a tile copy whose chunk count need not divide the thread count."""
@@ -561,15 +647,53 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
         return kd if Q_IN_REGS else 0
 
     mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{ptx_t}.{ptx_t}.f32"
+    if INT8:
+        mma_s = "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"
+    elif QUANT:
+        f8 = _wgmma_dense.FP8_PTX[QK_DT]
+        mma_s = f"mma.sync.aligned.m16n8k32.row.col.f32.{f8}.{f8}.f32"
+    else:
+        mma_s = mma
+    mma_o = (f"mma.sync.aligned.m16n8k32.row.col.f32.e4m3.{_wgmma_dense.FP8_PTX[V_DT]}.f32" if PV8 else mma)
     cvt = f"cvt.rn.{ptx_t}x2.f32"
+    cvt8 = "cvt.rn.satfinite.e4m3x2.f32"
     ldm = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
     ldm_t = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     cpa = "cp.async.cg.shared.global"
     ex2 = "ex2.approx.ftz.f32"
 
+    @T.macro
+    def load_kv(blk, slot, smem, k, v, tx, b, hk):
+        """cp.async copies of key block ``blk``'s K and V tiles into slot ``slot`` (zero fill past
+        the keys; fp8 P·V: V's tile is d_v rows of block_k keys, transposed on the host)."""
+        for it in T.unroll(K_ITERS):
+            if within(BK * CQ, it * NT + tx):
+                T.ptx[cpa](
+                    T.address_of(smem[k_off(slot, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
+                    T.address_of(k[b, hk, T.min(blk * BK + (it * NT + tx) // CQ, TK - 1),
+                                   (it * NT + tx) % CQ * EQ]),
+                    16,
+                    T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CQ < TK, 16, 0)))
+        for it in T.unroll(V_ITERS):
+            if within(V_ROWS * CVL, it * NT + tx):
+                if PV8:
+                    T.ptx[cpa](
+                        T.address_of(smem[v_off(slot, (it * NT + tx) // CVL, (it * NT + tx) % CVL)]),
+                        T.address_of(v[b, hk, (it * NT + tx) // CVL,
+                                       T.min(blk * BK + (it * NT + tx) % CVL * 16, TKP - 16)]),
+                        16,
+                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) % CVL * 16 < TKP, 16, 0)))
+                else:
+                    T.ptx[cpa](
+                        T.address_of(smem[v_off(slot, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
+                        T.address_of(v[b, hk, T.min(blk * BK + (it * NT + tx) // CV, TK - 1),
+                                       (it * NT + tx) % CV * 8]),
+                        16,
+                        T.Cast("uint32", T.Select(blk * BK + (it * NT + tx) // CV < TK, 16, 0)))
+
     @T.prim_func(check_well_formed=False)
-    def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-             v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+    def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+             v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
@@ -592,6 +716,9 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
                     ent = T.decl_buffer((2,), "int32", scope="local")            # list entries
+                    row_fold = T.decl_buffer((MT * 2 if QUANT else 1,), "float32", scope="local")
+                    s_int = T.decl_buffer((MT, NKT, 4) if INT8 else (1,), "uint32", scope="local")
+                    p16 = T.decl_buffer((2,), "uint16", scope="local")
                     b = bh // H
                     h = bh % H
                     hk = h // G
@@ -607,37 +734,23 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                             T.ptx[cpa](
                                 T.address_of(smem[q_off((it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
                                 T.address_of(q[b, h, T.min(q0 + (it * NT + tx) // CQ, S - 1),
-                                               (it * NT + tx) % CQ * 8]),
+                                               (it * NT + tx) % CQ * EQ]),
                                 16,
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
                     kb_lo = lo_of(q0)
                     kb_hi = hi_of(q0, cnt)
+                    if QUANT:      # the dequantization of the thread's rows (q scale x k scale per head)
+                        for mt in T.unroll(MT):
+                            for r in T.unroll(2):
+                                row_fold[mt * 2 + r] = scale_at(0, b, h, r0 + mt * 16 + lane // 4 + r * 8) * (
+                                    T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(ROW_FOLD)
                     for st in T.unroll(NS - 1):
                         if USE_TABLE:
                             ent[1] = kv_list[T.min(kb_lo + st, NKB)]
                         if kb_lo + st < kb_hi:
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[k_off(st, (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
-                                                                    + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(BK * CV, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[v_off(st, (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb_lo + st) * BK
-                                                                    + (it * NT + tx) // CV, TK - 1),
-                                                       (it * NT + tx) % CV * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            key_block(ent, 1, kb_lo + st) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                            load_kv(key_block(ent, 1, kb_lo + st), st, smem, k, v, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                     # ---- running state
                     for r in T.unroll(MT * 2):
@@ -664,34 +777,16 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                                            kd * 2 + lane // 16)]))
                         # prefetch key block kb + NS - 1 into the slot freed by block kb - 1
                         if kb + (NS - 1) < kb_hi:
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[k_off((kb - kb_lo + NS - 1) % NS,
-                                                                (it * NT + tx) // CQ, (it * NT + tx) % CQ)]),
-                                        T.address_of(k[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
-                                                                    + (it * NT + tx) // CQ, TK - 1),
-                                                       (it * NT + tx) % CQ * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CQ < TK, 16, 0)))
-                            for it in T.unroll(V_ITERS):
-                                if within(BK * CV, it * NT + tx):
-                                    T.ptx[cpa](
-                                        T.address_of(smem[v_off((kb - kb_lo + NS - 1) % NS,
-                                                                (it * NT + tx) // CV, (it * NT + tx) % CV)]),
-                                        T.address_of(v[b, hk, T.min(key_block(ent, 1, kb + NS - 1) * BK
-                                                                    + (it * NT + tx) // CV, TK - 1),
-                                                       (it * NT + tx) % CV * 8]),
-                                        16,
-                                        T.Cast("uint32", T.Select(
-                                            key_block(ent, 1, kb + NS - 1) * BK + (it * NT + tx) // CV < TK, 16, 0)))
+                            load_kv(key_block(ent, 1, kb + NS - 1), (kb - kb_lo + NS - 1) % NS, smem, k, v, tx, b, hk)
                         T.ptx["cp.async.commit_group"]()
                         # ---- S = Q Kᵀ
                         for mt in T.unroll(MT):
                             for nt in T.unroll(NKT):
                                 for e in T.unroll(4):
-                                    s_acc[mt, nt, e] = T.float32(0)
+                                    if INT8:
+                                        s_int[mt, nt, e] = T.uint32(0)
+                                    else:
+                                        s_acc[mt, nt, e] = T.float32(0)
                         for kd in T.unroll(KD):
                             if not Q_IN_REGS:
                                 for mt in T.unroll(MT):
@@ -706,14 +801,29 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                                    kd * 2 + lane // 8 % 2)]))
                                 for mt in T.unroll(MT):
                                     for half in T.unroll(2):
-                                        T.ptx[mma](
-                                            s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
-                                            s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3],
-                                            q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
-                                            q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
-                                            k_frag[half * 2], k_frag[half * 2 + 1],
-                                            s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
-                                            s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3])
+                                        if INT8:
+                                            T.ptx[mma_s](
+                                                s_int[mt, np_ * 2 + half, 0], s_int[mt, np_ * 2 + half, 1],
+                                                s_int[mt, np_ * 2 + half, 2], s_int[mt, np_ * 2 + half, 3],
+                                                q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
+                                                q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
+                                                k_frag[half * 2], k_frag[half * 2 + 1],
+                                                s_int[mt, np_ * 2 + half, 0], s_int[mt, np_ * 2 + half, 1],
+                                                s_int[mt, np_ * 2 + half, 2], s_int[mt, np_ * 2 + half, 3])
+                                        else:
+                                            T.ptx[mma_s](
+                                                s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
+                                                s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3],
+                                                q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
+                                                q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
+                                                k_frag[half * 2], k_frag[half * 2 + 1],
+                                                s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
+                                                s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3])
+                        if INT8:      # exact int32 dot products -> f32 (the scales follow in scaled)
+                            for mt in T.unroll(MT):
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(4):
+                                        s_acc[mt, nt, e] = T.Cast("float32", T.reinterpret("int32", s_int[mt, nt, e]))
                         # ---- score_mod, mask (partial tiles only), log2 domain
                         if tile_is_full(r0, key_block(ent, 0, kb), ent):
                             for mt in T.unroll(MT):
@@ -722,7 +832,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                         s_acc[mt, nt, e] = scaled(
                                             s_acc[mt, nt, e], b, h,
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
-                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2,
+                                            mt * 2 + e // 2, row_fold)
                         else:
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
@@ -730,7 +841,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                         s_acc[mt, nt, e] = masked(
                                             s_acc[mt, nt, e], b, h,
                                             r0 + mt * 16 + lane // 4 + e // 2 * 8,
-                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2)
+                                            key_block(ent, 0, kb) * BK + nt * 8 + lane % 4 * 2 + e % 2,
+                                            mt * 2 + e // 2, row_fold)
                         # ---- online softmax
                         for r in T.unroll(MT * 2):
                             red[r] = NEG_INF
@@ -741,7 +853,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                         for r in T.unroll(MT * 2):
                             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 1, 32))
                             red[r] = T.max(red[r], T.cuda.__shfl_xor_sync(FULL_MASK, red[r], 2, 32))
-                            red[r] = T.max(m_run[r], to_log2(red[r]))         # new running max
+                            red[r] = T.max(m_run[r], to_log2(red[r], r, row_fold))   # new running max
                             m_use[r] = T.Select(red[r] == NEG_INF, T.float32(0), red[r])
                             T.ptx[ex2](m_run[r], m_run[r] - m_use[r])          # alpha (m_run reused)
                             l_run[r] = l_run[r] * m_run[r]
@@ -754,25 +866,41 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                         for mt in T.unroll(MT):
                             for nt in T.unroll(NKT):
                                 for e in T.unroll(4):
-                                    T.ptx[ex2](s_acc[mt, nt, e], exp_arg(s_acc[mt, nt, e], m_use[mt * 2 + e // 2]))
+                                    T.ptx[ex2](s_acc[mt, nt, e], exp_arg(s_acc[mt, nt, e], m_use[mt * 2 + e // 2],
+                                                                         mt * 2 + e // 2, row_fold))
                                     l_run[mt * 2 + e // 2] = l_run[mt * 2 + e // 2] + s_acc[mt, nt, e]
-                        # ---- P (16-bit, in registers) as the A operand of P·V
+                        # ---- P (16-bit, in registers) as the A operand of P·V; fp8 P·V: e4m3
+                        # quadruples, register e of k32 step kk holding row half e % 2 and the keys of
+                        # n8 tiles 4 kk + 2 (e // 2) + {0, 1} (V's keys permuted to match on the host)
                         for mt in T.unroll(MT):
                             for kk in T.unroll(KK):
                                 for e in T.unroll(4):
-                                    T.ptx[cvt](p_frag[mt, kk, e],
-                                               s_acc[mt, kk * 2 + e // 2, e % 2 * 2 + 1],
-                                               s_acc[mt, kk * 2 + e // 2, e % 2 * 2])
+                                    if PV8:
+                                        for g in T.unroll(2):
+                                            T.ptx[cvt8](p16[g], s_acc[mt, kk * 4 + e // 2 * 2 + g, e % 2 * 2 + 1],
+                                                        s_acc[mt, kk * 4 + e // 2 * 2 + g, e % 2 * 2])
+                                        p_frag[mt, kk, e] = T.Cast("uint32", p16[0]) | T.shift_left(
+                                            T.Cast("uint32", p16[1]), T.uint32(16))
+                                    else:
+                                        T.ptx[cvt](p_frag[mt, kk, e],
+                                                   s_acc[mt, kk * 2 + e // 2, e % 2 * 2 + 1],
+                                                   s_acc[mt, kk * 2 + e // 2, e % 2 * 2])
                         # ---- O += P V
                         for kk in T.unroll(KK):
                             for dp in T.unroll(NDV // 2):
-                                T.ptx[ldm_t](v_frag[0], v_frag[1], v_frag[2], v_frag[3],
-                                             T.address_of(smem[v_off((kb - kb_lo) % NS,
-                                                                     kk * 16 + lane // 8 % 2 * 8 + lane % 8,
-                                                                     dp * 2 + lane // 16)]))
+                                if PV8:      # the transposed tile: output columns are its rows, as K's keys
+                                    T.ptx[ldm](v_frag[0], v_frag[1], v_frag[2], v_frag[3],
+                                               T.address_of(smem[v_off((kb - kb_lo) % NS,
+                                                                       dp * 16 + lane // 16 * 8 + lane % 8,
+                                                                       kk * 2 + lane // 8 % 2)]))
+                                else:
+                                    T.ptx[ldm_t](v_frag[0], v_frag[1], v_frag[2], v_frag[3],
+                                                 T.address_of(smem[v_off((kb - kb_lo) % NS,
+                                                                         kk * 16 + lane // 8 % 2 * 8 + lane % 8,
+                                                                         dp * 2 + lane // 16)]))
                                 for mt in T.unroll(MT):
                                     for half in T.unroll(2):
-                                        T.ptx[mma](
+                                        T.ptx[mma_o](
                                             o_acc[mt, dp * 2 + half, 0], o_acc[mt, dp * 2 + half, 1],
                                             o_acc[mt, dp * 2 + half, 2], o_acc[mt, dp * 2 + half, 3],
                                             p_frag[mt, kk, 0], p_frag[mt, kk, 1],
@@ -787,13 +915,16 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
                         l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
                         red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                        if PV8:      # V's scale (per tensor or head)
+                            red[r] = red[r] * scale_at(2, b, hk, 0)
                     # lse: the lane holding column pair 0 of each row writes it
                     for mt in T.unroll(MT):
                         for hf in T.unroll(2):
                             if both(lane % 4 == 0, r0 + mt * 16 + hf * 8 + lane // 4 < S):
                                 lse[b, h, r0 + mt * 16 + hf * 8 + lane // 4] = T.Select(
                                     l_run[mt * 2 + hf] > T.float32(0),
-                                    (m_run[mt * 2 + hf] + T.log2(l_run[mt * 2 + hf])) * T.float32(_LN2),
+                                    (m_run[mt * 2 + hf] + T.log2(l_run[mt * 2 + hf]) - T.float32(SHIFT))
+                                    * T.float32(_LN2),
                                     NEG_INF)
                     # out tile -> shared (16-bit, swizzled) -> global with 16-byte copies
                     for mt in T.unroll(MT):
@@ -804,7 +935,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     T.tvm_storage_sync("shared")
                     copy_out(0, q0, smem, out, tx, b, h)
 
-    extra = ([TILE_MAP] if USE_TABLE else []) + CAPTURE_BUFFERS
+    extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
         main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)
@@ -995,9 +1126,9 @@ def _input_dtypes(spec: FlashKernelSpec):
 
 
 def kernel_v(spec: FlashKernelSpec, config, v):
-    """v as the kernel reads it: as given, or for fp8 P·V on the wgmma kernel the host
+    """v as the kernel reads it: as given, or for fp8 P·V (wgmma and mma.sync kernels) the host
     prologue's transposed, key-permuted layout (``_cuda_wgmma_sparse.fp8_v_layout``)."""
-    if spec.quant_dtype is not None and spec.quant_pv and getattr(config, "mma", None) == "wgmma":
+    if fp8_v_transposed(spec, config):
         return _wgmma_sparse.fp8_v_layout(v)
     return v
 

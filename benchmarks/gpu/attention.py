@@ -524,13 +524,13 @@ def _fp8_inputs(hk, man, dev):
     spec = hk.spec
     torch.manual_seed(0)
     x = {n: torch.randn(man["input_shapes"][n], dtype=torch.bfloat16, device=dev) for n in ("q", "k", "v")}
-    f8 = torch.float8_e4m3fn if spec.quant_dtype == "float8_e4m3fn" else torch.float8_e5m2
-    qmax = 448.0 if f8 == torch.float8_e4m3fn else 57344.0
+    f8 = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2, "int8": torch.int8}[spec.quant_dtype]
+    qmax = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}[f8]
     quant, scales = {}, []
     for n in ("q", "k", "v") if spec.quant_pv else ("q", "k"):
         a = x[n].float()
         sc = (a.abs().amax(dim=(2, 3), keepdim=True) / qmax).clamp_min(1e-12)
-        quant[n] = (a / sc).to(f8)
+        quant[n] = (a / sc).round().clamp(-qmax, qmax).to(f8) if f8 == torch.int8 else (a / sc).to(f8)
         scales.append(sc.float().contiguous())
     v = x["v"]
     if spec.quant_pv:
@@ -608,6 +608,25 @@ def sparse_summary(results, manifests):
         for label, (ratio, cfgname, fr, _t, bm) in sorted(best.items(), key=lambda kv: kv[0]):
             print(f"  {label:<22} {cfgname:<16} {ratio:5.2f}  {bm:5.2f}  {fr:5.2f}")
     f8 = [(by_id[r["id"]], r) for r in results if by_id.get(r["id"], {}).get("fp8") and "attncc_s" in r]
+    sync8 = [(m, r) for m, r in f8 if m["fp8"]["mode"].endswith(" sync")]
+    f8 = [(m, r) for m, r in f8 if not m["fp8"]["mode"].endswith(" sync")]
+    if sync8:
+        # build.py --only quantsync: the mma.sync kernel (sm_80 / sm_89's) with 8-bit inputs, per-head scales
+        print("\nint8 / fp8 on the mma.sync kernel vs its bf16, D=128, H=16, B*S=16k: TFLOP/s (ratio to bf16; "
+              "rel err vs bf16 SDPA)")
+        groups = {}
+        for m, r in sync8:
+            groups.setdefault(m["fp8"]["group"], {})[m["fp8"]["mode"][:-5]] = (
+                m["flops"] / r["attncc_s"] / 1e12, r.get("rel_vs_sdpa_bf16"))
+        modes = ["bf16", "int8 QK", "fp8 QK", "fp8 QK+PV"]
+        print(f"{'shape':<16} " + " ".join(f"{mo:>22}" for mo in modes))
+        for g, d in groups.items():
+            b = d.get("bf16", (float("nan"), None))[0]
+            cells = []
+            for mo in modes:
+                t, e = d.get(mo, (float("nan"), None))
+                cells.append(f"{t:7.1f} ({t / b:4.2f}; {e or float('nan'):.0e})")
+            print(f"{g:<16} " + " ".join(f"{c:>22}" for c in cells))
     if f8:
         print("\nfp8 (e4m3, per-head scales) vs bf16, wgmma kernel, D=128, H=16, B*S=16k: TFLOP/s")
         groups = {}

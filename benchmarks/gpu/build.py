@@ -62,7 +62,7 @@ def _entries(only):
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
             "session6": _session6_entries, "unclamped2": _unclamped_small_entries,
-            "listregs": _list_reg_entries}
+            "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
     out = []
@@ -619,6 +619,50 @@ def _sync_entries():
     return out
 
 
+def _quant_sync_entries():
+    """int8 and fp8 inputs on the mma.sync kernel (the kernel sm_80 and sm_89 run; built for
+    sm_90a here so the H200 runs it): every quantized code path verified -- int8 and fp8 Q·Kᵀ
+    per head, tensor and block (a k scale per key), fp8 P·V (e4m3 P, V transposed on the host),
+    e5m2, GQA, ragged dims, a runtime document mask and a compile-time tile map, a band, a
+    score_mod, f16, 3 stages, Q in registers, block_k 32 -- and TFLOP/s beside the same kernel in
+    bf16 at D=128."""
+    out = []
+    sync = dict(mma="sync", block_q=128, block_k=64, num_warps=4, num_stages=2, q_in_registers=False)
+    ex = lambda n: os.path.join("examples", n + ".py")      # noqa: E731
+    i8 = dict(dtype="int8", granularity="head")
+    f8 = dict(dtype="fp8", granularity="head")
+    for quant in (i8, dict(i8, granularity="tensor"), dict(i8, granularity="block", block=32),
+                  f8, dict(f8, granularity="block", block=64), dict(f8, granularity="tensor", pv=True),
+                  dict(f8, pv=True), dict(dtype="fp8_e5m2", granularity="head", pv=True)):
+        out.append(dict(kind="verify", path=ex("causal_gqa"), name=None, dtype="bf16", shapes={}, config=sync,
+                        quantize=quant))
+    for quant in (i8, dict(f8, pv=True)):
+        out.append(dict(kind="verify", path=ex("causal_gqa"), name=None, dtype="bf16", shapes="ragged", config=sync,
+                        quantize=quant))
+        out.append(dict(kind="verify", path=ex("document_mask"), name=None, dtype="bf16", shapes={"S": 700},
+                        config=sync, quantize=quant))
+        out.append(dict(kind="verify", path=ex("prefix_lm"), name=None, dtype="f16", shapes={}, config=sync,
+                        quantize=quant))
+        out.append(dict(kind="verify", path=ex("sliding_window"), name=None, dtype="bf16", shapes="ragged",
+                        config=sync, quantize=quant))
+        out.append(dict(kind="verify", path=VARIANTS, name="softcap", dtype="bf16", shapes={"B": 1, "S": 517},
+                        config=sync, quantize=quant))
+        for cfg in (dict(sync, num_stages=3), dict(sync, num_warps=8, q_in_registers=True),
+                    dict(sync, block_k=32, num_warps=8)):
+            out.append(dict(kind="verify", path=VARIANTS, name="causal", dtype="bf16", shapes={"B": 1, "S": 700},
+                            config=cfg, quantize=quant))
+    # (benchmarks: one m16 row tile a warp, Q in registers -- no spills in any of the four modes;
+    # two a warp spill at D=128, bf16 included)
+    wide = dict(sync, num_warps=8, q_in_registers=True)
+    for s_ in (4096, 16384):
+        shp = {"B": 16384 // s_, "S": s_}
+        for name in ("full", "causal"):
+            for mode, quant in (("bf16", None), ("int8 QK", i8), ("fp8 QK", f8), ("fp8 QK+PV", dict(f8, pv=True))):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shp, config=wide,
+                                quantize=quant, fp8=dict(group=f"{name} S={s_}", mode=mode + " sync")))
+    return out
+
+
 def _fp8_bench_entries():
     """fp8 (e4m3, per-head scales) Q·Kᵀ and Q·Kᵀ + P·V beside bf16: full and causal at S=4k (B=4)
     and S=16k (B=1), the configs compile picks."""
@@ -914,7 +958,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2", "listregs"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
