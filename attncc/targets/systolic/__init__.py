@@ -147,7 +147,10 @@ def operands(spec: FlashKernelSpec) -> str:
             text += f"; {what} v emulated the same way, its scale {where}"
     else:
         text += "; bf16 v"
-    return text + "; 1 byte per quantized element from memory"
+    text += "; 1 byte per quantized element from memory"
+    if q == "int8":
+        text += " (int8 MACs assumed at the bf16 rate)"
+    return text
 
 
 def memory_plan(spec: FlashKernelSpec, config: SystolicConfig) -> dict:
@@ -554,12 +557,14 @@ def format_report(rep: dict) -> list:
         return f"{c:,} cycles ({c / clock * 1e6:.1f} us)"
 
     busy = rep["busy_cycles"]
+    fmts = rep.get("macs_by_format") or {}
+    by_format = (" (" + ", ".join(f"{k} {v:,}" for k, v in fmts.items()) + ")") if len(fmts) > 1 else ""
     lines = [
         f"accelerator {rep['accelerator']}  {rep['array']} array, {rep['dataflow']}, "
         f"{clock / 1e6:.0f} MHz; tiles {rep['block_q']}x{rep['block_k']}, "
         f"double buffering {'on' if rep['double_buffer'] else 'off'}",
         f"cycles      total {t(total)}",
-        f"array       busy {t(busy['array'])}, {rep['ops']['array']} matmuls, {rep['macs']:,} MACs; "
+        f"array       busy {t(busy['array'])}, {rep['ops']['array']} matmuls, {rep['macs']:,} MACs{by_format}; "
         f"utilization {rep['array_utilization']:.3f} (busy {rep['array_busy_fraction']:.3f})",
         f"vector      busy {t(busy['vector'])}, {rep['ops']['vector']} ops ({busy['vector'] / max(total, 1):.3f} of total)",
         f"dma         busy {t(busy['dma'])}, {rep['ops']['dma']} transfers; loaded {rep['bytes_loaded']:,} B, "
