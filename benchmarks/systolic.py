@@ -13,6 +13,12 @@ accumulator are rejected) is ranked by the family's analytic cost model and the 
 ``--top`` are simulated; the tuned config is the fastest simulated one (or the default, if
 none beats it).
 
+``--quant int8,fp8`` prints instead, at the target's default tiles, the bf16 kernel beside
+the quantized ones (``--quantize DTYPE``, per-head scales, Q·Kᵀ only; add ``--quant-pv`` to
+quantize P·V too): cycles, utilization, bytes loaded and the speedup over bf16.  INT8 runs
+on the array at the bf16 rate (the simulator's assumption), FP8 is emulated (converted to
+bf16 by the DMA), so the gain is the DMA's: 1 byte per q/k (and v) element.
+
 Every number comes from the simulator executing the real schedule on random data (the
 output is computed too).  ``--exhaustive`` simulates every valid config instead and prints
 how well the cost model ranks them (Spearman correlation, best of its top ``--top``).  The array runs heads one after another, so cycles scale with B*H
@@ -58,9 +64,14 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="default")
     p.add_argument("--top", type=int, default=3, help="cost-model-ranked configs to simulate when tuning")
     p.add_argument("--exhaustive", action="store_true", help="simulate every valid config; check the cost model")
+    p.add_argument("--quant", default="", help="compare bf16 with these quantized kernels (int8,fp8,fp8_e5m2) "
+                   "at the default tiles")
+    p.add_argument("--quant-pv", action="store_true", help="with --quant: quantize P·V too")
     args = p.parse_args(argv)
     if args.exhaustive:
         return exhaustive(args)
+    if args.quant:
+        return compare_quant(args)
     options = {"systolic_config": args.preset}
     hw = systolic.resolve(args.preset)
     fam = get_family("systolic")
@@ -101,6 +112,40 @@ def main(argv=None) -> int:
                 print(f"{name:7} {S:>6} {D:>4} {rep_d['tile_density']:>6.3f} | {fmt_cfg(default):>16} {cols(rep_d)} | "
                       f"{fmt_cfg(best):>16} {cols(rep_b)} | {rep_d['total_cycles'] / rep_b['total_cycles']:>5.2f} "
                       f"{wall:>6.1f}", flush=True)
+    return 0
+
+
+def compare_quant(args) -> int:
+    options = {"systolic_config": args.preset}
+    hw = systolic.resolve(args.preset)
+    dtypes = [d for d in args.quant.split(",") if d]
+    print(f"# attncc systolic quantization benchmark  {datetime.date.today()}  simulator on "
+          f"{platform.node() or 'host'} ({platform.processor() or platform.machine()}); accelerator {hw.describe()}")
+    print(f"# B=1 H=1, default tiles; quantized: per-head scales, {'Q·Kᵀ and P·V' if args.quant_pv else 'Q·Kᵀ'}; "
+          "int8 MACs at the bf16 rate, fp8 emulated (bf16 on the array); util = MACs/(R*C*cycles); "
+          "MB = bytes loaded; x = bf16 cycles / these cycles")
+    head = f"{'variant':7} {'S':>6} {'D':>4} {'tiles':>16} | {'bf16 cycles':>11} {'util':>5} {'MB':>6}"
+    for d in dtypes:
+        head += f" | {d + ' cycles':>15} {'util':>5} {'MB':>6} {'x':>5}"
+    print(head)
+    for S in (int(x) for x in args.S.split(",")):
+        for D in (int(x) for x in args.D.split(",")):
+            for name in args.variants.split(","):
+                row = None
+                for d in [None] + dtypes:
+                    q = {"dtype": d, "granularity": "head", "pv": args.quant_pv} if d else None
+                    k = compile_variant(os.path.join(ROOT, VARIANTS[name]), target="systolic",
+                                        shapes=dict(B=1, H=1, S=S, D=D), target_options=options, tuning_db=False,
+                                        build=False, quantize=q)
+                    rep, _ = simulate(k.spec, k.config, options)
+                    cols = (f"{rep['total_cycles']:>{11 if d is None else 15},} {rep['array_utilization']:>5.3f} "
+                            f"{rep['bytes_loaded'] / 1e6:>6.2f}")
+                    if d is None:
+                        base = rep["total_cycles"]
+                        row = f"{name:7} {S:>6} {D:>4} {fmt_cfg(k.config):>16} | {cols}"
+                    else:
+                        row += f" | {cols} {base / rep['total_cycles']:>5.2f}"
+                print(row, flush=True)
     return 0
 
 

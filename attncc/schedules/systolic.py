@@ -99,7 +99,8 @@ def cost_model(spec, config, options: Optional[dict] = None) -> float:
     n = BQ * BK
     vec = math.ceil(n / lanes) * (2 * hw.vector_reduce_cycles + 4 * hw.vector_alu_cycles
                                   + hw.vector_transcendental_cycles) + math.ceil(BQ * DV / lanes)
-    dma = math.ceil(BK * (D + DV) * 2 / hw.dma_bytes_per_cycle)
+    q_bytes, k_bytes, v_bytes = t.operand_bytes(spec)        # 1 for int8/fp8 operands, 2 for bf16
+    dma = math.ceil(BK * (D * k_bytes + DV * v_bytes) / hw.dma_bytes_per_cycle)
     if spec.mask_mod is None or spec.runtime_tile_map is None:
         kinds = t.tile_kinds(spec, BQ, BK)
     else:                                       # a runtime block map: assume the compile-time proof
@@ -114,7 +115,7 @@ def cost_model(spec, config, options: Optional[dict] = None) -> float:
     else:
         per_tile = qk + pv + vec + dma + 2 * drain + hw.dma_latency_cycles
     nqb = kinds.shape[0]
-    per_qblock = math.ceil(BQ * D * 2 / hw.dma_bytes_per_cycle) + hw.dma_latency_cycles + math.ceil(
+    per_qblock = math.ceil(BQ * D * q_bytes / hw.dma_bytes_per_cycle) + hw.dma_latency_cycles + math.ceil(
         BQ * DV * 2 / hw.dma_bytes_per_cycle) + 4 * math.ceil(BQ * DV / lanes)
     cycles = spec.batch * spec.q_heads * (tiles * per_tile + partial * mask + nqb * per_qblock)
     return cycles / hw.clock_hz

@@ -14,11 +14,21 @@ Stages, top to bottom:
 3. ``build`` -- ``tvm.compile`` for the host (LLVM); the program is compiled once per
    process and double-buffering mode (the mask enters through the block table and the
    vector unit, the dataflow and the accelerator through the simulator).
-4. ``run`` -- q, k, v (bf16) go to the simulator's off-chip memory, the block table of
+4. ``run`` -- q, k, v (bf16; or int8 / fp8 with f32 scales, from the quantize pass) go
+   to the simulator's off-chip memory, the block table of
    non-empty tiles (prune-sparsity's tile map, or the runtime map from captured data)
    is computed, the program drives the simulator tile by tile, and out / lse come back
    with the cycle report (``built.last_report``).
 5. ``measure`` -- simulated seconds (cycles / clock) on fixed random inputs.
+
+Quantized kernels (``--quantize int8|fp8|fp8_e5m2 [--quantize-pv]``): INT8 q and k go
+to the array as int8 with int32 accumulation, and the vector unit applies their scales to
+the int32 scores (``S_ij = dot(q_i, k_j) · sq_i · sk_j · scale``: dequantization fused into
+the kernel); with ``--quantize-pv`` v is int8 too (widened to bf16 in the array; P stays
+bf16) and its scale is applied after P·V (one per head or tensor) or folded into P before
+it (per-block scales vary by key row).  FP8 (e4m3, e5m2) is emulated: the DMA converts
+each 1-byte element to bf16 (exactly) on its way into the scratchpad and the array
+computes bf16; the scales are handled as for int8.  DMA bytes count the 1-byte elements.
 
 The accelerator (``attncc/targets/systolic/config.py``) is a preset name or a JSON
 file, given as the target option ``systolic_config`` (``--systolic-config`` on the
@@ -40,6 +50,8 @@ from attncc.targets.spec import FlashKernelSpec
 from attncc.targets.systolic import config as hwconfig
 from attncc.targets.systolic.config import PRESETS, AcceleratorConfig, resolve
 from attncc.targets.systolic.sim import Simulator, bf16, matmul_cycles
+
+QUANT_DTYPES = {"int8": "int8", "float8_e4m3fn": "fp8 e4m3", "float8_e5m2": "fp8 e5m2"}
 
 __all__ = ["NAME", "Config", "SystolicConfig", "default_config", "validate_config", "lower", "build", "run",
            "measure", "report", "memory_plan", "AcceleratorConfig", "PRESETS", "Simulator", "matmul_cycles"]
@@ -93,26 +105,89 @@ def _accelerator(options: Optional[dict]) -> str:
 # --------------------------------------------------------------------------- memory plan
 
 
+def _np_dtype(dtype: str):
+    import ml_dtypes
+
+    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+               "float8_e5m2": ml_dtypes.float8_e5m2}
+    return np.dtype(special.get(dtype, dtype))
+
+
+def input_dtypes(spec: FlashKernelSpec) -> tuple:
+    """numpy dtypes of q, k, v in off-chip memory (quantized operands keep their int8/fp8
+    type: the DMA moves 1 byte per element)."""
+    if spec.quant_dtype is None:
+        return bf16(), bf16(), bf16()
+    qd = _np_dtype(spec.quant_dtype)
+    return qd, qd, (qd if spec.quant_pv else bf16())
+
+
+def operand_bytes(spec: FlashKernelSpec) -> tuple:
+    """Off-chip bytes per element of q, k, v (what the DMA moves)."""
+    return tuple(d.itemsize for d in input_dtypes(spec))
+
+
+def operands(spec: FlashKernelSpec) -> str:
+    """The operand formats of the kernel, in words (the cycle report's 'operands' line)."""
+    q = spec.quant_dtype
+    if q is None:
+        return "bf16 q, k, v; bf16 x bf16 -> fp32 on the array"
+    what = QUANT_DTYPES.get(q, q)
+    if q == "int8":
+        text = "int8 q, k: int8 x int8 -> int32 on the array, scales applied to the scores in the vector unit"
+    else:
+        text = (f"{what} q, k emulated: converted to bf16 (exactly) by the DMA on the way into the scratchpad, "
+                "bf16 x bf16 -> fp32 on the array, scales applied in the vector unit")
+    if spec.quant_pv:
+        per_row = any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v"))
+        where = "folded into P before P·V (per-block)" if per_row else "applied after P·V"
+        if q == "int8":
+            text += f"; int8 v (widened to bf16 in the array, P bf16), its scale {where}"
+        else:
+            text += f"; {what} v emulated the same way, its scale {where}"
+    else:
+        text += "; bf16 v"
+    text += "; 1 byte per quantized element from memory"
+    if q == "int8":
+        text += " (int8 MACs assumed at the bf16 rate)"
+    return text
+
+
 def memory_plan(spec: FlashKernelSpec, config: SystolicConfig) -> dict:
     """{memory: [(buffer, bytes), ...]} of the schedule's on-chip buffers (as the
     runtime allocates them)."""
+    from attncc.targets.systolic.kernel import operand_formats
+
     BQ, BK, D, DV = config.block_q, config.block_k, spec.head_dim, spec.head_dim_v
     n = 2 if config.double_buffer else 1
     x = f"{n}x " if n > 1 else ""
+    fmt = operand_formats(spec)
+
+    def name(t):
+        return "int8" if fmt[t] == np.int8 else "bf16"
+
+    qb, kb, vb = (fmt[t].itemsize for t in "qkv")
+    scales = []
+    v_rows = spec.quant_pv and len(spec.scales) == 3 and int(spec.scales[2][1][2]) > 1
+    stats = 6 if v_rows else 5                    # m, l, lse, alpha x2 (, r: per-block v scales)
+    if spec.quant_dtype is not None:
+        scales = [(f"Q scale {BQ} fp32", BQ * 4), (f"K scale {x}{BK} fp32", n * BK * 4)]
+        if spec.quant_pv:
+            scales.append((f"V scale {x}{BK} fp32", n * BK * 4))
     return {
         "scratchpad": [
-            (f"Q {BQ}x{D} bf16", BQ * D * 2),
-            (f"K {x}{BK}x{D} bf16", n * BK * D * 2),
-            (f"V {x}{BK}x{DV} bf16", n * BK * DV * 2),
+            (f"Q {BQ}x{D} {name('q')}", BQ * D * qb),
+            (f"K {x}{BK}x{D} {name('k')}", n * BK * D * kb),
+            (f"V {x}{BK}x{DV} {name('v')}", n * BK * DV * vb),
             (f"P {x}{BQ}x{BK} bf16", n * BQ * BK * 2),
             (f"out {BQ}x{DV} bf16", BQ * DV * 2),
         ],
         "accumulator": [
-            (f"S {x}{BQ}x{BK} fp32", n * BQ * BK * 4),
+            (f"S {x}{BQ}x{BK} {'int32/fp32' if fmt['q'] == np.int8 else 'fp32'}", n * BQ * BK * 4),
             (f"O {BQ}x{DV} fp32", BQ * DV * 4),
         ] + ([(f"PV 2x {BQ}x{DV} fp32", 2 * BQ * DV * 4)] if config.double_buffer else []) + [
-            (f"row stats 5x{BQ} fp32", 5 * BQ * 4),
-        ],
+            (f"row stats {stats}x{BQ} fp32", stats * BQ * 4),
+        ] + scales,
     }
 
 
@@ -189,8 +264,22 @@ def default_config(spec: FlashKernelSpec, options: Optional[dict] = None) -> Sys
 
 def _validate_spec(spec: FlashKernelSpec) -> None:
     if spec.quant_dtype is not None:
-        raise DTypeError(f"systolic target: quantized ({spec.quant_dtype}) kernels are not supported; the "
-                         "array takes bf16 operands", variant=spec.name or None)
+        if spec.quant_dtype not in QUANT_DTYPES:
+            raise DTypeError(f"systolic target: quantized operands of type {spec.quant_dtype} are not supported "
+                             "(int8, float8_e4m3fn, float8_e5m2)", variant=spec.name or None)
+        want = 3 if spec.quant_pv else 2
+        if len(spec.scales) != want:
+            raise TargetError(f"systolic target: a quantized kernel takes {want} scales (q, k"
+                              f"{', v' if spec.quant_pv else ''}), the spec has {len(spec.scales)}",
+                              variant=spec.name or None)
+        for (name, shape), rows, heads in zip(spec.scales, (spec.q_len, spec.kv_len, spec.kv_len),
+                                              (spec.q_heads, spec.kv_heads, spec.kv_heads)):
+            shape = tuple(int(x) for x in shape)
+            if (len(shape) != 4 or shape[0] not in (1, spec.batch) or shape[1] not in (1, heads)
+                    or shape[2] not in (1, rows) or shape[3] != 1):
+                raise TargetError(f"systolic target: scale {name} of shape {shape} is not supported: scales "
+                                  f"are [B or 1, H or 1, rows or 1, 1] = [{spec.batch} or 1, {heads} or 1, "
+                                  f"{rows} or 1, 1]", variant=spec.name or None)
     if spec.dtype != "bfloat16":
         raise DTypeError(f"systolic target: dtype {spec.dtype} is not supported: the array takes bf16 "
                          "operands (trace the variant with --dtype bf16)", variant=spec.name or None)
@@ -360,18 +449,27 @@ def run(built: SystolicKernel, q, k, v, *extra, trace: bool = False):
 
     spec = built.spec
     arrays = []
-    for name, arr, shape in zip("qkv", (q, k, v), _shapes(spec)):
+    for name, arr, shape, dt in zip("qkv", (q, k, v), _shapes(spec), input_dtypes(spec)):
         a = np.asarray(arr)
         if a.shape != shape:
             raise ShapeError(f"systolic target: {name} has shape {a.shape}, kernel expects {shape}",
                              variant=spec.name or None)
-        arrays.append(np.ascontiguousarray(a.astype(bf16(), copy=False)))
-    if len(extra) != len(spec.captures):
-        raise TargetError(f"kernel takes {len(spec.captures)} input(s) after q, k, v "
-                          f"({', '.join(c[0] for c in spec.captures) or 'none'}), got {len(extra)}",
+        arrays.append(np.ascontiguousarray(a.astype(dt, copy=False)))
+    n_scales = len(spec.scales)
+    if len(extra) != n_scales + len(spec.captures):
+        wanted = [n for n, _ in spec.scales] + [c[0] for c in spec.captures]
+        raise TargetError(f"kernel takes {len(wanted)} input(s) after q, k, v "
+                          f"({', '.join(wanted) or 'none'}), got {len(extra)}",
                           variant=spec.name or None)
+    scales = []
+    for (name, shape), arr in zip(spec.scales, extra[:n_scales]):
+        a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+        if a.shape != tuple(shape):
+            raise ShapeError(f"input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
+                             variant=spec.name or None)
+        scales.append(a)
     captures = []
-    for (name, shape, _), arr in zip(spec.captures, extra):
+    for (name, shape, _), arr in zip(spec.captures, extra[n_scales:]):
         a = np.asarray(arr)
         if a.shape != tuple(shape):
             raise ShapeError(f"input {name} has shape {a.shape}, kernel expects {tuple(shape)}",
@@ -380,7 +478,7 @@ def run(built: SystolicKernel, q, k, v, *extra, trace: bool = False):
     kinds = built.kinds if built.kinds is not None else tile_kinds(
         spec, built.config.block_q, built.config.block_k, captures)
     tables = block_tables(kinds)
-    r = AttentionRun(spec, built.config, built.hardware, *arrays, captures=captures)
+    r = AttentionRun(spec, built.config, built.hardware, *arrays, captures=captures, scales=scales)
     if trace:
         r.sim.trace = []
     try:
@@ -399,6 +497,10 @@ def run(built: SystolicKernel, q, k, v, *extra, trace: bool = False):
         "tiles_run": int(r.tiles.get(1, 0) + r.tiles.get(2, 0)),
         "tiles_partial": int(r.tiles.get(1, 0)), "tiles_full": int(r.tiles.get(2, 0)),
         "tile_density": float((kinds != 0).sum() / n),
+        "operands": operands(spec),
+        "quant_dtype": spec.quant_dtype,
+        "quant_pv": bool(spec.quant_pv),
+        "emulated": bool(spec.quant_dtype is not None and spec.quant_dtype != "int8"),
     })
     if trace:
         rep["trace"] = r.sim.trace
@@ -407,12 +509,25 @@ def run(built: SystolicKernel, q, k, v, *extra, trace: bool = False):
 
 
 def _measure_inputs(spec: FlashKernelSpec):
+    """Fixed random inputs: N(0, 1) clipped to [-8, 8]; quantized operands are that
+    divided by one scale (8 / the format's largest value) and rounded, with that scale."""
     rng = np.random.default_rng(0)
-    arrays = [np.clip(rng.standard_normal(s, dtype=np.float32), -8, 8).astype(bf16()) for s in _shapes(spec)]
+    arrays, scales = [], []
+    qmax = {"int8": 127.0, "float8_e4m3fn": 448.0, "float8_e5m2": 57344.0}
+    for shape, dt in zip(_shapes(spec), input_dtypes(spec)):
+        x = np.clip(rng.standard_normal(shape, dtype=np.float32), -8, 8)
+        if dt == bf16():
+            arrays.append(x.astype(bf16()))
+            continue
+        step = np.float32(8.0 / qmax[spec.quant_dtype])
+        y = x / step
+        arrays.append(np.rint(y).astype(np.int8) if dt == np.int8 else y.astype(dt))
+    for _, shape in spec.scales:
+        scales.append(np.full(shape, 8.0 / qmax.get(spec.quant_dtype, 1.0), np.float32))
     rng_c = np.random.default_rng(1)
     caps = [np.sort(rng_c.integers(0, 8, shape)).astype(np.dtype(cdt) if cdt != "bool" else bool)
             for _, shape, cdt in spec.captures]
-    return arrays, caps
+    return arrays, scales + caps
 
 
 def measure(built: SystolicKernel, spec: Optional[FlashKernelSpec] = None, **_ignored) -> float:
@@ -442,12 +557,14 @@ def format_report(rep: dict) -> list:
         return f"{c:,} cycles ({c / clock * 1e6:.1f} us)"
 
     busy = rep["busy_cycles"]
+    fmts = rep.get("macs_by_format") or {}
+    by_format = (" (" + ", ".join(f"{k} {v:,}" for k, v in fmts.items()) + ")") if len(fmts) > 1 else ""
     lines = [
         f"accelerator {rep['accelerator']}  {rep['array']} array, {rep['dataflow']}, "
         f"{clock / 1e6:.0f} MHz; tiles {rep['block_q']}x{rep['block_k']}, "
         f"double buffering {'on' if rep['double_buffer'] else 'off'}",
         f"cycles      total {t(total)}",
-        f"array       busy {t(busy['array'])}, {rep['ops']['array']} matmuls, {rep['macs']:,} MACs; "
+        f"array       busy {t(busy['array'])}, {rep['ops']['array']} matmuls, {rep['macs']:,} MACs{by_format}; "
         f"utilization {rep['array_utilization']:.3f} (busy {rep['array_busy_fraction']:.3f})",
         f"vector      busy {t(busy['vector'])}, {rep['ops']['vector']} ops ({busy['vector'] / max(total, 1):.3f} of total)",
         f"dma         busy {t(busy['dma'])}, {rep['ops']['dma']} transfers; loaded {rep['bytes_loaded']:,} B, "
@@ -456,6 +573,8 @@ def format_report(rep: dict) -> list:
         f"{rep['tiles_partial']} partial); tile density {rep['tile_density']:.3f}; empty tiles issue nothing",
         f"memories    scratchpad {rep['scratchpad_used']:,} B, accumulator {rep['accumulator_used']:,} B in use",
     ]
+    if rep.get("operands"):
+        lines.insert(1, f"operands    {rep['operands']}")
     return lines
 
 

@@ -11,8 +11,9 @@ An :class:`AcceleratorConfig` describes the machine the systolic target schedule
 ``tpu_v1`` -- the ISCA'17 TPU: a 256x256 weight-stationary array at 700 MHz, 24 MiB
     unified buffer, 4 MiB accumulators (4096 x 256 x 32 bit), DDR3 at 34 GB/s =
     48 B/cycle.  Its activation unit works on one 256-wide row per cycle: 256 lanes.
-    (TPU v1 computes int8; the simulator keeps bf16 in / fp32 accumulate for every
-    preset, so only the sizes and rates are TPU v1's.)
+    (TPU v1 computes int8; the simulator's array takes bf16 in / fp32 accumulate for
+    every preset, and int8 in / int32 accumulate for ``--quantize int8`` kernels -- at
+    the same MACs per cycle, which is TPU v1's int8 rate; fp8 is emulated in bf16.)
 ``gemmini`` -- Gemmini's default: a 16x16 array at 1 GHz, 256 KiB scratchpad, 64 KiB
     accumulator, a 128-bit (16 B/cycle) system bus with ~80 cycles to memory, a
     16-lane vector path.
@@ -39,9 +40,10 @@ MiB = 1024 * 1024
 class AcceleratorConfig:
     """One simulated accelerator.
 
-    rows, cols                    the systolic array (R x C processing elements, bf16 x bf16 -> fp32)
+    rows, cols                    the systolic array (R x C processing elements, bf16 x bf16 -> fp32,
+                                  or int8 x int8 -> int32 at the same rate for quantized kernels)
     clock_hz                      cycles per second (simulated time = cycles / clock_hz)
-    scratchpad_bytes              on-chip SRAM for bf16 operand tiles (Q, K, V, P)
+    scratchpad_bytes              on-chip SRAM for operand tiles (Q, K, V, P: bf16, or int8 when quantized)
     accumulator_bytes             on-chip SRAM for fp32 results (S, the output accumulator, row stats)
     dma_bytes_per_cycle           off-chip bandwidth of the DMA engine
     dma_latency_cycles            fixed cost of one DMA transfer (descriptor + memory latency)

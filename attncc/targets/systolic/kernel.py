@@ -62,10 +62,34 @@ def active() -> "AttentionRun":
     return run
 
 
-class AttentionRun:
-    """One call of the kernel: the simulator plus what the vector unit needs from the spec."""
+def operand_formats(spec) -> dict:
+    """The on-chip (scratchpad) numpy dtype of the q, k and v tiles: int8 for INT8
+    operands (the array computes int8), bf16 otherwise (bf16 kernels, and FP8 operands,
+    which the DMA converts to bf16 on the way in: the emulation)."""
+    int8 = np.dtype(np.int8)
+    qk = int8 if spec.quant_dtype == "int8" else bf16()
+    v = int8 if spec.quant_dtype == "int8" and spec.quant_pv else bf16()
+    return {"q": qk, "k": qk, "v": v}
 
-    def __init__(self, spec, config, hw, q, k, v, captures=()):
+
+def scale_rows(shape) -> bool:
+    """True when a scale of ``shape`` [B or 1, H or 1, rows or 1, 1] varies by row (block
+    granularity); False for one value per (batch, head) or per tensor."""
+    return int(shape[2]) > 1
+
+
+class AttentionRun:
+    """One call of the kernel: the simulator plus what the vector unit needs from the spec.
+
+    Quantized kernels (``spec.quant_dtype``): q, k (and v with ``quant_pv``) are int8 or
+    fp8 in off-chip memory, with f32 ``scales`` (q's, k's and v's, each [B or 1, H or 1,
+    rows or 1, 1]).  A load of a Q, K or V tile also loads the tile's scales (one value,
+    or one per row) into a fp32 scale buffer beside it (accumulator memory, which the
+    vector unit reads); the vector unit applies them: ``S = dot(q_i, k_j) · sq_i · sk_j ·
+    scale``, and for v either ``out = O · sv / l`` (one sv per head or tensor: exact after
+    P·V) or ``P_ij · sv_j`` before P·V (per-block scales vary by key row)."""
+
+    def __init__(self, spec, config, hw, q, k, v, captures=(), scales=()):
         self.spec = spec
         self.config = config
         self.sim = Simulator(hw, config.dataflow)
@@ -74,11 +98,12 @@ class AttentionRun:
         slots = 2 if config.double_buffer else 1
         sp, acc = "scratchpad", "accumulator"
         s = self.sim
+        fmt = operand_formats(spec)
         b = {}
-        b[Q_B] = s.alloc("Q", sp, (BQ, D), bf16())
+        b[Q_B] = s.alloc("Q", sp, (BQ, D), fmt["q"])
         for i in range(slots):
-            b[K_B + i] = s.alloc(f"K{i}", sp, (BK, D), bf16())
-            b[V_B + i] = s.alloc(f"V{i}", sp, (BK, DV), bf16())
+            b[K_B + i] = s.alloc(f"K{i}", sp, (BK, D), fmt["k"])
+            b[V_B + i] = s.alloc(f"V{i}", sp, (BK, DV), fmt["v"])
             b[P_B + i] = s.alloc(f"P{i}", sp, (BQ, BK), bf16())
             b[S_B + i] = s.alloc(f"S{i}", acc, (BQ, BK), np.float32)
         b[O_B] = s.alloc("O", acc, (BQ, DV), np.float32)
@@ -86,7 +111,21 @@ class AttentionRun:
             for i in range(slots):
                 b[PV_B + i] = s.alloc(f"PV{i}", acc, (BQ, DV), np.float32)
         self.out_tile = s.alloc("out", sp, (BQ, DV), bf16())
-        self.row_stats = s.alloc("stats", acc, (5, BQ), np.float32)      # m, l, lse, alpha x2
+        self.scales = list(scales)
+        # m, l, lse, alpha x2 (and r, the reference v scale of each row, with per-block v scales)
+        self.v_row_scales = bool(spec.quant_pv and self.scales and scale_rows(self.scales[2].shape))
+        self.row_stats = s.alloc("stats", acc, (6 if self.v_row_scales else 5, BQ), np.float32)
+        # the scales of quantized operands: buffer id of the tile -> (off-chip name, scale buffer)
+        self.scale_of: dict = {}
+        if spec.quant_dtype is not None:
+            names = ("q", "k", "v")[:len(self.scales)]
+            for name, arr in zip(names, self.scales):
+                s.bind(f"{name}_scale", arr)
+            self.scale_of[Q_B] = ("q_scale", s.alloc("Q scale", acc, (BQ,), np.float32))
+            for i in range(slots):
+                self.scale_of[K_B + i] = ("k_scale", s.alloc(f"K{i} scale", acc, (BK,), np.float32))
+                if spec.quant_pv:
+                    self.scale_of[V_B + i] = ("v_scale", s.alloc(f"V{i} scale", acc, (BK,), np.float32))
         self.buffers = b
         s.bind("q", q)
         s.bind("k", k)
@@ -107,10 +146,22 @@ class AttentionRun:
 
     # ---------------------------------------------------------------- DMA
     def dma_load(self, tensor: int, b: int, head: int, row0: int, bid: int) -> None:
+        """A tile of q, k or v into buffer ``bid``; for a quantized operand its scales
+        follow (a second, small transfer into the tile's scale buffer)."""
         buf = self.buffer(bid)
-        src = self.sim.dram[TENSOR_NAMES[tensor]]
+        name = TENSOR_NAMES[tensor]
+        src = self.sim.dram[name]
         rows = buf.data.shape[0]
-        self.sim.dma_load(buf, src[b, head, row0:row0 + rows])
+        self.sim.dma_load(buf, src[b, head, row0:row0 + rows], what=name)
+        if bid in self.scale_of:
+            sname, sbuf = self.scale_of[bid]
+            scale = self.sim.dram[sname]
+            bi = b if scale.shape[0] > 1 else 0
+            hi = head if scale.shape[1] > 1 else 0
+            if scale_rows(scale.shape):
+                self.sim.dma_load(sbuf, scale[bi, hi, row0:row0 + rows, 0], what=sname)
+            else:
+                self.sim.dma_load(sbuf, scale[bi, hi, 0:1, 0], what=sname, broadcast=True)
 
     def dma_store(self, tensor: int, b: int, h: int, row0: int) -> None:
         rows = min(self.config.block_q, self.spec.q_len - row0)
@@ -133,8 +184,12 @@ class AttentionRun:
         O.data[...] = 0
         st.data[0] = -np.inf
         st.data[1] = 0
-        cycles = sim.vector_op_cycles("alu", O.data.size) + sim.vector_op_cycles("alu", 2 * st.data.shape[1])
-        sim.vector(cycles, writes=(O, st), label="init", elements=O.data.size + 2 * st.data.shape[1])
+        k = 2
+        if self.v_row_scales:
+            st.data[5] = 1
+            k = 3
+        cycles = sim.vector_op_cycles("alu", O.data.size) + sim.vector_op_cycles("alu", k * st.data.shape[1])
+        sim.vector(cycles, writes=(O, st), label="init", elements=O.data.size + k * st.data.shape[1])
 
     def vector_score(self, s: int, b: int, h: int, q0: int, k0: int, kind: int) -> None:
         """S = score_mod(scale * S); on partial tiles S = -inf where the mask (or the key
@@ -143,8 +198,28 @@ class AttentionRun:
         S = self.buffer(s)
         x = S.data
         n = x.size
-        x *= np.float32(spec.scale)
-        cycles = sim.vector_op_cycles("alu", n)
+        reads = (S,)
+        cycles = 0
+        if S.holds == "int32":                    # int8 Q·Kᵀ: the int32 scores to fp32
+            x[...] = x.view(np.int32).astype(np.float32)
+            S.holds = "fp32"
+            cycles += sim.vector_op_cycles("alu", n)
+        if Q_B in self.scale_of:
+            # dequantization fused in: S_ij = dot(q_i, k_j) · sq_i · sk_j · scale
+            qs = self.scale_of[Q_B][1]
+            ks = self.scale_of[K_B + (s - S_B)][1]
+            reads = (S, qs, ks)
+            if scale_rows(self.scales[0].shape) or scale_rows(self.scales[1].shape):
+                row = (qs.data * np.float32(spec.scale)).astype(np.float32)
+                x *= row[:, None]
+                x *= ks.data[None, :]
+                cycles += sim.vector_op_cycles("alu", x.shape[0]) + 2 * sim.vector_op_cycles("alu", n)
+            else:                                 # one scalar: sq · sk · scale
+                x *= np.float32(qs.data[0]) * np.float32(ks.data[0]) * np.float32(spec.scale)
+                cycles += sim.vector_op_cycles("alu", n)
+        else:
+            x *= np.float32(spec.scale)
+            cycles += sim.vector_op_cycles("alu", n)
         bb, hh = np.int64(b), np.int64(h)
         i = self.rows_i + q0
         j = self.cols_j + k0
@@ -162,14 +237,21 @@ class AttentionRun:
                 x[...] = np.where(np.broadcast_to(keep, x.shape), x, np.float32(-np.inf))
                 cycles += sim.vector_op_cycles("alu", n)
         self.tiles[kind] = self.tiles.get(kind, 0) + 1
-        sim.vector(cycles, reads=(S,), writes=(S,), label="score", elements=n)
+        sim.vector(cycles, reads=reads, writes=(S,), label="score", elements=n)
 
     def vector_softmax(self, s: int, p: int, alpha_slot: int) -> None:
         """The online-softmax update of one key block (natural-log units):
         m' = max(m, rowmax S), P = exp(S - m'), l = l·exp(m - m') + rowsum P, and
         O *= exp(m - m') (``alpha_slot`` < 0), or keep alpha = exp(m - m') in slot
         ``alpha_slot`` for :meth:`vector_merge` (double buffering: O is not touched, so
-        this does not wait for the previous tile's P·V)."""
+        this does not wait for the previous tile's P·V).
+
+        Per-block v scales (``--quantize-pv`` with block granularity) vary by key row, so
+        they are folded into P: ``P_ij = e_ij · sv_j / r_i``, where ``r_i`` is the scale of
+        the row's largest score in this tile, so that the element e = 1 of the running
+        max stays exact in bf16 (as in a bf16 kernel) and only the other elements round
+        once.  O is kept in units of the row's current ``r``: the rescale of O (or the
+        merge's alpha) includes ``r_old / r`` and ``out = O · r / l``."""
         sim = self.sim
         S, P, O, st = self.buffer(s), self.buffer(p), self.buffers[O_B], self.row_stats
         defer = alpha_slot >= 0
@@ -183,11 +265,21 @@ class AttentionRun:
             e = np.exp(x - m_safe[:, None]).astype(np.float32)
             l[...] = l * alpha + e.sum(axis=1, dtype=np.float32)
             m[...] = m_new
-            if defer:
-                st.data[3 + alpha_slot] = alpha
+            vs = self._v_row_scale(p)
+            o_alpha = alpha
+            if vs is not None:                    # per-block v scales: P_ij = e_ij · sv_j / r_i
+                r_old = st.data[5]
+                row_max = x.max(axis=1)
+                r = np.where(row_max == -np.inf, r_old, vs.data[x.argmax(axis=1)]).astype(np.float32)
+                o_alpha = (alpha * (r_old / r)).astype(np.float32)
+                st.data[5] = r
+                P.data[...] = (e * (vs.data[None, :] / r[:, None])).astype(bf16())
             else:
-                O.data *= alpha[:, None]
-            P.data[...] = e.astype(bf16())
+                P.data[...] = e.astype(bf16())
+            if defer:
+                st.data[3 + alpha_slot] = o_alpha
+            else:
+                O.data *= o_alpha[:, None]
         cycles = (sim.vector_op_cycles("reduce", n)            # rowmax
                   + sim.vector_op_cycles("alu", 2 * rows)      # m', finite m'
                   + sim.vector_op_cycles("transcendental", rows)   # alpha
@@ -196,11 +288,30 @@ class AttentionRun:
                   + sim.vector_op_cycles("reduce", n)          # rowsum
                   + sim.vector_op_cycles("alu", 2 * rows)      # l
                   + (0 if defer else sim.vector_op_cycles("alu", O.data.size))   # O *= alpha
-                  + sim.vector_op_cycles("alu", n))            # P -> bf16
+                  + sim.vector_op_cycles("alu", n)             # P -> bf16
+                  # per-block v scales: the argmax (with the rowmax), sv_j / r_i, P · that,
+                  # r and the alpha of O
+                  + (3 * sim.vector_op_cycles("alu", n) + 3 * sim.vector_op_cycles("alu", rows)
+                     if vs is not None else 0))
+        extra = (vs,) if vs is not None else ()
         if defer:
-            sim.vector(cycles, reads=(S, st), writes=(P, st), label="softmax", elements=5 * n)
+            sim.vector(cycles, reads=(S, st) + extra, writes=(P, st), label="softmax", elements=5 * n)
         else:
-            sim.vector(cycles, reads=(S, st, O), writes=(P, st, O), label="softmax", elements=5 * n)
+            sim.vector(cycles, reads=(S, st, O) + extra, writes=(P, st, O), label="softmax", elements=5 * n)
+
+    def _v_row_scale(self, p: int):
+        """The scale buffer of the V tile that P buffer ``p`` multiplies, when v's scales
+        vary by key row (block granularity); None otherwise."""
+        if not self.v_row_scales:
+            return None
+        return self.scale_of[V_B + (p - P_B)][1]
+
+    def _v_scalar_scale(self):
+        """The scale buffer holding v's one scale for this (batch, head) (per-head or
+        per-tensor granularity; the same in every V slot), or None."""
+        if not self.spec.quant_pv or scale_rows(self.scales[2].shape):
+            return None
+        return self.scale_of[V_B][1]
 
     def vector_merge(self, pv: int, alpha_slot: int) -> None:
         """O = O · alpha + PV: a P·V result merged into the output accumulator."""
@@ -212,18 +323,26 @@ class AttentionRun:
         sim.vector(cycles, reads=(PV, O, st), writes=(O,), label="merge", elements=2 * O.data.size)
 
     def vector_finalize(self) -> None:
-        """out = O / l (0 on rows without a kept key), lse = m + log l (-inf there)."""
+        """out = O / l (0 on rows without a kept key), lse = m + log l (-inf there); with
+        v quantized, out = O · sv / l (one v scale) or O · r / l (per-block v scales)."""
         sim, O, st, out = self.sim, self.buffers[O_B], self.row_stats, self.out_tile
         m, l = st.data[0], st.data[1]
         rows = O.data.shape[0]
+        vs = self._v_scalar_scale()
         with np.errstate(all="ignore"):
             empty = m == -np.inf
             inv = np.where(empty, np.float32(0), np.float32(1) / l).astype(np.float32)
+            if vs is not None:                    # v's one scale, exact after P·V: out = O · sv / l
+                inv = (inv * vs.data[0]).astype(np.float32)
+            elif self.v_row_scales:               # O is in units of the row's r
+                inv = (inv * st.data[5]).astype(np.float32)
             out.data[...] = (O.data * inv[:, None]).astype(bf16())
             st.data[2] = np.where(empty, np.float32(-np.inf), m + np.log(l)).astype(np.float32)
         cycles = (sim.vector_op_cycles("transcendental", 2 * rows) + sim.vector_op_cycles("alu", 2 * rows)
-                  + sim.vector_op_cycles("alu", 2 * O.data.size))
-        sim.vector(cycles, reads=(O, st), writes=(out, st), label="finalize", elements=2 * O.data.size)
+                  + sim.vector_op_cycles("alu", 2 * O.data.size)
+                  + (sim.vector_op_cycles("alu", rows) if vs is not None or self.v_row_scales else 0))
+        reads = (O, st) + ((vs,) if vs is not None else ())
+        sim.vector(cycles, reads=reads, writes=(out, st), label="finalize", elements=2 * O.data.size)
 
 
 # ------------------------------------------------------------------------- packed functions

@@ -2,8 +2,9 @@
 
 Units
 -----
-* **systolic array** R x C (``AcceleratorConfig.rows/cols``), bf16 inputs, fp32
-  accumulation, weight-stationary (``ws``) or output-stationary (``os``);
+* **systolic array** R x C (``AcceleratorConfig.rows/cols``), bf16 inputs with fp32
+  accumulation or int8 inputs with int32 accumulation (quantized kernels),
+  weight-stationary (``ws``) or output-stationary (``os``);
 * **vector unit** with ``vector_lanes`` fp32 lanes (exp/max/sum/scale/select ...);
 * **DMA engine** between off-chip memory and the on-chip memories, ``dma_bytes_per_cycle``
   with ``dma_latency_cycles`` per transfer;
@@ -14,6 +15,25 @@ Units
 
 Values are computed with numpy as the hardware would: operands are bf16 (``ml_dtypes``),
 products are exact in fp32 and accumulate in fp32; the vector unit computes in fp32.
+
+Operand formats of the array (:meth:`Simulator.matmul`):
+
+* bf16 x bf16 -> fp32 (the default);
+* int8 x int8 -> int32 (quantized Q·Kᵀ, like TPU v1's int8 array): products and sums are
+  exact integers (computed in float64, exact below 2^53, and stored as int32 in the
+  accumulator's 32-bit words); the vector unit converts them to fp32 when it applies the
+  scales;
+* bf16 x int8 -> fp32 (P·V with int8 V): the int8 weights are widened to bf16 as they
+  enter the PEs (every int8 value is exact in bf16), so the products are those of bf16 x
+  bf16.
+
+**Int8 rate (an assumption):** an int8 matmul takes the same cycles as a bf16 one of the
+same shape (one MAC per PE per cycle: TPU v1's 256x256 array does one int8 MAC per PE per
+cycle, and nothing here packs two int8 MACs into a bf16 PE), so quantization saves DMA
+bytes, scratchpad space and nothing on the array.  FP8 (e4m3, e5m2) is *emulated*: the
+DMA engine converts each 1-byte element to bf16 (exactly: every e4m3/e5m2 value is a bf16
+value; ``ml_dtypes`` does the conversion) on its way into the scratchpad, at line rate
+(no extra cycles), and the array computes bf16 x bf16.
 
 Matmul cycle model (C[M,N] = A[M,K] · B[K,N] on an R x C array)
 ---------------------------------------------------------------
@@ -47,7 +67,8 @@ Vector unit: an op over ``n`` fp32 elements costs ``ceil(n / lanes) * c`` cycles
 ``vector_transcendental_cycles`` (exp, log, tanh, sigmoid, sqrt) or
 ``vector_reduce_cycles`` (a row reduction, per input vector).
 
-DMA: a transfer of ``b`` bytes occupies the engine for ``ceil(b / dma_bytes_per_cycle)``
+DMA: a transfer of ``b`` bytes (counted in the off-chip element size: 1 byte for int8 and
+fp8 operands, 2 for bf16, 4 for fp32 scales and lse) occupies the engine for ``ceil(b / dma_bytes_per_cycle)``
 cycles and its data is ready ``dma_latency_cycles`` later (transfers are pipelined: the
 latency of one overlaps the next; busy cycles count the occupancy).
 
@@ -121,6 +142,9 @@ class Buffer:
     data: np.ndarray
     ready: int = 0                # cycle its last write ends
     last_read: int = 0            # cycle its last read ends
+    # what a 32-bit accumulator buffer holds now: "fp32", or "int32" after an int8 matmul
+    # (the same words, read through ``data.view(np.int32)``)
+    holds: str = "fp32"
 
 
 @dataclass
@@ -129,7 +153,9 @@ class Stats:
     ops: dict = field(default_factory=lambda: {u: 0 for u in UNITS})
     total_cycles: int = 0
     macs: int = 0                 # multiply-accumulates issued to the array
+    macs_by_format: dict = field(default_factory=dict)    # "bf16" / "int8" / "bf16 x int8" -> MACs
     bytes_loaded: int = 0
+    bytes_loaded_by: dict = field(default_factory=dict)   # what was loaded ("q", "k", "q_scale" ...) -> bytes
     bytes_stored: int = 0
     vector_elements: int = 0      # element-operations done by the vector unit
 
@@ -193,15 +219,30 @@ class Simulator:
         """Cycles the engine is occupied by a transfer of ``nbytes`` (latency not included)."""
         return math.ceil(nbytes / self.hw.dma_bytes_per_cycle)
 
-    def dma_load(self, dst: Buffer, src: np.ndarray) -> None:
+    def dma_load(self, dst: Buffer, src: np.ndarray, what: str = "", broadcast: bool = False) -> None:
         """Copy ``src`` (a block of off-chip rows, possibly fewer than the buffer holds)
-        into ``dst``; the rest of ``dst`` is zeroed.  Cost: the bytes of ``src``."""
-        rows = src.shape[0]
-        dst.data[:rows] = src
-        if rows < dst.data.shape[0]:
-            dst.data[rows:] = 0
-        nbytes = int(src.size) * dst.data.dtype.itemsize
+        into ``dst``; the rest of ``dst`` is zeroed.  Cost: the bytes of ``src`` in its
+        off-chip element size.  An fp8 source bound for a bf16 buffer is converted on the
+        way (exactly; the FP8 emulation); otherwise the types must match.  ``broadcast``:
+        ``src`` is one value written to every element of ``dst`` (a scalar scale)."""
+        src = np.asarray(src)
+        fp8_to_bf16 = src.dtype.name.startswith("float8") and dst.data.dtype == bf16()
+        if src.dtype != dst.data.dtype and not fp8_to_bf16:
+            raise ValueError(f"DMA of {src.dtype} into {dst.name} ({dst.data.dtype}): the DMA converts only "
+                             "fp8 to bf16")
+        if broadcast:
+            if src.size != 1:
+                raise ValueError(f"a broadcast DMA into {dst.name} takes one value, got {src.size}")
+            dst.data[...] = src.reshape(()).astype(dst.data.dtype)
+        else:
+            rows = src.shape[0]
+            dst.data[:rows] = src.astype(dst.data.dtype, copy=False)
+            if rows < dst.data.shape[0]:
+                dst.data[rows:] = 0
+        nbytes = int(src.size) * src.dtype.itemsize
         self.stats.bytes_loaded += nbytes
+        if what:
+            self.stats.bytes_loaded_by[what] = self.stats.bytes_loaded_by.get(what, 0) + nbytes
         self.issue("dma", self.dma_cycles(nbytes), writes=(dst,), label=f"load {dst.name}",
                    latency=self.hw.dma_latency_cycles)
 
@@ -216,26 +257,51 @@ class Simulator:
     # ---------------------------------------------------------------- the array
     def matmul(self, a: Buffer, b: Buffer, c: Buffer, transpose_b: bool = False,
                accumulate: bool = False) -> int:
-        """c (fp32, accumulator) = [c +] a · b (or a · bᵀ); a, b bf16 (scratchpad).
-        Returns the cycles charged."""
-        A = a.data.astype(np.float32)
-        B = b.data.astype(np.float32)
+        """c (32-bit words, accumulator) = [c +] a · b (or a · bᵀ), a and b in the
+        scratchpad: bf16 x bf16 -> fp32, int8 x int8 -> int32, or bf16 x int8 -> fp32
+        (the int8 weights widened to bf16, exactly).  Returns the cycles charged."""
+        ta, tb = a.data.dtype, b.data.dtype
+        i8 = np.dtype(np.int8)
+        if c.data.dtype != np.float32:
+            raise ValueError(f"the array accumulates into 32-bit accumulator words, not {c.data.dtype} ({c.name})")
+        if ta == i8 and tb == i8:
+            fmt = "int8"
+            A, B = a.data.astype(np.float64), b.data.astype(np.float64)      # exact integers below 2^53
+        elif ta == bf16() and tb in (bf16(), i8):
+            fmt = "bf16" if tb == bf16() else "bf16 x int8"
+            A, B = a.data.astype(np.float32), b.data.astype(np.float32)
+        else:
+            raise ValueError(f"the array takes bf16 x bf16, int8 x int8 or bf16 x int8 operands, "
+                             f"not {ta} x {tb} ({a.name} x {b.name})")
         if transpose_b:
             B = B.T
         M, K = A.shape
         K2, N = B.shape
         if K != K2 or c.data.shape != (M, N):
             raise ValueError(f"matmul shapes {a.name}{A.shape} x {b.name}{B.shape} -> {c.name}{c.data.shape}")
-        if a.data.dtype != bf16() or b.data.dtype != bf16() or c.data.dtype != np.float32:
-            raise ValueError("the array takes bf16 operands and accumulates into fp32")
         prod = A @ B
-        if accumulate:
-            c.data += prod
+        if fmt == "int8":
+            acc = c.data.view(np.int32)
+            if accumulate and c.holds != "int32":
+                raise ValueError(f"int32 accumulation into {c.name}, which holds fp32")
+            if accumulate:
+                prod = prod + acc
+            if np.abs(prod).max(initial=0) >= 2.0 ** 31:
+                raise ValueError(f"int32 accumulator overflow in {c.name}")
+            acc[...] = prod.astype(np.int32)
+            c.holds = "int32"
         else:
-            c.data[...] = prod
+            if accumulate and c.holds != "fp32":
+                raise ValueError(f"fp32 accumulation into {c.name}, which holds int32")
+            if accumulate:
+                c.data += prod
+            else:
+                c.data[...] = prod
+            c.holds = "fp32"
         cycles = matmul_cycles(M, K, N, self.hw.rows, self.hw.cols, self.dataflow)
         drain = matmul_drain(self.hw.rows, self.hw.cols, self.dataflow)
         self.stats.macs += M * K * N
+        self.stats.macs_by_format[fmt] = self.stats.macs_by_format.get(fmt, 0) + M * K * N
         self.issue("array", cycles - drain, reads=(a, b) + ((c,) if accumulate else ()), writes=(c,),
                    label=f"matmul {c.name}", latency=drain)
         return cycles
@@ -275,11 +341,13 @@ class Simulator:
             "busy_cycles": dict(s.busy),
             "ops": dict(s.ops),
             "macs": s.macs,
+            "macs_by_format": dict(s.macs_by_format),
             "array_utilization": s.macs / (hw.rows * hw.cols * total),
             "array_busy_fraction": s.busy["array"] / total,
             "vector_cycles": s.busy["vector"],
             "dma_cycles": s.busy["dma"],
             "bytes_loaded": s.bytes_loaded,
+            "bytes_loaded_by": dict(s.bytes_loaded_by),
             "bytes_stored": s.bytes_stored,
             "scratchpad_used": self.used["scratchpad"],
             "accumulator_used": self.used["accumulator"],
