@@ -154,6 +154,21 @@ def test_table_mode_code_objects(name, arch, tmp_path):
     assert 0 < meta["group_segment_fixed_size"] <= rocm.lds_bytes(k.spec, k.config) <= rocm.ARCHS[arch].lds_bytes
 
 
+@pytest.mark.parametrize("arch", ["gfx942", "gfx1100"])
+def test_compaction_issues_a_batch_of_loads_before_its_first_ballot(arch):
+    """A long row (NKB = 256: 4 chunks of 64 lanes, 8 of 32): every tile-map load of the batch is
+    issued before the first prefix count (one memory latency, not one per chunk)."""
+    _needs_toolchain()
+    k = _kernel("document_mask.py", arch, shapes=(("S", 16384),))
+    lines = [line.strip() for line in rocm.assembly(k.built).splitlines()]
+    chunks = -(-(-(-16384 // k.config.block_k)) // rocm.ARCHS[arch].wave)
+    first = next(i for i, line in enumerate(lines) if line.startswith("v_mbcnt_lo"))
+    loads = [line for line in lines[:first] if line.startswith("global_load")]
+    assert sum(line.startswith("v_mbcnt_lo") for line in lines) == chunks      # one per chunk, unrolled
+    # the chunks' dword loads (besides Q's) all precede the first mbcnt
+    assert len([line for line in loads if re.match(r"global_load_(dword|b32)\b", line)]) >= chunks
+
+
 # --------------------------------------------------------------------------- table mode: arguments
 
 

@@ -11,7 +11,12 @@ functions that build TVM expressions:
   key-block bounds of a query block (key-block skipping), whether a (rows, key block)
   tile can drop the element mask, the element mask itself (``keep``), score_mod with the
   scale and log2(e) (folded into the exponent when there is no score_mod), and the GQA
-  head mapping (query head ``h`` reads kv head ``h // group``).
+  head mapping (query head ``h`` reads kv head ``h // group``);
+* table mode (masks that are no band): ``use_block_table``, ``tile_map_argument`` (the int32
+  [NQB, NKB] kernel argument after ``lse``) and ``row_list_macro`` (warp/wavefront 0 compacts the
+  query block's row with the target's ballot, a barrier, every thread reads the count);
+* quantized inputs: ``scale_reader`` and ``score_functions`` (the q/k scales folded into the
+  scores before score_mod and the mask).
 
 Where the kernels differ (fragment layouts, shuffles, copies, the matrix instruction)
 stays in the target's file.
