@@ -101,6 +101,10 @@ def cmd_compile(args) -> int:
     cfg = ", ".join(f"{f}={getattr(k.config, f)}" for f in k.config.__dataclass_fields__)
     print(f"target     {k.target_name}  config {cfg}")
     print(f"           config from {k.config_source}")
+    notes = getattr(k.target, "kernel_notes", None)
+    if notes is not None and k.built is not None:
+        for line in notes(k.built):
+            print(f"           {line}")
     below = _small_below(k)
     if below:
         print(f"per call   a call whose {k.config.block_q}x{k.config.block_k} tile map is at most {below:.0%} non-empty "

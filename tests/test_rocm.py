@@ -373,7 +373,8 @@ def test_every_example_builds_a_code_object(name, arch, dtype, hsaco_dir):
     assert meta["vgpr_spill_count"] == 0 and meta["sgpr_spill_count"] == 0
     assert meta["private_segment_fixed_size"] == 0
     assert meta == rocm.kernel_metadata(k.built) | {"target": meta["target"]}
-    assert sorted(meta["args"]) == sorted(["q", "k", "v", "out", "lse"] + [c[0] for c in k.spec.captures])
+    assert sorted(meta["args"]) == sorted(n for n, _, _ in rocm.argument_specs(k.spec, k.config))
+    assert ("tile_map" in meta["args"]) == rocm.use_block_table(k.spec)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
@@ -417,20 +418,20 @@ def test_run_arguments_match_the_kernel_signature(name, dtype):
     k = compile_variant(os.path.join(ROOT, "examples", name), target="rocm", dtype=dtype, build=False,
                         tuning_db=False)
     inputs = k.random_inputs(0)
-    args = rocm.kernel_arguments(k.spec, *k.flash_operands(inputs))
+    args = rocm.kernel_arguments(k.spec, *k.flash_operands(inputs), config=k.config)
     sig = _signature(rocm.lower(k.spec, k.config, "gfx942"))
     assert len(args) == len(sig)
     for arr, (pname, shape, dt) in zip(args, sig):
         assert arr.shape == shape, pname
         assert str(arr.dtype) == dt, pname
         assert arr.flags["C_CONTIGUOUS"]
-    assert [n for n, _, _ in rocm.argument_specs(k.spec)] == [n for n, _, _ in sig]
+    assert [n for n, _, _ in rocm.argument_specs(k.spec, k.config)] == [n for n, _, _ in sig]
     assert np.isnan(args[3].astype(np.float32)).all() and np.isnan(args[4]).all()
     # inputs arrive in the kernel's dtype, values kept
     q = inputs[k.source_ir.args[0].hint]
     np.testing.assert_allclose(args[0].astype(np.float32), q.astype(args[0].dtype).astype(np.float32))
     with pytest.raises(ShapeError, match="kernel expects"):
-        rocm.kernel_arguments(k.spec, q[..., :-1], *k.flash_operands(inputs)[1:])
+        rocm.kernel_arguments(k.spec, q[..., :-1], *k.flash_operands(inputs)[1:], config=k.config)
 
 
 def test_without_a_device_nothing_runs():

@@ -68,6 +68,9 @@ import numpy as np
 from attncc.errors import ConfigError, ShapeError
 from attncc.runtime._layouts import padded_kv_len
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets import _gpu_flash as _gpu
+# target-neutral pieces of table mode and fp8 dequantization, shared with rocm.py (_gpu_flash.py)
+from attncc.targets._gpu_flash import row_list_macro, scale_reader, use_block_table  # noqa: F401
 
 _PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
 _LN2 = 0.6931471805599453
@@ -133,13 +136,6 @@ def check_fp8(spec: FlashKernelSpec, config) -> None:
                              variant=spec.name or None)
 
 
-def use_block_table(spec: FlashKernelSpec) -> bool:
-    """True when the kernel iterates a tile map (the mask is not one band): table mode."""
-    if spec.mask_mod is None or spec.key_bounds.exact:
-        return False
-    return spec.tile_map is not None or spec.runtime_tile_map is not None
-
-
 def rescale_o_macro(ndv: int, lazy: bool):
     """The ``rescale_o(o_acc, alpha)`` macro of both wgmma kernels: O *= alpha, row by row (alpha[0]
     and alpha[1]: the thread's two rows; ``ndv`` n8 column groups of O); with lazy rescaling only
@@ -201,6 +197,13 @@ def compact_row_macro(tile_map, nkb: int):
             kv_list[base + NKB] = cnt[0]
 
     return compact_row, MAP_BATCH
+
+
+def score_functions(ix, quant: bool, pv8: bool, k_per_key: bool, scale_at, group: int):
+    """``(scaled, to_log2, exp_arg, masked)`` of both wgmma kernels: ``_gpu_flash.score_functions``
+    (FlashIndexing's score_mod, scale folding and element mask plus the dequantization) with fp8
+    P's shift by 2^P_SHIFT where P·V is fp8."""
+    return _gpu.score_functions(ix, quant, k_per_key, scale_at, group, p_shift=P_SHIFT if pv8 else None)
 
 
 def copies_at_offsets(exact: bool, threads: int, chunks: int, rows: int) -> bool:
@@ -323,20 +326,6 @@ def p_fragments_macro(kk_steps: int, pv8: bool, ptx_t: str):
     return to_p
 
 
-def scale_reader(scale_buffers):
-    """``scale_at(which, b, head, row)`` of both wgmma kernels: the f32 scale of q (0), k (1) or v
-    (2) at (batch, head, row), from the scale buffers of shapes [B|1, H|1, rows|1, 1]."""
-    from tvm import tirx
-
-    def scale_at(which, bi, head, row):
-        buf = scale_buffers[which]
-        shp = [int(x) for x in buf.shape]
-        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
-                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
-
-    return scale_at
-
-
 def row_fold_macro(scale_at, k_per_key: bool, factor: float):
     """``set_row_fold(row_fold, b, h, hk, r0, lane)`` of both wgmma kernels (fp8): the
     dequantization of the thread's two rows -- q scale of the row x the k scale of the kv head
@@ -350,38 +339,6 @@ def row_fold_macro(scale_at, k_per_key: bool, factor: float):
                 T.float32(1) if k_per_key else scale_at(1, b, hk, 0)) * T.float32(factor)
 
     return set_row_fold
-
-
-def score_functions(ix, quant: bool, pv8: bool, k_per_key: bool, scale_at, group: int):
-    """``(scaled, to_log2, exp_arg, masked)`` of both wgmma kernels: FlashIndexing's score_mod, scale
-    folding and element mask (``ix``), plus fp8's dequantization -- ``row_fold[r]`` is the q scale
-    of the thread's row r (x the k scale per head, x scale * log2 e where it folds), a per-key k
-    scale multiplies each score -- and fp8 P's shift by 2^P_SHIFT.  Each takes the thread's row
-    half ``r`` and the ``row_fold`` buffer after FlashIndexing's arguments."""
-    from tvm import tirx
-
-    fold = ix.fold_scale
-    shift = tirx.const(P_SHIFT, "float32")
-
-    def scaled(acc, b, h, i, j, r, row_fold):
-        if k_per_key:
-            acc = acc * scale_at(1, b, h // group, j)
-        if quant and not fold:
-            acc = acc * row_fold[r]
-        return ix.scaled(acc, b, h, i, j)
-
-    def to_log2(x, r, row_fold):
-        return x * row_fold[r] if quant and fold else ix.to_log2(x)
-
-    def exp_arg(s, m, r, row_fold):
-        out = s * row_fold[r] - m if quant and fold else ix.exp_arg(s, m)
-        return out + shift if pv8 else out
-
-    def masked(acc, b, h, i, j, r, row_fold):
-        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold),
-                           tirx.const(float("-inf"), "float32"))
-
-    return scaled, to_log2, exp_arg, masked
 
 
 def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, chunks: int, iters: int):
@@ -413,24 +370,6 @@ def fp8_v_loader_macro(NT: int, BK: int, TKP: int, exact: bool, off, rows: int, 
                            *src_args(src, b, hk, blk, it * NT + tx))
 
     return load
-
-
-def row_list_macro(compact_row, nkb: int):
-    """Table mode's prologue step of the CUDA kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
-    lane)``: warp 0 compacts row ``qb`` of the tile map into ``kv_list`` (``compact_row``), a
-    barrier, then every thread holds the count in ``cnt[0]`` (a shared load cannot bound a loop)."""
-    from tvm.script import tirx as T
-
-    NKB = nkb
-
-    @T.macro
-    def row_list(qb, cnt, tvs, kv_list, warp, lane):
-        if warp == 0:
-            compact_row(qb, 0, cnt, tvs, kv_list, lane)
-        T.tvm_storage_sync("shared")
-        cnt[0] = kv_list[NKB]
-
-    return row_list
 
 
 def registers_estimate(spec: FlashKernelSpec, config) -> int:

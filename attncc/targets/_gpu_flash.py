@@ -11,7 +11,12 @@ functions that build TVM expressions:
   key-block bounds of a query block (key-block skipping), whether a (rows, key block)
   tile can drop the element mask, the element mask itself (``keep``), score_mod with the
   scale and log2(e) (folded into the exponent when there is no score_mod), and the GQA
-  head mapping (query head ``h`` reads kv head ``h // group``).
+  head mapping (query head ``h`` reads kv head ``h // group``);
+* table mode (masks that are no band): ``use_block_table``, ``tile_map_argument`` (the int32
+  [NQB, NKB] kernel argument after ``lse``) and ``row_list_macro`` (warp/wavefront 0 compacts the
+  query block's row with the target's ballot, a barrier, every thread reads the count);
+* quantized inputs: ``scale_reader`` and ``score_functions`` (the q/k scales folded into the
+  scores before score_mod and the mask).
 
 Where the kernels differ (fragment layouts, shuffles, copies, the matrix instruction)
 stays in the target's file.
@@ -295,3 +300,93 @@ class FlashIndexing:
         if self.upper_offset is not None:
             conds.append(j0 + (self.block_k - 1) <= r0 + self.upper_offset)
         return _all(conds)
+
+
+# --------------------------------------------------------------------------- table mode and quantization
+# (what the CUDA kernels -- mma.sync and both wgmma kernels -- and the ROCm kernel share)
+
+
+def use_block_table(spec: FlashKernelSpec) -> bool:
+    """True when the kernel iterates a tile map (the mask is not one band): table mode."""
+    if spec.mask_mod is None or spec.key_bounds.exact:
+        return False
+    return spec.tile_map is not None or spec.runtime_tile_map is not None
+
+
+def tile_map_argument(spec: FlashKernelSpec, block_q: int, block_k: int, tiles=None):
+    """The table-mode kernel argument: the tile map [NQB, NKB] as contiguous int32 (0 empty,
+    1 partial, 2 full); ``tiles`` None: prune-sparsity's map of the spec."""
+    if tiles is None:
+        tiles = spec.tile_map(block_q, block_k)
+    out = np.ascontiguousarray(np.asarray(tiles, dtype=np.int32))
+    want = (-(-spec.q_len // block_q), -(-spec.kv_len // block_k))
+    if out.shape != want:
+        raise TargetError(f"tile map has shape {out.shape}, the kernel's {block_q}x{block_k} tiles need {want}",
+                          variant=spec.name or None)
+    return out
+
+
+def row_list_macro(compact_row, nkb: int):
+    """Table mode's prologue step of the GPU kernels: ``row_list(qb, cnt, tvs, kv_list, warp,
+    lane)``: warp (wavefront) 0 compacts row ``qb`` of the tile map into ``kv_list``
+    (``compact_row``: the target's ballot), a barrier, then every thread holds the count in
+    ``cnt[0]`` (a shared load cannot bound a loop)."""
+    from tvm.script import tirx as T
+
+    NKB = nkb
+
+    @T.macro
+    def row_list(qb, cnt, tvs, kv_list, warp, lane):
+        if warp == 0:
+            compact_row(qb, 0, cnt, tvs, kv_list, lane)
+        T.tvm_storage_sync("shared")
+        cnt[0] = kv_list[NKB]
+
+    return row_list
+
+
+def scale_reader(scale_buffers):
+    """``scale_at(which, b, head, row)``: the f32 scale of q (0), k (1) or v (2) at (batch, head,
+    row), from the scale buffers of shapes [B|1, H|1, rows|1, 1] (the quantize pass)."""
+    from tvm import tirx
+
+    def scale_at(which, bi, head, row):
+        buf = scale_buffers[which]
+        shp = [int(x) for x in buf.shape]
+        return buf[bi if shp[0] > 1 else 0, head if shp[1] > 1 else 0,
+                   tirx.min(row, shp[2] - 1) if shp[2] > 1 else 0, 0]
+
+    return scale_at
+
+
+def score_functions(ix, quant: bool, k_per_key: bool, scale_at, group: int, p_shift=None):
+    """``(scaled, to_log2, exp_arg, masked)``: FlashIndexing's score_mod, scale folding and element
+    mask (``ix``), plus the fused dequantization of quantized q/k -- ``row_fold[r]`` is the q scale
+    of the thread's row r (x the k scale per head, x scale * log2 e where it folds), a per-key k
+    scale multiplies each score -- and (``p_shift``: the CUDA kernels' fp8 P) a shift of the
+    exponent.  Each takes the thread's row slot ``r`` and the ``row_fold`` buffer after
+    FlashIndexing's arguments."""
+    from tvm import tirx
+
+    fold = ix.fold_scale
+    shift = tirx.const(p_shift, "float32") if p_shift is not None else None
+
+    def scaled(acc, b, h, i, j, r, row_fold):
+        if k_per_key:
+            acc = acc * scale_at(1, b, h // group, j)
+        if quant and not fold:
+            acc = acc * row_fold[r]
+        return ix.scaled(acc, b, h, i, j)
+
+    def to_log2(x, r, row_fold):
+        return x * row_fold[r] if quant and fold else ix.to_log2(x)
+
+    def exp_arg(s, m, r, row_fold):
+        out = s * row_fold[r] - m if quant and fold else ix.exp_arg(s, m)
+        return out + shift if shift is not None else out
+
+    def masked(acc, b, h, i, j, r, row_fold):
+        return tirx.Select(ix.keep(b, h, i, j), scaled(acc, b, h, i, j, r, row_fold),
+                           tirx.const(float("-inf"), "float32"))
+
+    return scaled, to_log2, exp_arg, masked

@@ -477,9 +477,7 @@ def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
 
 def block_tables(spec: FlashKernelSpec, config, tiles=None):
     """The kernel's block-table argument: the tile map [NQB, NKB] as int32."""
-    if tiles is None:
-        tiles = spec.tile_map(config.block_q, config.block_k)
-    return (np.ascontiguousarray(np.asarray(tiles, dtype=np.int32)),)
+    return (_gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles),)
 
 
 # --------------------------------------------------------------------------- TIR helpers

@@ -22,6 +22,37 @@ the GQA head mapping, the spec checks) with what AMD hardware does differently:
 * bf16 travels as 16-bit integers (TVM legalizes bf16 arithmetic on ROCm to fp32) and is
   rounded to nearest even by integer arithmetic in the epilogue.
 
+Table mode (``use_block_table``: a mask that is no single band -- prefix-LM, strided, local +
+global, chunked, document ids), as the CUDA kernels: the tile map ``int32 [NQB, NKB]`` (0 empty, 1
+partial, 2 full; prune-sparsity's map, or per call from the captured tensors with
+``spec.runtime_tile_map``) is the argument after ``lse``, scales and captures follow it.
+Wavefront 0 compacts its query block's row into an LDS list of the non-empty key blocks (entries
+key block * 2 + full; :func:`compact_row_macro`: the row's loads all issued before the first
+``llvm.amdgcn.ballot``, a lane's slot from ``v_mbcnt_lo``/``v_mbcnt_hi``, wave64 or wave32), a
+barrier, every lane reads the count (``readfirstlane``: a scalar loop bound), the key loop walks
+the list and full tiles skip the element mask; empty tiles issue nothing.  Bands (causal,
+sliding window) keep the key-block range walk, without a table.
+
+Quantization (the quantize pass; ``--quantize int8|fp8|fp8_e5m2 [--quantize-pv]``): q and k
+(and v with quant_pv) arrive as int8 / float8_e4m3fn / float8_e5m2 with f32 scales (arguments
+after the tile map, before the captures -- the CUDA and CPU order).  **The 8-bit operands are
+widened to the kernel's 16-bit type and multiplied on the 16-bit MFMA/WMMA** (memory traffic is
+8-bit, the matrix instructions are 16-bit): every int8, e4m3fn and e5m2 value is an f16 and a
+bf16 value, so the products are exact.  Not native int8/fp8 MFMA: gfx942's fp8 MFMA takes the
+FNUZ fp8 encodings (bias 8/16, no negative zero), which differ from the OCP e4m3fn/e5m2 the IR
+and ml_dtypes use; gfx90a and gfx11 have no fp8 matrix instructions at all.  (Native int8 matrix
+instructions do exist -- ``v_mfma_i32_16x16x16i8`` on gfx90a, ``..16x16x32_i8`` on gfx942,
+``v_wmma_i32_16x16x16_iu8`` on gfx11 -- with other k steps and operand layouts; int8 takes the
+16-bit path too, for one lowering of all three formats: a possible speed-up not taken.)  fp8 is decoded by
+bits (:func:`fp8_to_16_bits`, checked against ml_dtypes on all 256 codes; TVM 0.27's fp8 casts
+are wrong for zero and subnormals).  Q fragments are widened from global memory into registers;
+K/V tiles travel global -> registers as 8-bit (16 bytes a lane, all loads issued first), are
+widened there, and LDS holds the widened 16-bit values (the same LDS layout as 16-bit inputs).
+The dequantization is fused: the q scale (per row) and k scale (per head, or per key) multiply
+the f32 scores before score_mod and the mask (``_gpu_flash.score_functions``, shared with the
+CUDA kernels); a per-tensor/per-head v scale multiplies the output at the end, a per-key (block
+granularity) v scale multiplies P per key after the row sum and before P·V.
+
 Building needs ROCm's device bitcode and an ``ld.lld`` that knows code object v6 (LLVM
 17 or newer; Debian: ``apt-get install lld-19 rocm-device-libs``); :func:`toolchain` finds
 them and names what is missing.  Running needs a TVM built with ROCm and an AMD GPU;
@@ -45,7 +76,7 @@ from typing import Optional
 
 import numpy as np
 
-from attncc.errors import ConfigError, ShapeError, TargetError
+from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
 from attncc.targets import _gpu_flash as gpu
 from attncc.targets.spec import FlashKernelSpec
 
@@ -121,8 +152,10 @@ Config = RocmConfig
 
 
 def lds_bytes(spec: FlashKernelSpec, config: RocmConfig) -> int:
-    """LDS of one work-group, in bytes: the K and V tiles with padded rows."""
-    return 2 * config.block_k * ((spec.head_dim + LDS_PAD) + (spec.head_dim_v + LDS_PAD))
+    """LDS of one work-group, in bytes: the K and V tiles with padded rows (16-bit: quantized
+    K/V are widened on the way in), and in table mode the key-block list (int32, NKB + 1)."""
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
+    return 2 * config.block_k * ((spec.head_dim + LDS_PAD) + (spec.head_dim_v + LDS_PAD)) + table
 
 
 def registers_estimate(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH) -> int:
@@ -190,11 +223,78 @@ def validate_config(spec: FlashKernelSpec, config: RocmConfig, arch: Optional[st
             "lower block_q per wavefront or block_k, or set q_in_registers=False")
 
 
+QUANT_DTYPES = ("int8", "float8_e4m3fn", "float8_e5m2")
+
+
 def _validate_spec(spec: FlashKernelSpec) -> None:
     gpu.validate_spec(spec, "rocm", unit="matrix cores (MFMA/WMMA)", captures_ok=True)
     if spec.quant_dtype is not None:
-        raise TargetError(f"rocm target: quantized kernels ({spec.quant_dtype}) are not supported by the "
-                          "ROCm kernel yet", variant=spec.name or None)
+        if spec.quant_dtype not in QUANT_DTYPES:
+            raise DTypeError(f"rocm target: --quantize {spec.quant_dtype} is not supported (int8, fp8 "
+                             "e4m3fn or fp8 e5m2)", variant=spec.name or None)
+        if len(spec.scales) != (3 if spec.quant_pv else 2):
+            raise TargetError(f"rocm target: a quantized kernel takes {3 if spec.quant_pv else 2} scales "
+                              f"(q, k{', v' if spec.quant_pv else ''}), the spec has {len(spec.scales)}",
+                              variant=spec.name or None)
+
+
+def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
+    """True when the kernel takes the tile map (int32 [NQB, NKB]: 0 empty, 1 partial, 2 full)
+    after ``lse``: a mask that is no single band (prefix-LM, strided, local + global, chunked,
+    document ids) whose tile map is known when compiling or computed per call from the captured
+    tensors.  Bands (causal, sliding window) walk their key-block range without a table."""
+    return gpu.use_block_table(spec)
+
+
+def block_tables(spec: FlashKernelSpec, config: RocmConfig, tiles=None):
+    """The kernel's tile-map argument (int32 [NQB, NKB]), as ``cuda.block_tables``."""
+    return (gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles),)
+
+
+# --------------------------------------------------------------------------- 8-bit operands
+
+def fp8_to_16_bits(u, fmt: str, dst: str, where=np.where):
+    """The bits (int, 0..0xFFFF) of the fp8 code ``u`` (0..255, OCP ``float8_e4m3fn`` or
+    ``float8_e5m2``) as ``dst`` ("float16" or "bfloat16"): exact, every fp8 value being a 16-bit
+    value.  Integer arithmetic only, so the same formula runs on numpy arrays (``where`` =
+    np.where; tests compare all 256 codes with ml_dtypes) and in the kernel (``where`` =
+    tirx.Select on int32 expressions) -- TVM 0.27's fp8 casts are wrong for zero and subnormals.
+    e5m2 is the top byte of an f16 (same exponent field); otherwise the exponent is rebiased,
+    the mantissa shifted, and subnormal fp8 values (all normal in the 16-bit type) normalized."""
+    if fmt == "float8_e5m2" and dst == "float16":
+        return u << 8
+    eb, mb, bias = (4, 3, 7) if fmt == "float8_e4m3fn" else (5, 2, 15)
+    EB, MB, BIAS = (5, 10, 15) if dst == "float16" else (8, 7, 127)
+    s = (u >> 7) << 15
+    e = (u >> mb) & ((1 << eb) - 1)
+    m = u & ((1 << mb) - 1)
+    normal = s | ((e + (BIAS - bias)) << MB) | (m << (MB - mb))
+    # a subnormal m * 2^(1 - bias - mb) with its leading bit at p: exponent p + 1 - bias - mb
+    sub = s
+    for p in range(mb):           # m in [2^p, 2^(p+1)): the leading bit dropped, the rest shifted up
+        field = ((p + 1 - bias - mb + BIAS) << MB) | ((m << (MB - p)) & ((1 << MB) - 1))
+        sub = where(m >= (1 << p), s | field, sub)
+    out = where(e == 0, sub, normal)
+    top = (1 << eb) - 1
+    if fmt == "float8_e4m3fn":    # no infinities; S.1111.111 is NaN
+        nan = s | (((1 << EB) - 1) << MB) | (1 << (MB - 1))
+        return where((e == top) & (m == (1 << mb) - 1), nan, out)
+    special = s | (((1 << EB) - 1) << MB) | (m << (MB - mb))      # inf (m = 0) and NaN
+    return where(e == top, special, out)
+
+
+def _widen(x, src: str, dtype: str):
+    """An 8-bit operand element (``src``: int8, or fp8 read as uint8) -> the kernel's 16-bit dtype,
+    as int16 bits; exact (every int8, e4m3fn and e5m2 value is an f16 and a bf16 value)."""
+    from tvm import tirx
+
+    if src == "int8":
+        if dtype == "float16":
+            return tirx.call_intrin("int16", "tirx.reinterpret", tirx.Cast("float16", x))
+        u = tirx.call_intrin("uint32", "tirx.reinterpret", tirx.Cast("float32", x))   # exact: no rounding
+        return tirx.Cast("int16", tirx.Cast("uint16", tirx.shift_right(u, tirx.const(16, "uint32"))))
+    bits = fp8_to_16_bits(tirx.Cast("int32", x), src, dtype, where=tirx.Select)
+    return tirx.Cast("int16", tirx.Cast("uint16", bits))
 
 
 # --------------------------------------------------------------------------- lowering
@@ -237,6 +337,64 @@ def _matrix_intrinsic(arch: Arch, dtype: str) -> str:
     return "llvm.amdgcn.mfma.f32.16x16x16f16" if t == "f16" else "llvm.amdgcn.mfma.f32.16x16x16bf16.1k"
 
 
+def compact_row_macro(tile_map, nkb: int, wave: int):
+    """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` for AMD wavefronts (the
+    CUDA kernels' is ``_cuda_wgmma.compact_row_macro``; ``_gpu_flash.row_list_macro`` calls either)
+    and the size of its ``tvs`` register buffer.
+
+    One wavefront turns row ``row`` of the tile map (int32 [NQB, NKB]: 0 empty, 1 partial, 2 full)
+    into the list of its non-empty key blocks at ``kv_list[base:]`` (entries key block * 2 + full,
+    in key order), their count at ``kv_list[base + NKB]``.  The row is read in chunks of ``wave``
+    entries, ``MAP_BATCH`` chunks at a time, all of a batch's loads issued (clamped, selected: no
+    branch) before its first ballot -- one memory latency per batch, not per chunk.  Per chunk:
+    ``llvm.amdgcn.ballot`` (i64 on wave64, i32 on wave32) of the non-empty lanes; a lane's slot is
+    the count so far plus the non-empty lanes below it (``llvm.amdgcn.mbcnt.lo`` over ballot bits
+    0-31, then on wave64 ``mbcnt.hi`` over bits 32-63: the lanes below lane l are the bits under
+    ``(1 << l) - 1``); the count grows by the ballot's popcount (uniform: a scalar)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    NKB, WS = nkb, wave
+    TILE_MAP = tile_map
+    NKC = -(-NKB // WS)              # wavefront-sized chunks of a tile-map row
+    MAP_BATCH = min(NKC, 8)          # chunks loaded together
+    NKC_OUTER = -(-NKC // MAP_BATCH)
+    BALLOT_T = "uint64" if WS == 64 else "uint32"
+
+    def ballot(cond):
+        return tirx.call_llvm_intrin(BALLOT_T, f"llvm.amdgcn.ballot.i{WS}", cond)
+
+    def lanes_below(mask):
+        """Set bits of ``mask`` (a ballot) at lanes below this one (v_mbcnt_lo / v_mbcnt_hi)."""
+        lo = tirx.Cast("int32", tirx.Cast("uint32", tirx.bitwise_and(mask, tirx.const(0xFFFFFFFF, BALLOT_T))))
+        below = tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.mbcnt.lo", lo, tirx.const(0, "int32"))
+        if WS == 64:
+            hi = tirx.Cast("int32", tirx.Cast("uint32", tirx.shift_right(mask, tirx.const(32, BALLOT_T))))
+            below = tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.mbcnt.hi", hi, below)
+        return below
+
+    def count(mask):
+        return tirx.Cast("int32", tirx.call_llvm_pure_intrin(BALLOT_T, f"llvm.ctpop.i{WS}", mask))
+
+    @T.macro
+    def compact_row(row, base, cnt, tvs, kv_list, lane):
+        cnt[0] = 0
+        for c0 in T.serial(NKC_OUTER):
+            for c1 in T.unroll(MAP_BATCH):
+                tvs[c1] = T.Select((c0 * MAP_BATCH + c1) * WS + lane < NKB,
+                                   TILE_MAP[row, T.min((c0 * MAP_BATCH + c1) * WS + lane, NKB - 1)], 0)
+            for c1 in T.unroll(MAP_BATCH):
+                mask = ballot(tvs[c1] != 0)
+                if tvs[c1] != 0:
+                    kv_list[base + cnt[0] + lanes_below(mask)] = \
+                        ((c0 * MAP_BATCH + c1) * WS + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                cnt[0] = cnt[0] + count(mask)
+        if lane == 0:
+            kv_list[base + NKB] = cnt[0]
+
+    return compact_row, MAP_BATCH
+
+
 def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     """The kernel as a ``tvm.IRModule`` whose ``main`` takes ``(q, k, v, out, lse)``."""
     import tvm
@@ -266,6 +424,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     KS, VS = D + LDS_PAD, DV + LDS_PAD  # LDS row strides (16-bit elements)
     K_ITERS, V_ITERS = -(-(BK * CQ) // NT), -(-(BK * CV) // NT)
     # captured inputs (document ids, ...): kernel parameters after lse, read by score/mask
+    f32 = "float32"
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(shape), cdt, name) for name, shape, cdt in spec.captures]
     ix = gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
     Q_IN_REGS = config.q_in_registers
@@ -275,11 +434,54 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
         return kd if Q_IN_REGS else 0
 
     NQB = ix.q_blocks
+    NKB = ix.k_blocks
+    # table mode (a mask that is no band): the tile map [NQB, NKB] is the argument after lse;
+    # wavefront 0 compacts the query block's row into an LDS list of the non-empty key blocks
+    # (entries key block * 2 + full), the key loop walks the list, full tiles skip the mask
+    USE_TABLE = use_block_table(spec)
+    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    compact_row, MAP_BATCH = compact_row_macro(TILE_MAP, NKB, WS) if USE_TABLE else (None, 1)
+    row_list = gpu.row_list_macro(compact_row, NKB) if USE_TABLE else None
+    # quantized inputs (the quantize pass): q, k (and v with quant_pv) 8-bit with f32 scales
+    # (arguments after the tile map, before the captures), widened to the 16-bit dtype on the way
+    # into registers / LDS; the q scale (per row) and k scale (per head or key) multiply the f32
+    # scores, a per-tensor/head v scale the output, a per-key v scale P before P·V
+    QUANT = spec.quant_dtype is not None
+    PV8 = QUANT and spec.quant_pv
+    SRC8 = ("int8" if spec.quant_dtype == "int8" else spec.quant_dtype) if QUANT else None
+    VIEW8 = "int8" if spec.quant_dtype == "int8" else "uint8"
+    QK_DT = spec.quant_dtype if QUANT else dtype
+    V_DT = spec.quant_dtype if PV8 else dtype
+    SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), f32, name) for name, shape in spec.scales]
+    scale_at = gpu.scale_reader(SCALE_BUFFERS)
+    K_PER_KEY = QUANT and int(SCALE_BUFFERS[1].shape[2]) > 1
+    V_PER_KEY = PV8 and int(SCALE_BUFFERS[2].shape[2]) > 1
+    scaled, to_log2, exp_arg, masked = gpu.score_functions(ix, QUANT, K_PER_KEY, scale_at, spec.group)
+    ROW_FOLD = float(spec.scale) * gpu.LOG2E if ix.fold_scale else 1.0
+    CQ8, CV8 = D // 16, DV // 16       # 16-byte chunks per row of 8-bit K and V
+    K8_ITERS, V8_ITERS = -(-(BK * CQ8) // NT), -(-(BK * CV8) // NT)
+
+    def key_block(ent, pos):
+        """The key block at loop position ``pos``: itself, or (table mode) that of list entry ent[0]."""
+        return tirx.shift_right(ent[0], 1) if USE_TABLE else pos
+
+    def tile_is_full(r0, kb, ent):
+        if USE_TABLE:      # the tile map says full for the whole query block
+            full = tirx.EQ(tirx.bitwise_and(ent[0], 1), 1)
+            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+        return ix.tile_is_full(r0, kb)
+
+    def uniform(x):
+        """x, known equal on every lane of the wavefront, as a scalar (readfirstlane)."""
+        return tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.readfirstlane", x)
+
+    def widen(x, src):
+        return _widen(x, src, dtype)
+
     mfma = _matrix_intrinsic(a, dtype)
     op_vec = f"float16x{OPE}" if dtype == "float16" else f"int16x{OPE}"
     acc_vec = f"float32x{ACE}"
 
-    f32 = "float32"
     NEG_INF = tirx.const(float("-inf"), f32)
 
     def within(count, index):
@@ -323,14 +525,15 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     XOR_STEPS = LAYOUT.row_xor
 
     @T.prim_func(check_well_formed=False)   # checked below, once the captures are parameters
-    def main(q: T.Buffer((B, H, S, D), dtype), k: T.Buffer((B, KVH, TK, D), dtype),
-             v: T.Buffer((B, KVH, TK, DV), dtype), out: T.Buffer((B, H, S, DV), dtype),
+    def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+             v: T.Buffer((B, KVH, TK, DV), V_DT), out: T.Buffer((B, H, S, DV), dtype),
              lse: T.Buffer((B, H, S), "float32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        # 16-bit views: data moves as bits (TVM computes bf16 in fp32 on ROCm)
-        q16 = T.decl_buffer((B, H, S, D), "int16", data=q.data)
-        k16 = T.decl_buffer((B, KVH, TK, D), "int16", data=k.data)
-        v16 = T.decl_buffer((B, KVH, TK, DV), "int16", data=v.data)
+        # 16-bit views: data moves as bits (TVM computes bf16 in fp32 on ROCm); quantized q/k/v:
+        # 8-bit views (int8, or fp8 codes as uint8), widened by _widen where they are read
+        q16 = T.decl_buffer((B, H, S, D), VIEW8 if QUANT else "int16", data=q.data)
+        k16 = T.decl_buffer((B, KVH, TK, D), VIEW8 if QUANT else "int16", data=k.data)
+        v16 = T.decl_buffer((B, KVH, TK, DV), VIEW8 if PV8 else "int16", data=v.data)
         o16 = T.decl_buffer((B, H, S, DV), "int16", data=out.data)
         for qb_rev in T.thread_binding(NQB, thread="blockIdx.y"):
             for bh in T.thread_binding(B * H, thread="blockIdx.x"):
@@ -347,6 +550,14 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                     l_run = T.decl_buffer((MT,), "float32", scope="local")
                     m_use = T.decl_buffer((MT,), "float32", scope="local")
                     red = T.decl_buffer((MT,), "float32", scope="local")
+                    row_fold = T.decl_buffer((MT,), "float32", scope="local")   # dequantization per row
+                    k8 = T.decl_buffer((K8_ITERS, 16), VIEW8, scope="local")      # 8-bit K / V chunks
+                    v8 = T.decl_buffer((V8_ITERS, 16), VIEW8, scope="local")
+                    # table mode: [0, count) the non-empty key blocks (kb * 2 + full), [NKB] the count
+                    kv_list = T.decl_buffer((NKB + 1 if USE_TABLE else 1,), "int32", scope="shared")
+                    cnt = T.decl_buffer((1,), "int32", scope="local")
+                    tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
+                    ent = T.decl_buffer((1,), "int32", scope="local")            # the list entry
                     b = bh // H
                     h = bh % H
                     hk = ix.kv_head(h)
@@ -355,15 +566,27 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                     wave = tx // WS
                     lane = tx % WS
                     r0 = q0 + wave * RW                    # first query row of this wavefront
-                    kb_lo = ix.block_lo(q0)
-                    kb_hi = ix.block_hi(q0)
                     # ---- Q fragments straight from global memory (the B operand of Sᵀ = K·Qᵀ)
                     if Q_IN_REGS:
                         for mt in T.unroll(MT):
                             for kd in T.unroll(KD):
-                                for e in T.vectorized(OPE):
-                                    q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                            kd * 16 + a_k0(lane) + e]
+                                if QUANT:
+                                    for e in T.vectorized(OPE):
+                                        q_frag[mt, kd, e] = widen(q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                                      kd * 16 + a_k0(lane) + e], SRC8)
+                                else:
+                                    for e in T.vectorized(OPE):
+                                        q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                                kd * 16 + a_k0(lane) + e]
+                    if QUANT:          # q scale of the lane's row (x k scale per head, x scale log2 e)
+                        for mt in T.unroll(MT):
+                            row_fold[mt] = scale_at(0, b, h, r0 + mt * 16 + lane % 16) * (
+                                T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(ROW_FOLD)
+                    if USE_TABLE:      # the key-block list of this query block (Q in flight)
+                        row_list(qb, cnt, tvs, kv_list, wave, lane)
+                        cnt[0] = uniform(cnt[0])
+                    kb_lo = T.int32(0) if USE_TABLE else ix.block_lo(q0)
+                    kb_hi = cnt[0] if USE_TABLE else ix.block_hi(q0)
                     # ---- running state: one query row per lane and 16-row tile
                     for mt in T.unroll(MT):
                         m_run[mt] = NEG_INF
@@ -372,20 +595,47 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                             for e in T.unroll(ACE):
                                 o_acc[mt, nd, e] = T.float32(0)
                     # ---- the key loop
-                    for kb in T.serial(kb_lo, kb_hi):
+                    for pos in T.serial(kb_lo, kb_hi):
+                        if USE_TABLE:
+                            ent[0] = uniform(kv_list[pos])
+                        kb = key_block(ent, pos)
                         T.tvm_storage_sync("shared")           # the previous block's reads are done
-                        for it in T.unroll(K_ITERS):
-                            if within(BK * CQ, it * NT + tx):
-                                for e in T.vectorized(8):
-                                    k_lds[(it * NT + tx) // CQ * KS + (it * NT + tx) % CQ * 8 + e] = \
-                                        k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ, TK - 1),
-                                            (it * NT + tx) % CQ * 8 + e]
-                        for it in T.unroll(V_ITERS):
-                            if within(BK * CV, it * NT + tx):
-                                for e in T.vectorized(8):
-                                    v_lds[(it * NT + tx) // CV * VS + (it * NT + tx) % CV * 8 + e] = \
-                                        v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV, TK - 1),
-                                            (it * NT + tx) % CV * 8 + e]
+                        if QUANT:      # 16 bytes of 8-bit K a lane, all loads issued, then widened into LDS
+                            for it in T.unroll(K8_ITERS):
+                                if within(BK * CQ8, it * NT + tx):
+                                    for e in T.vectorized(16):
+                                        k8[it, e] = k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ8, TK - 1),
+                                                        (it * NT + tx) % CQ8 * 16 + e]
+                            for it in T.unroll(K8_ITERS):
+                                if within(BK * CQ8, it * NT + tx):
+                                    for e in T.vectorized(16):
+                                        k_lds[(it * NT + tx) // CQ8 * KS + (it * NT + tx) % CQ8 * 16 + e] = \
+                                            widen(k8[it, e], SRC8)
+                        else:
+                            for it in T.unroll(K_ITERS):
+                                if within(BK * CQ, it * NT + tx):
+                                    for e in T.vectorized(8):
+                                        k_lds[(it * NT + tx) // CQ * KS + (it * NT + tx) % CQ * 8 + e] = \
+                                            k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ, TK - 1),
+                                                (it * NT + tx) % CQ * 8 + e]
+                        if PV8:
+                            for it in T.unroll(V8_ITERS):
+                                if within(BK * CV8, it * NT + tx):
+                                    for e in T.vectorized(16):
+                                        v8[it, e] = v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV8, TK - 1),
+                                                        (it * NT + tx) % CV8 * 16 + e]
+                            for it in T.unroll(V8_ITERS):
+                                if within(BK * CV8, it * NT + tx):
+                                    for e in T.vectorized(16):
+                                        v_lds[(it * NT + tx) // CV8 * VS + (it * NT + tx) % CV8 * 16 + e] = \
+                                            widen(v8[it, e], SRC8)
+                        else:
+                            for it in T.unroll(V_ITERS):
+                                if within(BK * CV, it * NT + tx):
+                                    for e in T.vectorized(8):
+                                        v_lds[(it * NT + tx) // CV * VS + (it * NT + tx) % CV * 8 + e] = \
+                                            v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV, TK - 1),
+                                                (it * NT + tx) % CV * 8 + e]
                         T.tvm_storage_sync("shared")
                         # ---- Sᵀ = K Qᵀ (A: 16 keys x k16 of K; B: k16 x 16 query rows of Qᵀ)
                         for mt in T.unroll(MT):
@@ -395,9 +645,14 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                         for kd in T.unroll(KD):
                             if not Q_IN_REGS:
                                 for mt in T.unroll(MT):
-                                    for e in T.vectorized(OPE):
-                                        q_frag[mt, 0, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                               kd * 16 + a_k0(lane) + e]
+                                    if QUANT:
+                                        for e in T.vectorized(OPE):
+                                            q_frag[mt, 0, e] = widen(q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                                         kd * 16 + a_k0(lane) + e], SRC8)
+                                    else:
+                                        for e in T.vectorized(OPE):
+                                            q_frag[mt, 0, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                                   kd * 16 + a_k0(lane) + e]
                             for nt in T.unroll(NKT):
                                 for e in T.vectorized(OPE):
                                     k_frag[e] = k_lds[(nt * 16 + lane % 16) * KS + kd * 16 + a_k0(lane) + e]
@@ -406,20 +661,20 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                                         s_acc[mt, nt, T.ramp(0, 1, ACE)], operand(k_frag),
                                         operand(q_frag, mt, qk(kd)))
                         # ---- score_mod, mask (partial tiles only), log2 domain
-                        if ix.tile_is_full(r0, kb):
+                        if tile_is_full(r0, kb, ent):
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
                                     for e in T.unroll(ACE):
-                                        s_acc[mt, nt, e] = ix.scaled(
+                                        s_acc[mt, nt, e] = scaled(
                                             s_acc[mt, nt, e], b, h, r0 + mt * 16 + lane % 16,
-                                            kb * BK + nt * 16 + key_in_tile(lane, e))
+                                            kb * BK + nt * 16 + key_in_tile(lane, e), mt, row_fold)
                         else:
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
                                     for e in T.unroll(ACE):
-                                        s_acc[mt, nt, e] = ix.masked(
+                                        s_acc[mt, nt, e] = masked(
                                             s_acc[mt, nt, e], b, h, r0 + mt * 16 + lane % 16,
-                                            kb * BK + nt * 16 + key_in_tile(lane, e))
+                                            kb * BK + nt * 16 + key_in_tile(lane, e), mt, row_fold)
                         # ---- online softmax (the lanes of a row differ in lane // 16)
                         for mt in T.unroll(MT):
                             red[mt] = NEG_INF
@@ -428,7 +683,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                                     red[mt] = T.max(red[mt], s_acc[mt, nt, e])
                             for x in T.unroll(len(XOR_STEPS)):
                                 red[mt] = T.max(red[mt], shfl_xor(red[mt], lane, XOR_STEPS[0] << x))
-                            red[mt] = T.max(m_run[mt], ix.to_log2(red[mt]))       # new running max
+                            red[mt] = T.max(m_run[mt], to_log2(red[mt], mt, row_fold))   # new running max
                             m_use[mt] = T.Select(red[mt] == NEG_INF, T.float32(0), red[mt])
                             m_run[mt] = T.exp2(m_run[mt] - m_use[mt])            # alpha
                             l_run[mt] = l_run[mt] * m_run[mt]
@@ -438,8 +693,13 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                             m_run[mt] = red[mt]
                             for nt in T.unroll(NKT):
                                 for e in T.unroll(ACE):
-                                    s_acc[mt, nt, e] = T.exp2(ix.exp_arg(s_acc[mt, nt, e], m_use[mt]))
+                                    s_acc[mt, nt, e] = T.exp2(exp_arg(s_acc[mt, nt, e], m_use[mt], mt, row_fold))
                                     l_run[mt] = l_run[mt] + s_acc[mt, nt, e]
+                            if V_PER_KEY:      # per-key v scale folded into P (after the row sum)
+                                for nt in T.unroll(NKT):
+                                    for e in T.unroll(ACE):
+                                        s_acc[mt, nt, e] = s_acc[mt, nt, e] * scale_at(
+                                            2, b, hk, kb * BK + nt * 16 + key_in_tile(lane, e))
                         # ---- Pᵀ (16-bit) as the B operand of Oᵀ = Vᵀ Pᵀ
                         for mt in T.unroll(MT):
                             for nt in T.unroll(NKT):
@@ -467,6 +727,8 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                         for x in T.unroll(len(XOR_STEPS)):
                             l_run[mt] = l_run[mt] + shfl_xor(l_run[mt], lane, XOR_STEPS[0] << x)
                         red[mt] = T.Select(l_run[mt] > T.float32(0), T.float32(1) / l_run[mt], T.float32(0))
+                        if PV8 and not V_PER_KEY:      # per-tensor / per-head v scale on the output
+                            red[mt] = red[mt] * scale_at(2, b, hk, 0)
                         if r0 + mt * 16 + lane % 16 < S:
                             if lane < 16:
                                 lse[b, h, r0 + mt * 16 + lane % 16] = T.Select(
@@ -477,9 +739,10 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                                     o16[b, h, r0 + mt * 16 + lane % 16, nd * 16 + key_in_tile(lane, e)] = \
                                         to16(o_acc[mt, nd, e] * red[mt])
 
-    if CAPTURE_BUFFERS:
+    extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
+    if extra:
         # in TVM 0.27 a buffer is itself a (buffer-typed) Var and can be a parameter
-        main = tirx.PrimFunc(list(main.params) + CAPTURE_BUFFERS, main.body, main.ret_type, main.attrs)
+        main = tirx.PrimFunc(list(main.params) + extra, main.body, main.ret_type, main.attrs)
     try:
         tvm.tirx.analysis.verify_well_formed(main)
     except Exception as exc:  # pragma: no cover - a bug in this lowering
@@ -750,6 +1013,23 @@ def kernel_metadata(built: RocmKernel) -> dict:
     return parse_metadata(assembly(built))
 
 
+def kernel_notes(built: RocmKernel) -> list:
+    """What the CLI says of this kernel beyond its config: table mode, 8-bit operands."""
+    spec, notes = built.spec, []
+    if use_block_table(spec):
+        src = "computed per call from " + ", ".join(c[0] for c in spec.captures) if spec.runtime_tile_map else \
+            "prune-sparsity's map, passed by run"
+        notes.append(f"table mode: tile map int32 [NQB, NKB] after lse ({src}); wavefront 0 lists the non-empty "
+                     "key blocks in LDS, the key loop walks the list, full tiles skip the mask")
+    if spec.quant_dtype is not None:
+        ops = "q, k, v" if spec.quant_pv else "q, k"
+        t = "bf16" if spec.dtype == "bfloat16" else "f16"
+        notes.append(f"{spec.quant_dtype} {ops} widened to {t} for 16-bit {'WMMA' if ARCHS[built.arch].matrix == 'wmma' else 'MFMA'} "
+                     "(memory traffic 8-bit, matrix instructions 16-bit; not native int8/fp8 MFMA: gfx942's fp8 "
+                     "MFMA takes the FNUZ encodings, not the OCP e4m3fn/e5m2 of the IR); scales fused")
+    return notes
+
+
 def describe_output(built: RocmKernel, path: str) -> str:
     if path.endswith((".hsaco", ".co")):
         meta = kernel_metadata(built)
@@ -757,7 +1037,9 @@ def describe_output(built: RocmKernel, path: str) -> str:
                 f"grid ({built.spec.batch * built.spec.q_heads}, {-(-built.spec.q_len // built.config.block_q)}), "
                 f"{built.config.num_waves * ARCHS[built.arch].wave} work-items, "
                 f"{meta.get('group_segment_fixed_size')} bytes LDS; pointer args in this order: "
-                + ", ".join(meta["args"]))
+                + ", ".join(meta["args"])
+                + (f"; {built.spec.quant_dtype} operands widened to 16-bit {ARCHS[built.arch].matrix.upper()}"
+                   if built.spec.quant_dtype else ""))
     return "TVM module (host code + code object); load with tvm_ffi.load_module on a TVM built with ROCm"
 
 
@@ -823,59 +1105,125 @@ def not_runnable(built: RocmKernel) -> Optional[str]:
 
 
 def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
+    if dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, dtype))
     return np.dtype(dtype)
 
 
-def argument_specs(spec: FlashKernelSpec) -> list:
+def _input_dtypes(spec: FlashKernelSpec):
+    """numpy dtypes of q, k, v (quantized inputs keep their 8-bit type)."""
+    base = _np_dtype(spec.dtype)
+    if spec.quant_dtype is None:
+        return base, base, base
+    qd = _np_dtype(spec.quant_dtype)
+    return qd, qd, (qd if spec.quant_pv else base)
+
+
+def _config_of(spec: FlashKernelSpec, config) -> RocmConfig:
+    if config is None:
+        if use_block_table(spec):
+            raise TargetError("rocm target: a table-mode kernel's arguments depend on its config (the tile map's "
+                              "block sizes): pass config=", variant=spec.name or None)
+        return default_config(spec)
+    return config
+
+
+def argument_specs(spec: FlashKernelSpec, config: Optional[RocmConfig] = None) -> list:
     """(name, shape, numpy dtype) of the kernel entry's arguments, in order: q, k, v, out, lse,
-    then the captured inputs."""
+    then (table mode) the tile map int32 [NQB, NKB], the scales (quantized kernels: f32 of q, k,
+    and with quant_pv v), the captured inputs -- the CUDA kernels' order.  ``config`` is needed
+    in table mode (the map's block sizes)."""
     dt = _np_dtype(spec.dtype)
+    qd, kd, vd = _input_dtypes(spec)
     B, H, KVH = spec.batch, spec.q_heads, spec.kv_heads
-    return ([("q", (B, H, spec.q_len, spec.head_dim), dt),
-             ("k", (B, KVH, spec.kv_len, spec.head_dim), dt),
-             ("v", (B, KVH, spec.kv_len, spec.head_dim_v), dt),
+    table = []
+    if use_block_table(spec):
+        c = _config_of(spec, config)
+        table = [("tile_map", (-(-spec.q_len // c.block_q), -(-spec.kv_len // c.block_k)), np.dtype(np.int32))]
+    return ([("q", (B, H, spec.q_len, spec.head_dim), qd),
+             ("k", (B, KVH, spec.kv_len, spec.head_dim), kd),
+             ("v", (B, KVH, spec.kv_len, spec.head_dim_v), vd),
              ("out", (B, H, spec.q_len, spec.head_dim_v), dt),
              ("lse", (B, H, spec.q_len), np.dtype(np.float32))]
+            + table
+            + [(name, tuple(int(x) for x in shape), np.dtype(np.float32)) for name, shape in spec.scales]
             + [(name, tuple(shape), _np_dtype(cdt)) for name, shape, cdt in spec.captures])
 
 
-def kernel_arguments(spec: FlashKernelSpec, q, k, v, *captures) -> list:
-    """The host arrays of ``main(q, k, v, out, lse, *captures)``: inputs converted to the kernel's
-    dtypes and checked against its shapes, outputs filled with NaN (an element no lane writes shows)."""
-    wanted = argument_specs(spec)
-    if len(captures) != len(spec.captures):
-        raise ShapeError(f"rocm target: the kernel takes {len(spec.captures)} captured input(s) "
-                         f"({', '.join(n for n, _, _ in wanted[5:]) or 'none'}), got {len(captures)}",
+def kernel_arguments(spec: FlashKernelSpec, q, k, v, *extra, config: Optional[RocmConfig] = None,
+                     tiles=None) -> list:
+    """The host arrays of ``main(q, k, v, out, lse, [tile_map], *scales, *captures)``: ``extra`` is
+    the scales (quantized kernels) then the captured inputs, as ``run`` takes them (the CUDA
+    order).  Inputs are converted to the kernel's dtypes and checked against its shapes; quantized
+    q/k/v must already be int8 / float8_e4m3fn / float8_e5m2 (converting floats would not quantize
+    them: ``attncc.reference.quantize`` does); outputs are filled with NaN (an element no lane
+    writes shows).  Table mode: the tile map is ``tiles`` if given, else computed from the captured
+    inputs with ``spec.runtime_tile_map`` (document ids: per call), else prune-sparsity's map."""
+    wanted = argument_specs(spec, config)
+    table = use_block_table(spec)
+    after = wanted[5 + int(table):]                       # scales, then captures
+    if len(extra) != len(after):
+        raise ShapeError(f"rocm target: the kernel takes {len(after)} input(s) after q, k, v "
+                         f"({', '.join(n for n, _, _ in after) or 'none'}), got {len(extra)}",
                          variant=spec.name or None)
-    inputs = list(zip(wanted[:3] + wanted[5:], (q, k, v) + tuple(captures)))
     arrays = {}
-    for (name, shape, dt), arr in inputs:
-        arr = np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))
+    for (name, shape, dt), arr in zip(wanted[:3] + after, (q, k, v) + tuple(extra)):
+        arr = np.asarray(arr)
+        if name in ("q", "k", "v") and spec.quant_dtype is not None and dt.itemsize == 1 and arr.dtype != dt:
+            raise DTypeError(f"rocm target: {name} must arrive quantized, as {dt} (with its scale), got {arr.dtype}; "
+                             "attncc.reference.quantize(x, dtype, granularity) makes both",
+                             variant=spec.name or None)
+        arr = np.ascontiguousarray(arr.astype(dt, copy=False))
         if arr.shape != shape:
             raise ShapeError(f"rocm target: {name} has shape {arr.shape}, kernel expects {shape}",
                              variant=spec.name or None)
         arrays[name] = arr
     for name, shape, dt in wanted[3:5]:
         arrays[name] = np.full(shape, np.nan, dtype=dt)
+    if table:
+        c = _config_of(spec, config)
+        if tiles is None and spec.runtime_tile_map is not None:
+            caps = [arrays[name] for name, _, _ in spec.captures]
+            tiles = spec.runtime_tile_map(caps, c.block_q, c.block_k)
+        arrays["tile_map"] = block_tables(spec, c, tiles)[0]
+    elif tiles is not None:
+        raise TargetError("rocm target: this kernel takes no tile map (its mask is a band, or none)",
+                          variant=spec.name or None)
     return [arrays[name] for name, _, _ in wanted]
 
 
-def run(built: RocmKernel, q, k, v, *captures):
-    """Run ``built`` on numpy arrays on ROCm device 0; returns ``(out, lse)`` as numpy arrays."""
+def run(built: RocmKernel, q, k, v, *extra, tiles=None):
+    """Run ``built`` on numpy arrays on ROCm device 0; returns ``(out, lse)`` as numpy arrays.
+    ``extra``: the scales (quantized kernels) and captured inputs (e.g. document ids); a table-mode
+    kernel's tile map is computed from them per call (or is ``tiles``)."""
     import tvm
 
     why = not_runnable(built)
     if why is not None:
         raise TargetError(f"rocm target: cannot run: {why}", variant=built.spec.name or None)
     dev = _rocm_device()
-    args = [tvm.runtime.tensor(a, device=dev) for a in kernel_arguments(built.spec, q, k, v, *captures)]
+    args = [tvm.runtime.tensor(a, device=dev)
+            for a in kernel_arguments(built.spec, q, k, v, *extra, config=built.config, tiles=tiles)]
     built(*args)
     dev.sync()
     return args[3].numpy(), args[4].numpy()
+
+
+def measure_arguments(spec: FlashKernelSpec, config: RocmConfig, seed: int = 0) -> list:
+    """The host arrays of one timed call on random inputs: q, k, v (quantized kernels: random 8-bit
+    codes, scales 0.05), out, lse, the tile map (from 8 sorted random document ids per captured
+    tensor, as the CUDA target measures), scales, captures."""
+    rng = np.random.default_rng(seed)
+    wanted = argument_specs(spec, config)
+    inputs = []
+    for _, shape, dt in wanted[:3]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        inputs.append(np.clip(np.rint(x * 32), -127, 127).astype(dt) if dt == np.int8 else x.astype(dt))
+    scales = [np.full(tuple(int(x) for x in shape), 0.05, np.float32) for _, shape in spec.scales]
+    caps = [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
+    return kernel_arguments(spec, *inputs, *scales, *caps, config=config)
 
 
 def measure(built: RocmKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
@@ -888,10 +1236,6 @@ def measure(built: RocmKernel, spec: Optional[FlashKernelSpec] = None, repeat: i
     if why is not None:
         raise TargetError(f"rocm target: cannot measure: {why}", variant=spec.name or None)
     dev = _rocm_device()
-    rng = np.random.default_rng(0)
-    wanted = argument_specs(spec)
-    host = kernel_arguments(spec, *(rng.standard_normal(s, dtype=np.float32) for _, s, _ in wanted[:3]),
-                            *(np.zeros(s, dtype=dt) for _, s, dt in wanted[5:]))
-    args = [tvm.runtime.tensor(a, device=dev) for a in host]
+    args = [tvm.runtime.tensor(a, device=dev) for a in measure_arguments(spec, built.config)]
     timer = built.executable.mod.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=0)
     return float(statistics.median(timer(*args).results))
