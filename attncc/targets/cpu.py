@@ -58,6 +58,7 @@ import numpy as np
 from attncc.errors import ConfigError, DTypeError, TargetError
 from attncc.targets import lowering as _lowering
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets.spec import input_numpy_dtypes as _input_dtypes, numpy_dtype as _np_dtype
 
 __all__ = [
     "CpuConfig",
@@ -855,21 +856,6 @@ def build(spec: FlashKernelSpec, config: Optional[CpuConfig] = None, **options) 
     return CpuKernel(spec, config, executable, time.perf_counter() - t0, tables)
 
 
-def _np_dtype(dtype: str):
-    import ml_dtypes
-
-    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-               "float8_e5m2": ml_dtypes.float8_e5m2}
-    return np.dtype(special.get(dtype, dtype))
-
-
-def _input_dtypes(spec: FlashKernelSpec):
-    """numpy dtypes of q, k, v (quantized inputs keep their int8/fp8 type)."""
-    base = _np_dtype(spec.dtype)
-    if spec.quant_dtype is None:
-        return base, base, base
-    qd = _np_dtype(spec.quant_dtype)
-    return qd, qd, (qd if spec.quant_pv else base)
 
 
 def _shapes(spec: FlashKernelSpec):

@@ -66,6 +66,7 @@ import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets.spec import input_numpy_dtypes as _input_dtypes, numpy_dtype as _np_dtype
 from attncc.targets import _gpu_flash as _gpu  # what the GPU kernels share (tiling, mask, score_mod)
 from attncc.targets import _cuda_decode as _decode  # split-KV decode kernel (q_len <= 16)
 from attncc.targets._cuda_decode import DecodeConfig  # noqa: F401  (re-exported)
@@ -661,6 +662,15 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     ex2 = "ex2.approx.ftz.f32"
 
     @T.macro
+    def tile_product(instr, acc, mt, nt, a_frag, ka, b_frag, half):
+        """acc[mt, nt] (one m16n8 tile) += A (a_frag[mt, ka], four registers) x B (b_frag's pair
+        ``half``): the ``mma.sync`` ``instr`` of S = Q Kᵀ or O += P V."""
+        T.ptx[instr](acc[mt, nt, 0], acc[mt, nt, 1], acc[mt, nt, 2], acc[mt, nt, 3],
+                     a_frag[mt, ka, 0], a_frag[mt, ka, 1], a_frag[mt, ka, 2], a_frag[mt, ka, 3],
+                     b_frag[half * 2], b_frag[half * 2 + 1],
+                     acc[mt, nt, 0], acc[mt, nt, 1], acc[mt, nt, 2], acc[mt, nt, 3])
+
+    @T.macro
     def load_kv(blk, slot, smem, k, v, tx, b, hk):
         """cp.async copies of key block ``blk``'s K and V tiles into slot ``slot`` (zero fill past
         the keys; fp8 P·V: V's tile is d_v rows of block_k keys, transposed on the host)."""
@@ -800,23 +810,9 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                 for mt in T.unroll(MT):
                                     for half in T.unroll(2):
                                         if INT8:
-                                            T.ptx[mma_s](
-                                                s_int[mt, np_ * 2 + half, 0], s_int[mt, np_ * 2 + half, 1],
-                                                s_int[mt, np_ * 2 + half, 2], s_int[mt, np_ * 2 + half, 3],
-                                                q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
-                                                q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
-                                                k_frag[half * 2], k_frag[half * 2 + 1],
-                                                s_int[mt, np_ * 2 + half, 0], s_int[mt, np_ * 2 + half, 1],
-                                                s_int[mt, np_ * 2 + half, 2], s_int[mt, np_ * 2 + half, 3])
+                                            tile_product(mma_s, s_int, mt, np_ * 2 + half, q_frag, qk(kd), k_frag, half)
                                         else:
-                                            T.ptx[mma_s](
-                                                s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
-                                                s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3],
-                                                q_frag[mt, qk(kd), 0], q_frag[mt, qk(kd), 1],
-                                                q_frag[mt, qk(kd), 2], q_frag[mt, qk(kd), 3],
-                                                k_frag[half * 2], k_frag[half * 2 + 1],
-                                                s_acc[mt, np_ * 2 + half, 0], s_acc[mt, np_ * 2 + half, 1],
-                                                s_acc[mt, np_ * 2 + half, 2], s_acc[mt, np_ * 2 + half, 3])
+                                            tile_product(mma_s, s_acc, mt, np_ * 2 + half, q_frag, qk(kd), k_frag, half)
                         if INT8:      # exact int32 dot products -> f32 (the scales follow in scaled)
                             for mt in T.unroll(MT):
                                 for nt in T.unroll(NKT):
@@ -898,14 +894,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                                                                          dp * 2 + lane // 16)]))
                                 for mt in T.unroll(MT):
                                     for half in T.unroll(2):
-                                        T.ptx[mma_o](
-                                            o_acc[mt, dp * 2 + half, 0], o_acc[mt, dp * 2 + half, 1],
-                                            o_acc[mt, dp * 2 + half, 2], o_acc[mt, dp * 2 + half, 3],
-                                            p_frag[mt, kk, 0], p_frag[mt, kk, 1],
-                                            p_frag[mt, kk, 2], p_frag[mt, kk, 3],
-                                            v_frag[half * 2], v_frag[half * 2 + 1],
-                                            o_acc[mt, dp * 2 + half, 0], o_acc[mt, dp * 2 + half, 1],
-                                            o_acc[mt, dp * 2 + half, 2], o_acc[mt, dp * 2 + half, 3])
+                                        tile_product(mma_o, o_acc, mt, dp * 2 + half, p_frag, kk, v_frag, half)
                     # ---- epilogue
                     T.ptx["cp.async.wait_group"](0)
                     T.tvm_storage_sync("shared")
@@ -1106,21 +1095,6 @@ def export_library(built: CudaKernel, path: str) -> None:
     built.executable.export_library(path)
 
 
-def _np_dtype(dtype: str):
-    import ml_dtypes
-
-    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-               "float8_e5m2": ml_dtypes.float8_e5m2}
-    return np.dtype(special.get(dtype, dtype))
-
-
-def _input_dtypes(spec: FlashKernelSpec):
-    """numpy dtypes of q, k, v (fp8 inputs keep their type)."""
-    base = _np_dtype(spec.dtype)
-    if spec.quant_dtype is None:
-        return base, base, base
-    qd = _np_dtype(spec.quant_dtype)
-    return qd, qd, (qd if spec.quant_pv else base)
 
 
 def kernel_v(spec: FlashKernelSpec, config, v):

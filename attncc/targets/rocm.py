@@ -79,6 +79,7 @@ import numpy as np
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
 from attncc.targets import _gpu_flash as gpu
 from attncc.targets.spec import FlashKernelSpec
+from attncc.targets.spec import input_numpy_dtypes as _input_dtypes, numpy_dtype as _np_dtype
 
 NAME = "rocm"
 
@@ -1104,21 +1105,6 @@ def not_runnable(built: RocmKernel) -> Optional[str]:
     return None
 
 
-def _np_dtype(dtype: str):
-    if dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, dtype))
-    return np.dtype(dtype)
-
-
-def _input_dtypes(spec: FlashKernelSpec):
-    """numpy dtypes of q, k, v (quantized inputs keep their 8-bit type)."""
-    base = _np_dtype(spec.dtype)
-    if spec.quant_dtype is None:
-        return base, base, base
-    qd = _np_dtype(spec.quant_dtype)
-    return qd, qd, (qd if spec.quant_pv else base)
 
 
 def _config_of(spec: FlashKernelSpec, config) -> RocmConfig:

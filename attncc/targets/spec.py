@@ -92,3 +92,24 @@ class FlashKernelSpec:
     @property
     def group(self) -> int:
         return self.q_heads // self.kv_heads
+
+
+def numpy_dtype(name: str):
+    """The numpy dtype of a kernel dtype name (bf16 and fp8 through ml_dtypes)."""
+    import numpy as np
+
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def input_numpy_dtypes(spec: FlashKernelSpec, base: Optional[str] = None) -> tuple:
+    """numpy dtypes of q, k, v as a kernel takes them: quantized inputs keep their 8-bit type
+    (v only with quant_pv); the rest are ``base`` (default: the spec's dtype)."""
+    b = numpy_dtype(base or spec.dtype)
+    if spec.quant_dtype is None:
+        return b, b, b
+    qd = numpy_dtype(spec.quant_dtype)
+    return qd, qd, (qd if spec.quant_pv else b)

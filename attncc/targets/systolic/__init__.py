@@ -46,7 +46,7 @@ from typing import Optional
 import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
-from attncc.targets.spec import FlashKernelSpec
+from attncc.targets.spec import FlashKernelSpec, input_numpy_dtypes, numpy_dtype as _np_dtype
 from attncc.targets.systolic import config as hwconfig
 from attncc.targets.systolic.config import PRESETS, AcceleratorConfig, resolve
 from attncc.targets.systolic.sim import Simulator, bf16, matmul_cycles
@@ -105,21 +105,11 @@ def _accelerator(options: Optional[dict]) -> str:
 # --------------------------------------------------------------------------- memory plan
 
 
-def _np_dtype(dtype: str):
-    import ml_dtypes
-
-    special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-               "float8_e5m2": ml_dtypes.float8_e5m2}
-    return np.dtype(special.get(dtype, dtype))
-
 
 def input_dtypes(spec: FlashKernelSpec) -> tuple:
     """numpy dtypes of q, k, v in off-chip memory (quantized operands keep their int8/fp8
-    type: the DMA moves 1 byte per element)."""
-    if spec.quant_dtype is None:
-        return bf16(), bf16(), bf16()
-    qd = _np_dtype(spec.quant_dtype)
-    return qd, qd, (qd if spec.quant_pv else bf16())
+    type: the DMA moves 1 byte per element; the rest are bf16)."""
+    return input_numpy_dtypes(spec, "bfloat16")
 
 
 def operand_bytes(spec: FlashKernelSpec) -> tuple:
