@@ -525,6 +525,30 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     a_k0 = LAYOUT.k0                   # first k (in a k16 step) of a lane's operand elements
     XOR_STEPS = LAYOUT.row_xor
 
+    @T.macro
+    def stage16(src, lds, iters, chunks, stride, kb, b, hk, tx):
+        """Key block kb's K or V tile (16-bit, ``chunks`` 16-byte chunks a row) into LDS rows of
+        ``stride`` elements, through registers."""
+        for it in T.unroll(iters):
+            if within(BK * chunks, it * NT + tx):
+                for e in T.vectorized(8):
+                    lds[(it * NT + tx) // chunks * stride + (it * NT + tx) % chunks * 8 + e] = \
+                        src[b, hk, T.min(kb * BK + (it * NT + tx) // chunks, TK - 1), (it * NT + tx) % chunks * 8 + e]
+
+    @T.macro
+    def stage8(src, r8, lds, iters, chunks, stride, kb, b, hk, tx):
+        """The same for an 8-bit tile: every lane's 16-byte loads first (``r8``), then widened to
+        the 16-bit type into LDS."""
+        for it in T.unroll(iters):
+            if within(BK * chunks, it * NT + tx):
+                for e in T.vectorized(16):
+                    r8[it, e] = src[b, hk, T.min(kb * BK + (it * NT + tx) // chunks, TK - 1),
+                                    (it * NT + tx) % chunks * 16 + e]
+        for it in T.unroll(iters):
+            if within(BK * chunks, it * NT + tx):
+                for e in T.vectorized(16):
+                    lds[(it * NT + tx) // chunks * stride + (it * NT + tx) % chunks * 16 + e] = widen(r8[it, e], SRC8)
+
     @T.prim_func(check_well_formed=False)   # checked below, once the captures are parameters
     def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
              v: T.Buffer((B, KVH, TK, DV), V_DT), out: T.Buffer((B, H, S, DV), dtype),
@@ -602,41 +626,13 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                         kb = key_block(ent, pos)
                         T.tvm_storage_sync("shared")           # the previous block's reads are done
                         if QUANT:      # 16 bytes of 8-bit K a lane, all loads issued, then widened into LDS
-                            for it in T.unroll(K8_ITERS):
-                                if within(BK * CQ8, it * NT + tx):
-                                    for e in T.vectorized(16):
-                                        k8[it, e] = k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ8, TK - 1),
-                                                        (it * NT + tx) % CQ8 * 16 + e]
-                            for it in T.unroll(K8_ITERS):
-                                if within(BK * CQ8, it * NT + tx):
-                                    for e in T.vectorized(16):
-                                        k_lds[(it * NT + tx) // CQ8 * KS + (it * NT + tx) % CQ8 * 16 + e] = \
-                                            widen(k8[it, e], SRC8)
+                            stage8(k16, k8, k_lds, K8_ITERS, CQ8, KS, kb, b, hk, tx)
                         else:
-                            for it in T.unroll(K_ITERS):
-                                if within(BK * CQ, it * NT + tx):
-                                    for e in T.vectorized(8):
-                                        k_lds[(it * NT + tx) // CQ * KS + (it * NT + tx) % CQ * 8 + e] = \
-                                            k16[b, hk, T.min(kb * BK + (it * NT + tx) // CQ, TK - 1),
-                                                (it * NT + tx) % CQ * 8 + e]
+                            stage16(k16, k_lds, K_ITERS, CQ, KS, kb, b, hk, tx)
                         if PV8:
-                            for it in T.unroll(V8_ITERS):
-                                if within(BK * CV8, it * NT + tx):
-                                    for e in T.vectorized(16):
-                                        v8[it, e] = v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV8, TK - 1),
-                                                        (it * NT + tx) % CV8 * 16 + e]
-                            for it in T.unroll(V8_ITERS):
-                                if within(BK * CV8, it * NT + tx):
-                                    for e in T.vectorized(16):
-                                        v_lds[(it * NT + tx) // CV8 * VS + (it * NT + tx) % CV8 * 16 + e] = \
-                                            widen(v8[it, e], SRC8)
+                            stage8(v16, v8, v_lds, V8_ITERS, CV8, VS, kb, b, hk, tx)
                         else:
-                            for it in T.unroll(V_ITERS):
-                                if within(BK * CV, it * NT + tx):
-                                    for e in T.vectorized(8):
-                                        v_lds[(it * NT + tx) // CV * VS + (it * NT + tx) % CV * 8 + e] = \
-                                            v16[b, hk, T.min(kb * BK + (it * NT + tx) // CV, TK - 1),
-                                                (it * NT + tx) % CV * 8 + e]
+                            stage16(v16, v_lds, V_ITERS, CV, VS, kb, b, hk, tx)
                         T.tvm_storage_sync("shared")
                         # ---- Sᵀ = K Qᵀ (A: 16 keys x k16 of K; B: k16 x 16 query rows of Qᵀ)
                         for mt in T.unroll(MT):
