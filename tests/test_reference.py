@@ -70,6 +70,8 @@ EXAMPLE_SEMANTICS = {
                 lambda b, h, i, j, x: j <= i and (i - j < 128 or j % 256 == 255)),
     "local_global": (dict(B=1, H=1, S=600, D=4), None,
                      lambda b, h, i, j, x: (i - j < 256 and j - i < 256) or i < 64 or j < 64),
+    "block_sparse": (dict(B=1, H=2, S=200, D=4), None,
+                     lambda b, h, i, j, x: x["layout"][i // 64, j // 64] > 0),
 }
 
 

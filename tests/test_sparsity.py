@@ -166,6 +166,43 @@ def test_document_mask_runtime_blocks(S):
     _check(k, inputs=inputs)
 
 
+def _bigbird_layout(nb, rng, window=1, n_global=1, n_random=2):
+    """BigBird's block pattern: a window of blocks around the diagonal, global first blocks
+    (row and column), and n_random random blocks per row."""
+    lay = np.zeros((nb, nb), np.int32)
+    for r in range(nb):
+        lay[r, max(0, r - window):r + window + 1] = 1
+        lay[r, rng.choice(nb, size=min(n_random, nb), replace=False)] = 1
+    lay[:n_global, :] = 1
+    lay[:, :n_global] = 1
+    return lay
+
+
+@pytest.mark.parametrize("S", [512, 333])
+def test_block_layout_runtime_blocks(S):
+    """A user-given block layout (examples/block_sparse.py: 64 x 64 blocks, BigBird's pattern)
+    read by the kernel as a runtime input: the per-call map of the kernel's own tiles (16 x 16
+    here, not the layout's 64) equals the element-wise one, has empty tiles that the layout
+    leaves out, and the kernel matches the reference; a second layout is not served a stale map."""
+    k = compile_variant("examples/block_sparse.py", target="cpu", shapes=dict(B=1, H=2, S=S, D=16), config=SMALL)
+    rng = np.random.default_rng(S)
+    inputs = k.random_inputs(seed=2)
+    for _ in range(2):
+        full = np.zeros((64, 64), np.int32)
+        nb = -(-S // 64)
+        full[:nb, :nb] = _bigbird_layout(nb, rng)
+        inputs["layout"] = full
+        tiles = k.spec.runtime_tile_map([full], 16, 16)
+        brute = brute_force_tiles(_element_mask(k.flash_op, k.env, S, S, [full]), 16, 16)
+        np.testing.assert_array_equal(tiles, brute)
+        # every 16 x 16 tile lies in one 64 x 64 block: empty or full, as the layout says
+        # (partial only where the ragged end cuts a tile)
+        want = np.repeat(np.repeat(full[:nb, :nb], 4, 0), 4, 1)[:tiles.shape[0], :tiles.shape[1]]
+        assert ((tiles != EMPTY) == (want > 0)).all()
+        assert 0.2 < (tiles != EMPTY).mean() < 0.9
+        _check(k, inputs=inputs)
+
+
 def test_document_mask_wrong_capture_shape_is_a_clear_error():
     from attncc.errors import ShapeError
     k = compile_variant("examples/document_mask.py", target="cpu", shapes=dict(B=1, H=1, S=32, D=8))
