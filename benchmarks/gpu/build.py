@@ -651,6 +651,10 @@ def _quant_sync_entries():
                     dict(sync, block_k=32, num_warps=8)):
             out.append(dict(kind="verify", path=VARIANTS, name="causal", dtype="bf16", shapes={"B": 1, "S": 700},
                             config=cfg, quantize=quant))
+    # the block-layout example (a 2-D runtime input read by the mask) on both kernels, and int8
+    for cfg, quant in ((None, None), (sync, None), (sync, i8)):
+        out.append(dict(kind="verify", path=ex("block_sparse"), name=None, dtype="bf16", shapes={"S": 700},
+                        config=cfg, quantize=quant))
     # (benchmarks: one m16 row tile a warp, Q in registers -- no spills in any of the four modes;
     # two a warp spill at D=128, bf16 included)
     wide = dict(sync, num_warps=8, q_in_registers=True)
