@@ -88,6 +88,30 @@ def test_fp8_pv_reads_v_transposed(tmp_path):
     _ptxas(tmp_path, src, "sm_89")
 
 
+@needs_nvcc
+@pytest.mark.parametrize("quant,arch", [({"dtype": "int8"}, "sm_80"), ({"dtype": "fp8", "pv": True}, "sm_89")])
+def test_export_declares_quantized_inputs_and_scales(tmp_path, quant, arch):
+    """An exported quantized mma.sync kernel: q/k (and v) in their 8-bit type, the scales after the
+    tile map, fp8 P·V's v in the transposed layout attncc.runtime applies (as for Hopper)."""
+    import json
+
+    from attncc.export import export as export_kernel
+    from attncc.runtime import _layouts
+
+    k = _k(quant, arch=arch, path="document_mask.py", shapes={"S": 300})
+    export_kernel(k, str(tmp_path / "x"))
+    m = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    args = {a["name"]: a for a in m["kernel_args"]}
+    assert [a["role"] for a in m["kernel_args"]][:5] == ["input"] * 3 + ["output"] * 2
+    assert args["q"]["dtype"] == args["k"]["dtype"] == k.spec.quant_dtype
+    assert [a["name"] for a in m["kernel_args"]][5:] == ["tile_map"] + [n for n, _ in k.spec.scales] + ["doc"]
+    if quant.get("pv"):
+        assert args["v"]["source"]["layout"] == _layouts.FP8_V
+        assert args["v"]["shape"][2:] == [k.spec.head_dim_v, _layouts.padded_kv_len(k.spec.kv_len)]
+    else:
+        assert args["v"]["dtype"] == "bfloat16" and "layout" not in (args["v"].get("source") or {})
+
+
 def test_bf16_kernels_take_no_scales():
     k = _k(None, build=False)
     assert not k.spec.scales and not cuda.fp8_v_transposed(k.spec, k.config)
