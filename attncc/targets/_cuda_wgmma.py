@@ -326,17 +326,20 @@ def p_fragments_macro(kk_steps: int, pv8: bool, ptx_t: str):
     return to_p
 
 
-def row_fold_macro(scale_at, k_per_key: bool, factor: float):
-    """``set_row_fold(row_fold, b, h, hk, r0, lane)`` of both wgmma kernels (fp8): the
-    dequantization of the thread's two rows -- q scale of the row x the k scale of the kv head
-    (unless k is scaled per key) x ``factor`` (scale * log2 e where it folds into the exponent)."""
+def row_fold_macro(scale_at, k_per_key: bool, factor: float, m_tiles: int = 1):
+    """``set_row_fold(row_fold, b, h, hk, r0, lane)`` of the CUDA kernels with quantized inputs
+    (both wgmma kernels; the mma.sync kernel with ``m_tiles`` m16 row tiles a warp): the
+    dequantization of the thread's rows (two an m16 tile, ``row_fold[2 mt + r]``) -- q scale of
+    the row x the k scale of the kv head (unless k is scaled per key) x ``factor`` (scale * log2 e
+    where it folds into the exponent)."""
     from tvm.script import tirx as T
 
     @T.macro
     def set_row_fold(row_fold, b, h, hk, r0, lane):
-        for r in T.unroll(2):
-            row_fold[r] = scale_at(0, b, h, r0 + lane // 4 + r * 8) * (
-                T.float32(1) if k_per_key else scale_at(1, b, hk, 0)) * T.float32(factor)
+        for mt in T.unroll(m_tiles):
+            for r in T.unroll(2):
+                row_fold[mt * 2 + r] = scale_at(0, b, h, r0 + mt * 16 + lane // 4 + r * 8) * (
+                    T.float32(1) if k_per_key else scale_at(1, b, hk, 0)) * T.float32(factor)
 
     return set_row_fold
 

@@ -586,7 +586,8 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
     ix = _gpu.FlashIndexing(spec, BQ, BK, RW, tuple(CAPTURE_BUFFERS))
     scale_at = _wgmma_dense.scale_reader(SCALE_BUFFERS)
     scaled, to_log2, exp_arg, masked = _wgmma_dense.score_functions(ix, QUANT, PV8, K_PER_KEY, scale_at, G)
-    ROW_FOLD = float(spec.scale) * _LOG2E if ix.fold_scale else 1.0
+    set_row_fold = _wgmma_dense.row_fold_macro(scale_at, K_PER_KEY, float(spec.scale) * _LOG2E if ix.fold_scale
+                                               else 1.0, MT)
     SHIFT = _wgmma_dense.P_SHIFT if PV8 else 0.0
     block_lo, block_hi, band_full = ix.block_lo, ix.block_hi, ix.tile_is_full
 
@@ -750,10 +751,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
                     kb_lo = lo_of(q0)
                     kb_hi = hi_of(q0, cnt)
                     if QUANT:      # the dequantization of the thread's rows (q scale x k scale per head)
-                        for mt in T.unroll(MT):
-                            for r in T.unroll(2):
-                                row_fold[mt * 2 + r] = scale_at(0, b, h, r0 + mt * 16 + lane // 4 + r * 8) * (
-                                    T.float32(1) if K_PER_KEY else scale_at(1, b, hk, 0)) * T.float32(ROW_FOLD)
+                        set_row_fold(row_fold, b, h, hk, r0, lane)
                     for st in T.unroll(NS - 1):
                         if USE_TABLE:
                             ent[1] = kv_list[T.min(kb_lo + st, NKB)]
