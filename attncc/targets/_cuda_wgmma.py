@@ -653,8 +653,7 @@ def lower(spec: FlashKernelSpec, config):
         """No element of warp rows r0 .. r0+15 x key block kb needs the element mask (table
         mode: the tile map says full for the whole query block)."""
         if USE_TABLE:
-            full = tirx.EQ(tirx.bitwise_and(ent[which], 1), 1)
-            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+            return ix.entry_is_full(ent[which], kb)
         if not band_is_mask:
             return tirx.const(False, "bool")
         conds = [c for c in band_keeps_all(r0, kb) if c is not None]

@@ -281,8 +281,7 @@ def lower(spec: FlashKernelSpec, config):
     def tile_is_full(r0, kb, kv_list=None):
         """No element of warp rows r0 .. r0+15 x key block kb needs the element mask."""
         if USE_TABLE:           # the tile map says full (2) for the whole query block
-            full = tirx.EQ(tirx.bitwise_and(kv_list[0], 1), 1)
-            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+            return ix.entry_is_full(kv_list[0], kb)
         if not band_is_mask:
             return tirx.const(False, "bool")
         r_last = r0 + 15
@@ -589,9 +588,7 @@ def lower(spec: FlashKernelSpec, config):
 
         def entry_full(entv, r0):
             if USE_TABLE:
-                full = tirx.EQ(tirx.bitwise_and(entv, 1), 1)
-                kbv = tirx.shift_right(entv, 1)
-                return tirx.And(full, kbv * BK + BK <= TK) if NKB * BK != TK else full
+                return ix.entry_is_full(entv, tirx.shift_right(entv, 1))
             return tile_is_full(r0, tirx.shift_right(entv, 1))
 
         @T.prim_func(check_well_formed=False)

@@ -284,6 +284,16 @@ class FlashIndexing:
         return tirx.max(tirx.floordiv(tirx.min(q_last + self.upper_offset, self.spec.kv_len - 1),
                                       self.block_k) + 1, self.block_lo(q0))
 
+    def entry_is_full(self, entry, kb):
+        """Table mode: whether list entry ``entry`` (key block * 2 + full, from the tile map) lets
+        key block ``kb`` skip the element mask -- never the ragged last block (keys past kv_len)."""
+        from tvm import tirx
+
+        full = tirx.EQ(tirx.bitwise_and(entry, 1), 1)
+        if self.k_blocks * self.block_k != self.spec.kv_len:
+            return tirx.And(full, kb * self.block_k + self.block_k <= self.spec.kv_len)
+        return full
+
     def tile_is_full(self, r0, kb):
         """True when no element of rows r0 .. r0+rows_per_warp-1 x key block kb needs the mask."""
         from tvm import tirx

@@ -604,8 +604,7 @@ def lower(spec: FlashKernelSpec, config: CudaConfig):
 
     def tile_is_full(r0, kb, ent):
         if USE_TABLE:      # the tile map says full for the whole query block
-            full = tirx.EQ(tirx.bitwise_and(ent[0], 1), 1)
-            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+            return ix.entry_is_full(ent[0], kb)
         return band_full(r0, kb)
 
     f32 = "float32"

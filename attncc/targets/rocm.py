@@ -449,7 +449,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     # scores, a per-tensor/head v scale the output, a per-key v scale P before P·V
     QUANT = spec.quant_dtype is not None
     PV8 = QUANT and spec.quant_pv
-    SRC8 = ("int8" if spec.quant_dtype == "int8" else spec.quant_dtype) if QUANT else None
+    SRC8 = spec.quant_dtype           # (None unless QUANT)
     VIEW8 = "int8" if spec.quant_dtype == "int8" else "uint8"
     QK_DT = spec.quant_dtype if QUANT else dtype
     V_DT = spec.quant_dtype if PV8 else dtype
@@ -468,8 +468,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
 
     def tile_is_full(r0, kb, ent):
         if USE_TABLE:      # the tile map says full for the whole query block
-            full = tirx.EQ(tirx.bitwise_and(ent[0], 1), 1)
-            return tirx.And(full, kb * BK + BK <= TK) if NKB * BK != TK else full
+            return ix.entry_is_full(ent[0], kb)
         return ix.tile_is_full(r0, kb)
 
     def uniform(x):
