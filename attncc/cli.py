@@ -250,7 +250,11 @@ def cmd_tune(args) -> int:
                               "(or --ingest a results file)")
         print(report.show(db))
         return 0
+    quantize = _quant_options(args)
     if args.export_candidates:
+        if quantize:
+            raise AttnccError("--quantize with --export-candidates is not supported yet (the split flow's "
+                              "measuring side takes unquantized inputs); tune a quantized kernel where it runs")
         from attncc.schedules.candidates import export_candidates, summary
 
         knobs = None
@@ -272,7 +276,7 @@ def cmd_tune(args) -> int:
         strategy=args.strategy, overlap=args.overlap, seed=args.seed)
     result = tuner.tune(args.file, args.target, compiler.parse_assignments(args.shape, "--shape"), args.dtype,
                         db=db, settings=settings, variant_name=args.variant,
-                        target_options=_target_options(args),
+                        target_options=_target_options(args), quantize=quantize,
                         on_event=None if args.quiet else report.RichProgress())
     print(report.summary(result))
     if args.plot:
@@ -356,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="systolic target: the simulated accelerator (default, tpu_v1, gemmini or a JSON file)")
     t.add_argument("--shape", help="dimension values, e.g. S=4096 (default: the variant's)")
     t.add_argument("--dtype", help="element type of q, k, v (f32, f16, bf16); default: the variant's")
+    t.add_argument("--quantize", choices=["fp8", "fp8_e5m2", "int8"], help="tune the quantized kernel "
+                   "(Q·Kᵀ in FP8 e4m3/e5m2 or INT8; recorded under its own key)")
+    t.add_argument("--quantize-pv", action="store_true", help="quantize P·V too")
+    t.add_argument("--quantize-granularity", help="scales per tensor, head (default) or block[:ROWS]")
     t.add_argument("--budget", help="wall-clock budget, e.g. 60s, 5m")
     t.add_argument("--trials", type=int, help="configs to measure (default 64 without --budget)")
     t.add_argument("--db", help="tuning database (default ~/.cache/attncc/tuning.jsonl)")

@@ -286,6 +286,34 @@ def test_tune_small_cpu_space_end_to_end(tmp_path):
     assert res2.resumed == 4 and not res2.trials and res2.best.config == res.best.config
 
 
+def test_tune_a_quantized_kernel_under_its_own_key(tmp_path):
+    """--quantize int8: the quantized kernel is what is timed and recorded (its own key), and a
+    quantized compile picks the record while the unquantized one does not."""
+    from attncc.compiler import compile_variant
+    from attncc.schedules.tuner import tune
+
+    path = tmp_path / "q.jsonl"
+    quant = {"dtype": "int8", "granularity": "head", "pv": False}
+    knobs = dict(_small_knobs(), micro_rows=(4,), block_k=(128,))
+    res = tune(SDPA, "cpu", TINY, db=TuningDB(path), settings=_fast(knobs=knobs), quantize=quant)
+    assert res.best is not None and all(t.status == "ok" for t in res.trials)
+    assert res.key.bucket.endswith(",quant=int8")
+    from attncc.schedules.report import summary
+    assert "quantized int8" in summary(res).splitlines()[0]
+    got = compile_variant(SDPA, shapes=TINY, build=False, tuning_db=str(path), quantize=quant)
+    assert got.quantized and got.config_source.startswith(f"tuned record from {path}")
+    assert dataclasses.asdict(got.config) == res.best.config
+    unq = compile_variant(SDPA, shapes=TINY, build=False, tuning_db=str(path))
+    assert unq.config_source.startswith("target default")
+
+
+def test_cli_tune_quantize_options_are_checked():
+    p = _cli("tune", SDPA, "--quantize-pv")
+    assert p.returncode == 2 and "need --quantize" in p.stderr, p.stderr[-500:]
+    p = _cli("tune", SDPA, "--quantize", "int8", "--export-candidates", "/tmp/x-never-written")
+    assert p.returncode == 2 and "--export-candidates is not supported" in p.stderr, p.stderr[-500:]
+
+
 def _configs(res):
     from attncc.schedules.space import SearchSpace, Knob
     from attncc.compiler import compile_variant

@@ -82,8 +82,9 @@ class RichProgress:
 def summary(result) -> str:
     lines = []
     dims = ",".join(f"{k}={v}" for k, v in result.env.items())
+    _, _, quant = result.key.bucket.partition(",quant=")         # a quantized kernel's own key
     lines.append(f"tuned      {result.variant}  {result.key.target}  {result.key.dtype}  {dims}  "
-                 f"on {result.key.device}")
+                 + (f"quantized {quant}  " if quant else "") + f"on {result.key.device}")
     rejected = sum(result.rejected.values())
     lines.append(f"space      {result.space_size} configs, {result.valid} valid, {rejected} rejected before "
                  "building" + (":" if rejected else ""))

@@ -110,13 +110,15 @@ class Workload:
     passes: str
     options: tuple
     hook: Optional[str] = None
+    quantize: tuple = ()                  # the quantize pass's options (a quantized kernel is another kernel)
 
     def compile(self):
         from attncc.compiler import compile_variant
 
         return compile_variant(self.variant, target=self.target, shapes=dict(self.shapes), dtype=self.dtype,
                                passes=self.passes, variant_name=self.variant_name, build=False,
-                               target_options=dict(self.options) or None, tuning_db=False)
+                               target_options=dict(self.options) or None, tuning_db=False,
+                               quantize=dict(self.quantize) or None)
 
 
 @dataclass
@@ -660,10 +662,11 @@ def _resume(strategy, space, tdb: TuningDB, key: TuningKey, configs: list) -> in
 def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None, *,
          db=None, settings: Optional[TuneSettings] = None, variant_name: Optional[str] = None,
          passes: Optional[str] = None, target_options: Optional[dict] = None,
-         on_event: Optional[Callable] = None) -> TuneResult:
+         on_event: Optional[Callable] = None, quantize: Optional[dict] = None) -> TuneResult:
     """Tune ``variant`` (a file path, or a Variant / Function: then in this process) for
     ``target`` at ``shapes``; append every result to ``db`` (a path or TuningDB; None:
-    the user's database) and return the session's TuneResult.
+    the user's database) and return the session's TuneResult.  ``quantize``: the quantize
+    pass's options (as ``compile_variant``'s): the quantized kernel is tuned, under its own key.
 
     ``on_event(kind, result, **info)`` is called with kind "start" (planned=trials or
     None), "trial" (trial=Trial) and "done"."""
@@ -685,7 +688,7 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
         variant = os.path.abspath(variant)
     kernel = compile_variant(variant, target=target, shapes=shapes, dtype=dtype, passes=passes,
                              variant_name=variant_name, build=False, target_options=options or None,
-                             tuning_db=False)
+                             tuning_db=False, quantize=quantize)
     from attncc.schedules import get_family
 
     family = get_family(target)
@@ -755,7 +758,8 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     workload = None
     if isinstance(variant, str):
         workload = Workload(variant, variant_name, target, tuple(sorted((shapes or {}).items())),
-                            None if dtype is None else str(dtype), passes, tuple(sorted(options.items())), s.hook)
+                            None if dtype is None else str(dtype), passes, tuple(sorted(options.items())), s.hook,
+                            tuple(sorted((quantize or {}).items())))
     evaluator = None
     try:
         if s.isolation == "process" and workload is not None:
