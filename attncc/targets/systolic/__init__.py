@@ -46,6 +46,8 @@ from typing import Optional
 import numpy as np
 
 from attncc.errors import ConfigError, DTypeError, ShapeError, TargetError
+from attncc.ir.types import parse_dtype
+from attncc.reference import QMAX
 from attncc.targets.spec import FlashKernelSpec, input_numpy_dtypes, numpy_dtype as _np_dtype
 from attncc.targets.systolic import config as hwconfig
 from attncc.targets.systolic.config import PRESETS, AcceleratorConfig, resolve
@@ -129,7 +131,9 @@ def operands(spec: FlashKernelSpec) -> str:
         text = (f"{what} q, k emulated: converted to bf16 (exactly) by the DMA on the way into the scratchpad, "
                 "bf16 x bf16 -> fp32 on the array, scales applied in the vector unit")
     if spec.quant_pv:
-        per_row = any(int(sh[2]) > 1 for name, sh in spec.scales if name.startswith("v"))
+        from attncc.targets.systolic.kernel import scale_rows
+
+        per_row = scale_rows(spec.scales[2][1])
         where = "folded into P before P·V (per-block)" if per_row else "applied after P·V"
         if q == "int8":
             text += f"; int8 v (widened to bf16 in the array, P bf16), its scale {where}"
@@ -503,7 +507,7 @@ def _measure_inputs(spec: FlashKernelSpec):
     divided by one scale (8 / the format's largest value) and rounded, with that scale."""
     rng = np.random.default_rng(0)
     arrays, scales = [], []
-    qmax = {"int8": 127.0, "float8_e4m3fn": 448.0, "float8_e5m2": 57344.0}
+    qmax = {q: QMAX[parse_dtype(q)] for q in QUANT_DTYPES}      # the quantize pass's ranges
     for shape, dt in zip(_shapes(spec), input_dtypes(spec)):
         x = np.clip(rng.standard_normal(shape, dtype=np.float32), -8, 8)
         if dt == bf16():
