@@ -525,6 +525,17 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
     XOR_STEPS = LAYOUT.row_xor
 
     @T.macro
+    def load_q(q_frag, slot, q16, mt, kd, b, h, r0, lane):
+        """The Q fragment of row tile mt and k step kd (the B operand of Sᵀ = K·Qᵀ) from global
+        memory into q_frag[mt, slot] (quantized q: widened to the 16-bit type)."""
+        for e in T.vectorized(OPE):
+            if QUANT:
+                q_frag[mt, slot, e] = widen(q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
+                                                kd * 16 + a_k0(lane) + e], SRC8)
+            else:
+                q_frag[mt, slot, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1), kd * 16 + a_k0(lane) + e]
+
+    @T.macro
     def stage16(src, lds, iters, chunks, stride, kb, b, hk, tx):
         """Key block kb's K or V tile (16-bit, ``chunks`` 16-byte chunks a row) into LDS rows of
         ``stride`` elements, through registers."""
@@ -594,14 +605,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                     if Q_IN_REGS:
                         for mt in T.unroll(MT):
                             for kd in T.unroll(KD):
-                                if QUANT:
-                                    for e in T.vectorized(OPE):
-                                        q_frag[mt, kd, e] = widen(q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                                      kd * 16 + a_k0(lane) + e], SRC8)
-                                else:
-                                    for e in T.vectorized(OPE):
-                                        q_frag[mt, kd, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                                kd * 16 + a_k0(lane) + e]
+                                load_q(q_frag, kd, q16, mt, kd, b, h, r0, lane)
                     if QUANT:          # q scale of the lane's row (x k scale per head, x scale log2 e)
                         for mt in T.unroll(MT):
                             row_fold[mt] = scale_at(0, b, h, r0 + mt * 16 + lane % 16) * (
@@ -641,14 +645,7 @@ def lower(spec: FlashKernelSpec, config: RocmConfig, arch: str = DEFAULT_ARCH):
                         for kd in T.unroll(KD):
                             if not Q_IN_REGS:
                                 for mt in T.unroll(MT):
-                                    if QUANT:
-                                        for e in T.vectorized(OPE):
-                                            q_frag[mt, 0, e] = widen(q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                                         kd * 16 + a_k0(lane) + e], SRC8)
-                                    else:
-                                        for e in T.vectorized(OPE):
-                                            q_frag[mt, 0, e] = q16[b, h, T.min(r0 + mt * 16 + lane % 16, S - 1),
-                                                                   kd * 16 + a_k0(lane) + e]
+                                    load_q(q_frag, 0, q16, mt, kd, b, h, r0, lane)
                             for nt in T.unroll(NKT):
                                 for e in T.vectorized(OPE):
                                     k_frag[e] = k_lds[(nt * 16 + lane % 16) * KS + kd * 16 + a_k0(lane) + e]
