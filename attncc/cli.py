@@ -252,9 +252,6 @@ def cmd_tune(args) -> int:
         return 0
     quantize = _quant_options(args)
     if args.export_candidates:
-        if quantize:
-            raise AttnccError("--quantize with --export-candidates is not supported yet (the split flow's "
-                              "measuring side takes unquantized inputs); tune a quantized kernel where it runs")
         from attncc.schedules.candidates import export_candidates, summary
 
         knobs = None
@@ -266,7 +263,8 @@ def cmd_tune(args) -> int:
         m = export_candidates(args.file, args.export_candidates, args.target,
                               compiler.parse_assignments(args.shape, "--shape"), args.dtype,
                               variant_name=args.variant, target_options={"arch": args.arch} if args.arch else None,
-                              knobs=knobs, fatbin=args.fatbin, jobs=args.jobs, dry_run=args.dry_run)
+                              knobs=knobs, fatbin=args.fatbin, jobs=args.jobs, dry_run=args.dry_run,
+                              quantize=quantize)
         print(summary(m))
         return 0
     if args.plot:

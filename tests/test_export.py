@@ -223,6 +223,28 @@ def test_frameworks_agree_and_outputs_follow_the_input(exported):
     np.testing.assert_array_equal(o.numpy(), out)
 
 
+def test_prepare_launches_the_kernel_alone_into_its_outputs(exported):
+    """Kernel.prepare: the checks, block map and outputs once; launch() runs only the kernel
+    (what the split tuning flow times) and gives what a call gives."""
+    k = ar.load(exported["document_mask"])
+    ins = _inputs(k, seed=5)
+    ref_out, ref_lse = k(*ins)
+    t_ins = [_to_torch(a) for a in ins]
+    launch, out, lse = k.prepare(*t_ins)
+    assert isinstance(out, torch.Tensor) and not np.array_equal(out.numpy(), ref_out)   # nothing ran yet
+    launch()
+    np.testing.assert_array_equal(out.numpy(), ref_out)
+    np.testing.assert_array_equal(lse.numpy(), ref_lse)
+    out.fill_(float("nan"))
+    launch()
+    np.testing.assert_array_equal(out.numpy(), ref_out)
+    with pytest.raises(ar.ArgumentError, match="takes 4 input"):
+        k.prepare(*t_ins[:3])
+    n_launch, n_out, _ = k.prepare(*ins)                 # numpy in, numpy out
+    n_launch()
+    np.testing.assert_array_equal(n_out, ref_out)
+
+
 def test_unaligned_and_readonly_numpy_inputs(exported):
     """The CPU kernel needs 64-byte aligned data (its vector loads fault otherwise):
     misaligned inputs are copied, read-only ones aliased; results do not change."""

@@ -307,11 +307,16 @@ def test_tune_a_quantized_kernel_under_its_own_key(tmp_path):
     assert unq.config_source.startswith("target default")
 
 
-def test_cli_tune_quantize_options_are_checked():
+def test_cli_tune_quantize_options_are_checked(tmp_path):
     p = _cli("tune", SDPA, "--quantize-pv")
     assert p.returncode == 2 and "need --quantize" in p.stderr, p.stderr[-500:]
-    p = _cli("tune", SDPA, "--quantize", "int8", "--export-candidates", "/tmp/x-never-written")
-    assert p.returncode == 2 and "--export-candidates is not supported" in p.stderr, p.stderr[-500:]
+    # the split flow exports the quantized kernel, in its own folder and under its own key
+    p = _cli("tune", SDPA, "--target", "cuda", "--arch", "sm_90a", "--dtype", "bf16", "--quantize", "fp8",
+             "--quantize-pv", "--export-candidates", str(tmp_path / "c"), "--dry-run")
+    assert p.returncode == 0, p.stderr[-500:]
+    assert "quantized fp8 (P·V too)" in p.stdout and "on the dequantized operands" in p.stdout
+    m = _manifest(tmp_path / "c")
+    assert m["key"]["bucket"].endswith(",quant=float8_e4m3fn+pv") and "+pv-sm_90a" in m["dir"]
 
 
 def _configs(res):
@@ -797,6 +802,76 @@ def test_measuring_side_end_to_end_without_a_gpu(tmp_path):
     assert res["added"] == len(recs) and info["ok"] == 2 and info["failed"] == 2
 
 
+def _cpu_runtime_candidates(folder, example: str, shapes: dict, quantize: dict, name: str) -> None:
+    """Like _cpu_candidates, for a kernel with more arguments than q, k, v: each candidate's
+    runtime manifest and the kernel's captured inputs written by the build side's own
+    functions; plus "allfull", candidate c1 told (by its manifest) that every tile is full --
+    a wrong block map, which the check must catch."""
+    import numpy as np
+
+    from attncc.compiler import compile_variant
+    from attncc.schedules.candidates import reference_of, write_captures, write_runtime_files
+
+    kdir = folder / name
+    for sub in (kdir, folder / "src", folder / "fatbin"):
+        sub.mkdir(parents=True, exist_ok=True)
+    cands = []
+    for i, cfg in enumerate((None, {"block_q": 32, "block_k": 64})):
+        k = compile_variant(str(REPO / "examples" / example), shapes=shapes, config=cfg, tuning_db=False,
+                            quantize=quantize)
+        k.export_library(str(kdir / f"c{i}.so"))
+        sha = f"{i:064d}"
+        (folder / "fatbin" / f"{sha}.fatbin").write_bytes(b"")
+        cands.append({"id": f"c{i}", "config": dataclasses.asdict(k.config), "file": f"c{i}.so",
+                      "default": i == 0, "source_sha256": sha, "predicted_s": 1e-3,
+                      **write_runtime_files(k, str(kdir), f"c{i}")})
+    spec = k.spec
+    if spec.runtime_tile_map is not None:
+        rm = json.loads((kdir / "c1.runtime.json").read_text())
+        rm["block_map"]["mode"] = "static"
+        np.save(kdir / "allfull.npy", np.full(rm["block_map"]["shape"], 2, np.int32))
+        rm["files"]["tile_map"] = {"path": "allfull.npy"}
+        (kdir / "allfull.runtime.json").write_text(json.dumps(rm))
+        cands.append(dict(cands[1], id="allfull", runtime="allfull.runtime.json"))
+    man = {"format": "attncc-candidates/1", "arch": "sm_90a", "variant": k.variant, "env": k.env,
+           "key": {"fingerprint": "f" * 16, "bucket": "b", "dtype": spec.dtype, "target": "cpu"},
+           "dtype": spec.dtype, "inputs": ["q", "k", "v"],
+           "input_shapes": {n: list(s) for n, s in k.input_shapes().items()},
+           "out_shape": [spec.batch, spec.q_heads, spec.q_len, spec.head_dim_v],
+           "lse_shape": [spec.batch, spec.q_heads, spec.q_len], "reference": reference_of(spec),
+           "captures": write_captures(spec, str(kdir)), "candidates": cands, "build_failed": []}
+    (kdir / "manifest.json").write_text(json.dumps(man))
+
+
+def test_measuring_side_runs_quantized_and_sparse_kernels_through_the_runtime(tmp_path):
+    """The split flow on kernels that take more than q, k, v (CPU kernels standing in for the
+    GPU's): an int8 document mask (quantize prologue, scales, document ids, a block map computed
+    from them) checked against the default config, and an fp8 causal kernel with P·V quantized,
+    checked against attention on its dequantized operands.  A candidate with a wrong block map
+    is caught."""
+    pytest.importorskip("torch")
+    cands = tmp_path / "cands"
+    _cpu_runtime_candidates(cands, "document_mask.py", {"S": 256}, {"dtype": "int8", "pv": False}, "doc-int8")
+    _cpu_runtime_candidates(cands, "causal_mha.py", {"B": 1, "H": 2, "S": 192, "D": 64},
+                            {"dtype": "fp8", "pv": True}, "causal-fp8pv")
+    out = tmp_path / "results.jsonl"
+    r = subprocess.run([sys.executable, "-m", "attncc.schedules.measure_candidates", str(cands),
+                        "--out", str(out), "--lib-dir", _tvm_lib_dir(), "--device", "cpu", "--rep-ms", "20",
+                        "--confirm", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "tvm imported: False" in r.stdout
+    recs = {(rec.extra["variant"], rec.extra["candidate"]): rec for rec in TuningDB(out).records()}
+    doc0, doc1, bad = (recs[("document_mask", c)] for c in ("c0", "c1", "allfull"))
+    assert doc0.ok and doc1.ok and doc1.extra["err"] <= doc1.extra["tol"]
+    assert doc1.extra["tol"] == pytest.approx(0.02 * doc1.extra["out_max"] + 1e-3, rel=1e-6)
+    assert doc1.extra["lse_tol"] == 1e-3
+    assert bad.status == "run-failed" and "wrong result" in bad.error and bad.extra["err"] > bad.extra["tol"]
+    fp0, fp1 = recs[("causal_mha", "c0")], recs[("causal_mha", "c1")]
+    for rec in (fp0, fp1):                     # both against the dequantized reference, not each other
+        assert rec.ok and 0 < rec.extra["err"] <= rec.extra["tol"] < 0.5, rec.extra
+    assert fp1.extra["vs_default"] > 0 and fp0.extra["lse_tol"] >= 2e-3
+
+
 def test_a_hung_candidate_is_killed_and_recorded(tmp_path):
     pytest.importorskip("torch")
     _cpu_candidates(tmp_path / "cands")
@@ -818,11 +893,31 @@ def test_cuda_tuning_without_a_gpu_points_to_the_split_flow():
     assert r.returncode == 2 and "--export-candidates" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_export_candidates_refuses_kernels_with_more_arguments(tmp_path):
-    """The split tuning flow launches (q, k, v, out, lse) only: a document mask (tile map and
-    document ids) is refused with one clear error naming them, before anything is built."""
+def test_export_candidates_describes_every_argument_of_sparse_and_quantized_kernels(tmp_path):
+    """A document mask (runtime tile map, document ids) quantized to int8: each candidate gets
+    the runtime manifest attncc export would write for its config, and the kernel the document
+    ids it is measured on, so that the measuring side calls it through attncc.runtime."""
+    import numpy as np
+
+    out = tmp_path / "cands"
     r = _cli("tune", str(REPO / "examples" / "document_mask.py"), "--target", "cuda", "--arch", "sm_90a",
-             "--dtype", "bf16", "--shape", "S=512", "--export-candidates", str(tmp_path / "cands"))
-    assert r.returncode != 0
-    assert "tile_map" in r.stderr and "doc" in r.stderr and "attncc tune" in r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "cands").exists()
+             "--dtype", "bf16", "--shape", "S=512", "--quantize", "int8", "--export-candidates", str(out),
+             "--knobs", "mma=sync;block_q=128;block_k=32|64;num_warps=4;num_stages=2", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    m = _manifest(out)
+    assert m["key"]["bucket"].endswith(",quant=int8") and m["quantize"]["dtype"] == "int8"
+    assert m["reference"] == {"kind": "default", "scale": 0.125, "rel": 0.02,
+                              "quant": {"dtype": "int8", "pv": False}}
+    kdir = next(out.glob("*/manifest.json")).parent
+    with np.load(kdir / m["captures"]) as z:
+        doc = z["doc"]
+    assert doc.shape == (512,) and (np.diff(doc) >= 0).all() and len(np.unique(doc)) > 1   # sorted ids
+    assert len(m["candidates"]) >= 2 and not m["build_failed"]
+    for c in m["candidates"]:
+        rm = json.loads((kdir / c["runtime"]).read_text())
+        assert rm["format"] == "attncc-export/1" and rm["files"]["kernel"]["path"] == c["file"]
+        assert rm["config"]["block_q"] == c["config"]["block_q"] and rm["config"]["mma"] == c["config"]["mma"]
+        roles = {a["name"]: a["role"] for a in rm["kernel_args"]}
+        assert roles["tile_map"] == "table" and roles["doc"] == "capture" and roles["q_scale"] == "scale"
+        assert rm["block_map"]["mode"] == "runtime" and rm["prologue"][0]["dtype"] == "int8"
+        assert [a["name"] for a in rm["inputs"]] == ["q", "k", "v", "doc"]

@@ -171,6 +171,23 @@ class Kernel:
             fast = self._torch_fast(args)
             if fast is not None:
                 return fast
+        finish, call_args, fn = self._prepare(args, out, lse)
+        self._launch(call_args, fn)
+        return finish()
+
+    def prepare(self, *args, out=None, lse=None):
+        """``(launch, out, lse)``: everything a call does before the kernel runs -- the checks,
+        the quantize prologue, argument layouts, the block map -- done once for these inputs,
+        and ``launch()`` running the kernel alone on them (into ``out`` and ``lse``).  For
+        timing the kernel without its host-side work (attncc.schedules.measure_candidates);
+        the inputs must not change between launches (their prologue results are kept).
+        ``out`` and ``lse`` are the arrays the kernel writes (JAX: read them after a launch)."""
+        finish, call_args, fn = self._prepare(args, out, lse)
+        return (lambda: self._launch(call_args, fn)), *finish()
+
+    def _prepare(self, args, out, lse):
+        """(outputs after the launch: a function, kernel arguments, function) of a call; nothing
+        is launched."""
         inputs = self.inputs
         if len(args) != len(inputs):
             raise self._error(f"the kernel takes {len(inputs)} input(s) ({', '.join(self.input_names)}), "
@@ -194,8 +211,8 @@ class Kernel:
                 raise self._error("give both out= and lse=, or neither")
             given = [self._check_output(x, spec, device) for x, spec in zip((out, lse), self.outputs)]
         if fw == "torch":
-            return self._run_torch(values, device, given)
-        return self._run_dlpack(values, device, fw, given)
+            return self._prepare_torch(values, device, given)
+        return self._prepare_dlpack(values, device, fw, given)
 
     def _check_output(self, x, spec: _Arg, device):
         """(returned object, kernel argument) for a caller-provided output array."""
@@ -326,7 +343,7 @@ class Kernel:
 
     # -- torch -------------------------------------------------------------------------
 
-    def _run_torch(self, values, device, given=None):
+    def _prepare_torch(self, values, device, given=None):
         import torch
 
         dev = values[0].device
@@ -351,12 +368,11 @@ class Kernel:
             outs = [g[0] for g in given]
             it = iter([g[1] for g in given])
         args = [next(it) if isinstance(x, _Arg) and x.role == "output" else x for x in args]
-        self._launch(*self._fill_tables(args, ops, device))
-        return outs[0], outs[1]
+        return (lambda: (outs[0], outs[1])), *self._fill_tables(args, ops, device)
 
     # -- numpy, JAX, cupy, any DLPack ---------------------------------------------------
 
-    def _run_dlpack(self, values, device, fw, given=None):
+    def _prepare_dlpack(self, values, device, fw, given=None):
         ops = self._operands(values, fw)
         args = []
         for spec, v in zip(self.kernel_args, ops):
@@ -376,10 +392,12 @@ class Kernel:
             results = None
         it = iter(passed)
         args = [next(it) if isinstance(x, _Arg) and x.role == "output" else x for x in args]
-        self._launch(*self._fill_tables(args, ops, device))
-        if results is None:
-            results = [_wrap(t, fw) for t in passed]
-        return results[0], results[1]
+        call_args, fn = self._fill_tables(args, ops, device)
+
+        def finish():            # after the launch: JAX and cupy wrap the written tensors
+            res = results if results is not None else [_wrap(t, fw) for t in passed]
+            return res[0], res[1]
+        return finish, call_args, fn
 
     def _to_arg(self, v, spec: _Arg, device):
         """A kernel argument from a checked value: numpy arrays become aligned, writable and

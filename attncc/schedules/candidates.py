@@ -70,24 +70,72 @@ def config_id(config) -> str:
 
 
 def _slug(kernel, arch: str) -> str:
+    """The kernel's folder: variant, dtype, dims, the quantization if any (a quantized kernel is
+    another kernel, under its own tuning key), arch."""
     dims = "_".join(f"{a}{b}" for a, b in kernel.env.items())
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kernel.variant}-{kernel.spec.dtype}-{dims}-{arch}")
+    spec = kernel.spec
+    quant = f"-{spec.quant_dtype}{'+pv' if spec.quant_pv else ''}" if spec.quant_dtype else ""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{kernel.variant}-{spec.dtype}-{dims}{quant}-{arch}")
 
 
 def reference_of(spec) -> dict:
     """How the measuring side checks a candidate's result.  ``sdpa``: the kernel is plain
     scaled-dot-product attention (no score_mod; no mask or the causal one), so a float32
-    evaluation on the GPU is exact enough; else ``default``: every candidate is compared
-    with the default config's output (a candidate must agree with the kernel compile
-    uses today; the default itself is checked against the reference by the CUDA tests)."""
+    evaluation on the GPU is exact enough; a quantized one (``quant``: its dtype, and whether
+    P·V is quantized) is checked against that evaluation on its dequantized operands (the
+    runtime's own prologue), the naive error counting P in e4m3 where P·V is fp8.  Else
+    ``default``: every candidate is compared with the default config's output (a candidate
+    must agree with the kernel compile uses today; the default itself is checked against the
+    reference by the CUDA tests), within ``rel`` of the output's largest magnitude: 2 %, or
+    5 % where P·V is quantized -- about twice what two correct configs differ by (H200: 0.2-0.4 %
+    unquantized and fp8 Q·Kᵀ, 2.2 % fp8 P·V; benchmarks/gpu/RESULTS.md, "The split tuning flow
+    for quantized and sparse kernels")."""
     kb = spec.key_bounds
-    plain = (spec.score_mod is None and not getattr(spec, "captures", ()) and not getattr(spec, "quant_dtype", None)
-             and spec.runtime_tile_map is None)
+    quant = getattr(spec, "quant_dtype", None)
+    plain = (spec.score_mod is None and not getattr(spec, "captures", ()) and spec.runtime_tile_map is None)
+    q = {"quant": {"dtype": quant, "pv": bool(spec.quant_pv)}} if quant else {}
     if plain and spec.mask_mod is None and kb.lower_offset is None and kb.upper_offset is None:
-        return {"kind": "sdpa", "causal": False, "scale": spec.scale}
+        return {"kind": "sdpa", "causal": False, "scale": spec.scale, **q}
     if plain and kb.exact and kb.lower_offset is None and kb.upper_offset == 0 and spec.q_len == spec.kv_len:
-        return {"kind": "sdpa", "causal": True, "scale": spec.scale}
-    return {"kind": "default", "scale": spec.scale}
+        return {"kind": "sdpa", "causal": True, "scale": spec.scale, **q}
+    rel = 0.05 if quant and spec.quant_pv else 0.02
+    return {"kind": "default", "scale": spec.scale, "rel": rel, **q}
+
+
+def write_runtime_files(kernel, kdir: str, cid: str) -> dict:
+    """Beside a candidate's library ``<cid>.so``: ``<cid>.runtime.json``, the manifest
+    ``attncc export`` would write for this config (its arguments: quantize prologue, V layout,
+    tile map, scales, captured inputs), and the compile-time tile map ``<cid>.tile_map.npy``
+    where the kernel has one.  The measuring side calls the candidate through attncc.runtime
+    with them, as an exported kernel is called.  Returns the candidate entry's fields."""
+    import numpy as np
+
+    from attncc.export import _static_tables, build_manifest
+
+    man = build_manifest(kernel)
+    files = {"kernel": {"path": cid + ".so"}}
+    tables = _static_tables(kernel)
+    if tables is not None:
+        np.save(os.path.join(kdir, cid + ".tile_map.npy"), tables)
+        files["tile_map"] = {"path": cid + ".tile_map.npy"}
+    man["files"] = files
+    with open(os.path.join(kdir, cid + ".runtime.json"), "w") as f:
+        json.dump(man, f)
+    return {"runtime": cid + ".runtime.json"}
+
+
+def write_captures(spec, kdir: str) -> Optional[str]:
+    """The captured inputs every candidate of the kernel is measured on (document ids:
+    attncc.targets.cuda.measure_captures, what the in-process tuner uses), as ``captures.npz``."""
+    import numpy as np
+
+    if not spec.captures:
+        return None
+    from attncc.targets.cuda import measure_captures
+
+    caps = measure_captures(spec, np.random.default_rng(0))
+    np.savez(os.path.join(kdir, "captures.npz"), **{c[0]: a for c, a in zip(spec.captures, caps)})
+    return "captures.npz"
 
 
 # --------------------------------------------------------------------------- building
@@ -100,12 +148,12 @@ def _build_worker(workload: tuple, values: dict, so_path: str, src_dir: str) -> 
     logging.disable(logging.WARNING)
     from attncc.compiler import compile_variant
 
-    variant, variant_name, shapes, dtype, passes, options = workload
+    variant, variant_name, shapes, dtype, passes, options, quantize = workload
     kernel = _WORKER_CACHE.get(workload)
     if kernel is None:
         kernel = _WORKER_CACHE[workload] = compile_variant(
             variant, target="cuda", shapes=dict(shapes), dtype=dtype, passes=passes, variant_name=variant_name,
-            build=False, target_options=dict(options), tuning_db=False)
+            build=False, target_options=dict(options), tuning_db=False, quantize=dict(quantize) or None)
     tgt = kernel.target
     t0 = time.perf_counter()
     try:
@@ -113,6 +161,8 @@ def _build_worker(workload: tuple, values: dict, so_path: str, src_dir: str) -> 
         built = tgt.build(kernel.spec, config, dict(options)["arch"])
         source = tgt.source(built)
         tgt.export_library(built, so_path)
+        runtime = write_runtime_files(dataclasses.replace(kernel, config=config, built=built),
+                                      os.path.dirname(so_path), os.path.basename(so_path)[:-3])
     except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded, never fatal
         text = str(exc).strip().splitlines()
         return {"ok": False, "error": f"{type(exc).__name__}: {text[-1] if text else ''}"[:500],
@@ -125,7 +175,7 @@ def _build_worker(workload: tuple, values: dict, so_path: str, src_dir: str) -> 
             f.write(source)
         os.replace(tmp, path)
     return {"ok": True, "sha256": sha, "build_s": time.perf_counter() - t0,
-            "shared_memory_bytes": tgt.shared_memory_bytes(kernel.spec, config)}
+            "shared_memory_bytes": tgt.shared_memory_bytes(kernel.spec, config), **runtime}
 
 
 def nvcc_fatbin(src_path: str, fatbin_path: str, arch: str, nvcc: str = "nvcc") -> tuple:
@@ -146,14 +196,17 @@ def nvcc_fatbin(src_path: str, fatbin_path: str, arch: str, nvcc: str = "nvcc") 
 def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optional[dict] = None, dtype=None, *,
                       variant_name: Optional[str] = None, target_options: Optional[dict] = None,
                       passes: Optional[str] = None, knobs: Optional[dict] = None, fatbin: bool = False,
-                      jobs: Optional[int] = None, dry_run: bool = False,
+                      jobs: Optional[int] = None, dry_run: bool = False, quantize: Optional[dict] = None,
                       on_event: Optional[Callable] = None) -> dict:
     """Export every valid candidate of ``variant``'s space at ``shapes`` into
     ``out_dir/<slug>/`` and return the manifest (also written as manifest.json there).
 
     ``knobs`` ({name: values}) narrows the family's knob values; ``dry_run`` enumerates and
     writes the manifest without building; ``fatbin`` compiles each source with nvcc here
-    too; ``on_event(kind, **info)`` gets "start" (candidates=n) and "built" (index, id, ok)."""
+    too; ``quantize`` (compile_variant's) exports the quantized kernel, tuned under its own key;
+    ``on_event(kind, **info)`` gets "start" (candidates=n) and "built" (index, id, ok).  Every
+    argument the kernel takes besides q, k, v (tile map, scales, captured inputs) is described
+    per candidate (``write_runtime_files``) and supplied on the measuring side by attncc.runtime."""
     from attncc import __version__
     from attncc.compiler import compile_variant
     from attncc.passes.pipeline import DEFAULT_PIPELINE
@@ -175,16 +228,8 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
     else:
         raise AttnccError("export_candidates takes a variant file (build processes load it by path)")
     kernel = compile_variant(variant, target=target, shapes=shapes, dtype=dtype, passes=passes,
-                             variant_name=variant_name, build=False, target_options=options, tuning_db=False)
-    spec = kernel.spec
-    takes = ([n for n, _ in spec.scales] + [c[0] for c in spec.captures]
-             + (["tile_map"] if spec.mask_mod is not None and not spec.key_bounds.exact
-                and (spec.tile_map is not None or spec.runtime_tile_map is not None) else []))
-    if takes:
-        # measure_candidates launches (q, k, v, out, lse) only
-        raise AttnccError(f"--export-candidates: this kernel takes {', '.join(takes)} besides q, k, v, which the "
-                          "candidate measurer does not supply yet; tune it with `attncc tune` on the GPU machine "
-                          "(the in-process tuner passes them)", variant=kernel.variant)
+                             variant_name=variant_name, build=False, target_options=options, tuning_db=False,
+                             quantize=quantize)
     family = get_family(target)
     space = SearchSpace(target, kernel.spec, options)
     if knobs:
@@ -210,8 +255,9 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
     os.makedirs(kdir, exist_ok=True)
     os.makedirs(src_dir, exist_ok=True)
     for old in os.listdir(kdir):                 # a re-export replaces the kernel's folder
-        if old.endswith(".so") or old == "manifest.json":
+        if old.endswith((".so", ".runtime.json", ".tile_map.npy")) or old in ("manifest.json", "captures.npz"):
             os.remove(os.path.join(kdir, old))
+    captures = write_captures(kernel.spec, kdir)
     entries = []
     for c in configs:
         try:
@@ -230,7 +276,7 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
     failed = []
     if not dry_run:
         workload = (variant, variant_name, tuple(sorted((shapes or {}).items())), None if dtype is None else str(dtype),
-                    passes, tuple(sorted(options.items())))
+                    passes, tuple(sorted(options.items())), tuple(sorted((quantize or {}).items())))
         import multiprocessing
 
         jobs = max(1, jobs or os.cpu_count() or 1)
@@ -247,6 +293,7 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
                 if info["ok"]:
                     e["source_sha256"] = info["sha256"]
                     e["shared_memory_bytes"] = info["shared_memory_bytes"]
+                    e["runtime"] = info["runtime"]
                 else:
                     e["error"] = info["error"]
                 emit("built", index=i, id=e["id"], ok=info["ok"])
@@ -286,6 +333,8 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
         "bytes": sum(_prod(s) for s in shapes_in.values()) * 2 + spec.batch * spec.q_heads * spec.q_len
         * (spec.head_dim_v * 2 + 4),
         "reference": reference_of(spec),
+        "captures": captures,
+        "quantize": dict(quantize or {}),
         "space": {"knobs": {k.name: list(k.values) for k in space.knobs}, "size": space.size, "valid": len(valid),
                   "rejected": dict(space.rejected.most_common())},
         "default_config": config_dict(default),
@@ -311,8 +360,10 @@ def _prod(xs) -> int:
 
 def summary(manifest: dict) -> str:
     sp = manifest["space"]
+    q = manifest.get("quantize") or {}
+    quant = (f", quantized {q['dtype']}" + (" (P·V too)" if q.get("pv") else "")) if q else ""
     lines = [f"kernel     {manifest['variant']} {manifest['dtype']} "
-             f"{' '.join(f'{k}={v}' for k, v in manifest['env'].items())} for {manifest['arch']}",
+             f"{' '.join(f'{k}={v}' for k, v in manifest['env'].items())} for {manifest['arch']}{quant}",
              f"space      {sp['size']} configs, {sp['valid']} valid; "
              f"{len(manifest['candidates'])} candidate(s) exported"
              + (f", {len(manifest['build_failed'])} failed to build" if manifest["build_failed"] else "")
@@ -321,7 +372,11 @@ def summary(manifest: dict) -> str:
         lines.append("rejected   " + "\n           ".join(f"{n:4d}  {r}" for r, n in sp["rejected"].items()))
     for f in manifest["build_failed"]:
         lines.append(f"failed     {f['id']}: {f['error']}")
-    lines.append(f"reference  {manifest['reference']['kind']}"
-                 + (f" (causal={manifest['reference']['causal']})" if manifest["reference"]["kind"] == "sdpa" else ""))
+    ref = manifest["reference"]
+    lines.append(f"reference  {ref['kind']}"
+                 + (f" (causal={ref['causal']}" + (", on the dequantized operands" if ref.get("quant") else "") + ")"
+                    if ref["kind"] == "sdpa" else f" (within {ref.get('rel', 0.02):.0%} of the default's output)"))
+    if manifest.get("captures"):
+        lines.append(f"captures   {manifest['captures']} (the captured inputs every candidate is measured on)")
     lines.append(f"wrote      {manifest['dir']}/manifest.json  ({manifest['export_s']:.0f} s)")
     return "\n".join(lines)

@@ -49,6 +49,35 @@ import time
 import uuid
 
 RT_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_runtime_cuda.so")
+FP8_LSE_FLOOR = 2e-3        # attncc.compiler's floor of the fp8 kernels' lse bound (no compiler import here)
+
+
+def _runtime_manifest(man: dict):
+    """The runtime manifest of the kernel's first candidate with one (they share inputs), or None."""
+    for c in man["candidates"]:
+        if c.get("runtime"):
+            with open(os.path.join(man["dir"], c["runtime"])) as f:
+                return json.load(f)
+    return None
+
+
+def _qkv_operands(rman, values: dict, quant, torch):
+    """q, k, v of the reference: the variant's inputs behind the kernel's first three
+    arguments; quantized ones as the runtime's prologue computes them, dequantized (x_q * scale)."""
+    if rman is None:
+        return values["q"], values["k"], values["v"]
+    from attncc.runtime._torch import quantize_torch
+
+    out = []
+    for arg in rman["kernel_args"][:3]:
+        src = arg["source"]
+        if "input" in src:
+            out.append(values[src["input"]])
+            continue
+        p = rman["prologue"][src["prologue"]]
+        xq, scale = quantize_torch(values[p["input"]], p["dtype"], p["granularity"], p["block"])
+        out.append(xq.float() * scale)
+    return out
 
 
 def find_manifests(dirs) -> list:
@@ -191,6 +220,11 @@ class _Worker:
 
     # ---- a kernel's inputs and reference
     def prepare(self, man: dict) -> dict:
+        """The kernel's inputs (the same for every candidate), its out and lse, and its reference.
+        Candidates with a runtime manifest (``runtime``: every export since quantized and sparse
+        kernels were taken) are called through attncc.runtime on the variant's inputs -- float
+        inputs random, captured ones from ``captures.npz`` -- so the quantize prologue, V's
+        layout and the tile map are the runtime's; older ones get (q, k, v, out, lse)."""
         if self.current == man["dir"]:
             return self.state
         torch = self.torch
@@ -198,23 +232,47 @@ class _Worker:
         self.current = None
         if self.dev.type == "cuda":
             torch.cuda.empty_cache()
-        dt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[man["dtype"]]
+        dts = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+        dt = dts[man["dtype"]]
         gen = torch.Generator(device=self.dev).manual_seed(0)
-        q, k, v = (torch.randn(man["input_shapes"][n], dtype=dt, device=self.dev, generator=gen)
-                   for n in man["inputs"])
-        st = {"q": q, "k": k, "v": v, "dtype": dt,
+        rman = _runtime_manifest(man)
+        if rman is None:
+            q, k, v = (torch.randn(man["input_shapes"][n], dtype=dt, device=self.dev, generator=gen)
+                       for n in man["inputs"])
+            inputs, names = [q, k, v], ["q", "k", "v"]
+        else:
+            import numpy as np
+
+            caps = {}
+            if man.get("captures"):
+                with np.load(os.path.join(man["dir"], man["captures"])) as z:
+                    caps = {n: z[n] for n in z.files}
+            inputs = []
+            for d in rman["inputs"]:
+                if d["name"] in caps:
+                    inputs.append(torch.from_numpy(caps[d["name"]]).to(self.dev))
+                elif d["dtype"] in dts:
+                    inputs.append(torch.randn(d["shape"], dtype=dts[d["dtype"]], device=self.dev, generator=gen))
+                else:
+                    raise ValueError(f"input {d['name']} ({d['dtype']}): not a float and not in captures.npz")
+            names = [d["name"] for d in rman["inputs"]]
+        st = {"inputs": inputs, "dtype": dt,
               "out": torch.empty(man["out_shape"], dtype=dt, device=self.dev),
               "lse": torch.empty(man["lse_shape"], dtype=torch.float32, device=self.dev)}
         ref = man["reference"]
         if ref["kind"] == "sdpa":
-            st.update(self._sdpa_reference(q, k, v, ref["scale"], ref["causal"]))
+            q, k, v = _qkv_operands(rman, dict(zip(names, inputs)), ref.get("quant"), torch)
+            st.update(self._sdpa_reference(q, k, v, ref["scale"], ref["causal"], ref.get("quant"), dt))
         self.state = st
         self.current = man["dir"]
         return st
 
-    def _sdpa_reference(self, q, k, v, scale, causal) -> dict:
+    def _sdpa_reference(self, q, k, v, scale, causal, quant=None, out_dtype=None) -> dict:
         """float32 out and lse, and the errors of a naive evaluation in the inputs' precision
-        (bf16/f16 scores and probabilities), one batch and 4 heads at a time."""
+        (bf16/f16 scores and probabilities; for a quantized kernel, ``q, k, v`` are the
+        dequantized operands, the scores float32 and P in ``out_dtype``, or in e4m3 where P·V is
+        quantized: the kernel's 2^8 P; the output rounded to ``out_dtype``), one batch and 4
+        heads at a time."""
         torch = self.torch
         B, H, S, _ = q.shape
         group = H // k.shape[1]
@@ -225,6 +283,7 @@ class _Worker:
         mask = None
         if causal:
             mask = torch.ones(S, T, dtype=torch.bool, device=self.dev).triu(1)
+        low = q.dtype                                 # the naive kernel's precision (unquantized)
         for b in range(B):
             for h0 in range(0, H, 4):
                 hs = slice(h0, min(h0 + 4, H))
@@ -232,26 +291,58 @@ class _Worker:
                 vh = v[b].repeat_interleave(group, 0)[hs]
                 qh = q[b, hs]
                 s = (qh.float() @ kh.float().transpose(-1, -2)) * scale
-                sn = ((qh @ kh.transpose(-1, -2)) * scale).float()        # scores rounded to bf16/f16
+                if quant is None:
+                    sn = ((qh @ kh.transpose(-1, -2)) * scale).float()        # scores rounded to bf16/f16
+                else:
+                    sn = s.clone()                    # 8-bit products are exact; the scores stay f32
                 if mask is not None:
                     s.masked_fill_(mask, float("-inf"))
                     sn.masked_fill_(mask, float("-inf"))
                 l32 = torch.logsumexp(s, -1)
                 o32 = torch.softmax(s, -1) @ vh.float()
                 ln = torch.logsumexp(sn, -1)
-                on = (torch.softmax(sn, -1).to(q.dtype) @ vh).float()
+                if quant is None:
+                    on = (torch.softmax(sn, -1).to(low) @ vh).float()
+                else:
+                    pu = torch.exp(sn - sn.amax(-1, keepdim=True))      # unnormalised, <= 1
+                    pr = (pu * 256).to(torch.float8_e4m3fn).float() / 256 if quant["pv"] else \
+                        pu.to(out_dtype).float()
+                    on = ((pr @ vh.float()) / pu.sum(-1, keepdim=True)).to(out_dtype).float()   # out rounded
                 out[b, hs] = o32
                 lse[b, hs] = l32
                 naive_err = max(naive_err, float((on - o32).abs().max()))
                 naive_lse_err = max(naive_lse_err, float((ln - l32).abs().max()))
                 del s, sn, o32, on
-        return {"ref_out": out, "ref_lse": lse, "tol": 2 * naive_err + 1e-3, "lse_tol": 2 * naive_lse_err + 1e-3}
+        lse_floor = FP8_LSE_FLOOR if quant and quant["dtype"] != "int8" else 1e-3
+        return {"ref_out": out, "ref_lse": lse, "tol": 2 * naive_err + 1e-3, "lse_tol": 2 * naive_lse_err + lse_floor}
 
     def load(self, man: dict, cand: dict):
+        """(module, launch): ``launch()`` runs the candidate once on the prepared inputs, into
+        the state's out and lse."""
         fat = os.path.join(man["root"], "fatbin", cand["source_sha256"] + ".fatbin")
         self.native.register_cuda_fatbin(cand["source_sha256"], fat if os.path.exists(fat) else None, man["arch"])
         mod = self.tvm_ffi.load_module(os.path.join(man["dir"], cand["file"]))
-        return mod, mod["main"]
+        st = self.prepare(man)
+        if not cand.get("runtime"):
+            fn = mod["main"]
+            args = (*st["inputs"], st["out"], st["lse"])
+            return mod, (lambda: fn(*args))
+        from attncc.runtime import Kernel, file_path, load_block_map_function
+
+        with open(os.path.join(man["dir"], cand["runtime"])) as f:
+            rman = json.load(f)
+        tile_map = None
+        bm = rman.get("block_map", {})
+        if bm.get("mode") == "static":
+            import numpy as np
+
+            tile_map = np.ascontiguousarray(np.load(file_path(man["dir"], rman, "tile_map")), dtype=np.int32)
+        small = bm.get("small")
+        kernel = Kernel(rman, mod["main"], module=mod, tile_map=tile_map,
+                        runtime_tile_map=load_block_map_function(rman) if bm.get("mode") == "runtime" else None,
+                        functions={small["function"]: mod[small["function"]]} if small else None)
+        launch, _, _ = kernel.prepare(*st["inputs"], out=st["out"], lse=st["lse"])
+        return mod, launch
 
     def check(self, man: dict, cand: dict, fn) -> dict:
         torch = self.torch
@@ -259,14 +350,21 @@ class _Worker:
         out, lse = st["out"], st["lse"]
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
-        fn(st["q"], st["k"], st["v"], out, lse)
+        fn()
         self.sync()
         res = {}
+        if cand.get("default"):                # kept: each candidate's difference from it is recorded
+            st["default_out"] = out.float().clone()
         if "ref_out" not in st:            # reference "default": the default candidate's output
             if cand.get("default"):
-                st["ref_out"], st["ref_lse"] = out.float().clone(), lse.clone()
+                ref = man["reference"]
+                rel = ref.get("rel", 0.02)
+                st["ref_out"], st["ref_lse"] = st["default_out"], lse.clone()
                 scale = float(st["ref_out"].abs().max())
-                st["tol"], st["lse_tol"] = 0.02 * scale + 1e-3, 0.02 * float(st["ref_lse"].abs().max()) + 1e-3
+                fp8 = (ref.get("quant") or {}).get("dtype", "int8") != "int8"
+                # the lse of two correct configs differs by float32 rounding (fp8 kernels: up to
+                # ~7e-4, H200); an absolute bound, as the sdpa check's floor
+                st["tol"], st["lse_tol"] = rel * scale + 1e-3, FP8_LSE_FLOOR if fp8 else 1e-3
                 return {"err": 0.0, "tol": st["tol"], "lse_err": 0.0, "lse_tol": st["lse_tol"], "ok": True,
                         "check": "is the reference (default)"}
             if "ref_out" not in st:
@@ -276,6 +374,9 @@ class _Worker:
         lse_err = float((lse - st["ref_lse"]).abs().max())
         res.update(err=err, tol=st["tol"], lse_err=lse_err, lse_tol=st["lse_tol"],
                    ok=not nan and err <= st["tol"] and lse_err <= st["lse_tol"])
+        if "default_out" in st and not cand.get("default"):
+            res["vs_default"] = float((out.float() - st["default_out"]).abs().max())
+            res["out_max"] = float(st["default_out"].abs().max())
         if not res["ok"]:
             res["error"] = ("NaN in the output (an element not written)" if nan else
                             f"wrong result: max error {err:.3g} (tolerance {st['tol']:.3g}), "
@@ -283,9 +384,7 @@ class _Worker:
         return res
 
     def time(self, man, fn, warmup_ms, rep_ms) -> dict:
-        st = self.prepare(man)
-        args = (st["q"], st["k"], st["v"], st["out"], st["lse"])
-        xs = sorted(self.bench(lambda: fn(*args), warmup_ms, rep_ms))
+        xs = sorted(self.bench(fn, warmup_ms, rep_ms))
         med = statistics.median(xs)
         q1, q3 = xs[(len(xs) - 1) // 4], xs[(3 * (len(xs) - 1)) // 4]
         return {"time_s": med, "spread": (q3 - q1) / med if med > 0 else None, "runs": len(xs), "min_s": xs[0]}
@@ -294,6 +393,7 @@ class _Worker:
     def measure(self, task: dict) -> dict:
         man = _manifest(task["manifest"])
         cand = next(c for c in man["candidates"] if c["id"] == task["id"])
+        self.prepare(man)                      # inputs and reference, once a kernel: not load time
         t0 = time.perf_counter()
         _, fn = self.load(man, cand)
         load_s = time.perf_counter() - t0
@@ -453,7 +553,7 @@ def _record(man, cand, hello, res, phase, session, trial, arch_device) -> dict:
            "phase": phase, "trial": trial, "session": session, "strategy": "exhaustive",
            "device_full": hello["device_full"], "sm_count": hello["sm_count"], "timer": hello["timer"],
            "default": bool(cand.get("default")), "source": "measure_candidates"}
-    for k in ("min_s", "err", "tol", "lse_err", "lse_tol", "load_s", "round"):
+    for k in ("min_s", "err", "tol", "lse_err", "lse_tol", "vs_default", "out_max", "load_s", "round"):
         if res.get(k) is not None:
             rec[k] = round(res[k], 9) if isinstance(res[k], float) else res[k]
     for k in ("predicted_s", "build_s", "kernel_revision"):
@@ -513,7 +613,8 @@ def run(dirs, out_path, lib_dir=None, jobs=None, timeout=60.0, warmup_ms=25, rep
                 emit(_record(man, f, hello, {"status": "build-failed", "error": f["error"]}, "search", session, 0,
                              None))
             dflt = next((c["id"] for c in cands if c.get("default")), None)
-            best_ids = sorted(times, key=times.get)[:confirm]
+            ranked = sorted(times, key=times.get)
+            best_ids = ranked[:confirm]
             ids = best_ids + ([dflt] if dflt in times and dflt not in best_ids else [])
             conf = {}
             if confirm and len(ids) > 1:
@@ -527,7 +628,7 @@ def run(dirs, out_path, lib_dir=None, jobs=None, timeout=60.0, warmup_ms=25, rep
                 except (_Timeout, _Died) as exc:
                     print(f"  confirmation failed: {exc}", flush=True)
             med = {k: statistics.median(v) for k, v in conf.items()}
-            best = min(med, key=med.get) if med else (best_ids[0] if best_ids else None)
+            best = min(med, key=med.get) if med else (ranked[0] if ranked else None)   # --confirm 0: the search's
             line = {"kernel": os.path.basename(man["dir"]), "candidates": len(cands), "ok": len(times),
                     "failed": len(cands) - len(times) + len(man.get("build_failed", [])),
                     "default": dflt, "best": best, "wall_s": time.time() - t0,

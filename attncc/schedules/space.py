@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from attncc.errors import ConfigError
+from attncc.errors import ConfigError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ class SearchSpace:
             if searched is not None:
                 searched(self.spec, config, self.options)
             verdict = None
-        except ConfigError as exc:
-            verdict = reason_of(exc)
+        except (ConfigError, ShapeError) as exc:   # ShapeError: this config's kernel cannot take the
+            verdict = reason_of(exc)               # shape (fp8 wgmma at head_dim 64; mma.sync takes it)
             self.rejected[verdict] += 1
         self._verdict[config] = verdict
         return verdict

@@ -1155,10 +1155,18 @@ def measure_args(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, devi
             for i, (s, adt) in enumerate(zip(shapes[:3], _input_dtypes(spec)))]
     args.append(tvm.runtime.tensor(np.empty(shapes[3], dtype=dt), device=dev))
     args.append(tvm.runtime.tensor(np.empty(shapes[4], dtype=np.float32), device=dev))
-    caps = [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
+    caps = measure_captures(spec, rng)
     scales = [np.full(shape, 0.05, np.float32) for _, shape in spec.scales]
     function, rest = built.call_args(scales + caps, device=dev)
     return function, args + rest
+
+
+def measure_captures(spec: FlashKernelSpec, rng) -> list:
+    """The captured inputs a tuning measurement runs on: 8 sorted random ids per tensor
+    (document ids: 8 documents), so that a mask of captured data has its typical sparsity.
+    The in-process tuner (measure_args) and the split flow's candidates (captures.npz) both
+    take them from here."""
+    return [np.sort(rng.integers(0, 8, shape)).astype(_np_dtype(cdt)) for _, shape, cdt in spec.captures]
 
 
 def measure(built: CudaKernel, spec: Optional[FlashKernelSpec] = None, repeat: int = 20,
