@@ -20,6 +20,11 @@ One call exports one kernel (variant, shape, dtype, arch) into ``DIR/<slug>/``:
     <id>.so              ``export_library`` of the built module (host code + CUDA source;
                          TVM compiles the source when the module is loaded, through the
                          ``tvm_callback_cuda_compile`` global function)
+    <id>.runtime.json    the manifest ``attncc export`` would write for this config (the
+                         arguments: quantize prologue, V layout, tile map, scales, captured
+                         inputs); ``<id>.tile_map.npy`` a compile-time tile map.  The measuring
+                         side calls the candidate through attncc.runtime with them
+    captures.npz         a mask of captured inputs: the data every candidate is measured on
     DIR/src/<sha256>.cu  the CUDA source, so that the GPU side can compile every candidate
                          with nvcc in parallel before loading any (keyed by sha256, shared
                          between kernels with the same source)

@@ -12,11 +12,14 @@ the candidates' ``.so``, ``src/<sha256>.cu``).  Steps:
    candidates "build-failed".  Loading a module then answers TVM's
    ``tvm_callback_cuda_compile`` from those files (attncc.runtime's callback, by sha256).
 2. a worker process (restarted after a crash or a hang; ``--timeout`` seconds per
-   candidate) loads each candidate, runs it once on random inputs with the outputs
+   candidate) loads each candidate -- through attncc.runtime where it has a runtime manifest
+   (quantize prologue, V layout, tile map, captured inputs from ``captures.npz``; the
+   kernel alone is timed, ``Kernel.prepare``) -- runs it once on random inputs with the outputs
    poisoned with NaN and checks the result (manifest ``reference``: ``sdpa`` -- a float32
-   evaluation on the GPU, tolerance 2 x the error of a naive evaluation in the kernel's
-   precision + 1e-3, DESIGN.md's rule, for out and lse; ``default`` -- agreement with the
-   default config's output), then times it: ``triton.testing.do_bench`` (``--warmup-ms``,
+   evaluation on the GPU, on the dequantized operands for a quantized kernel, tolerance 2 x
+   the error of a naive evaluation in the kernel's precision + 1e-3, DESIGN.md's rule, for
+   out and lse; ``default`` -- agreement with the default config's output within ``rel`` of
+   its largest value), then times it: ``triton.testing.do_bench`` (``--warmup-ms``,
    ``--rep-ms``; CUDA events without triton), median, spread = (p75 - p25) / median.
    A wrong result is "run-failed"; a crash "run-failed"; a hang "timeout".
 3. confirmation: the ``--confirm`` fastest candidates of each kernel and its default are
