@@ -318,6 +318,18 @@ def test_cli_tune_quantize_options_are_checked(tmp_path):
     m = _manifest(tmp_path / "c")
     assert m["key"]["bucket"].endswith(",quant=float8_e4m3fn+pv")
     assert next((tmp_path / "c").glob("*/manifest.json")).parent.name.endswith("-float8_e4m3fn+pv-sm_90a")
+    # int8 on sm_90a: the wgmma configs are rejections with their reason, the mma.sync ones remain
+    p = _cli("tune", SDPA, "--target", "cuda", "--arch", "sm_90a", "--dtype", "bf16", "--quantize", "int8",
+             "--export-candidates", str(tmp_path / "i"), "--dry-run")
+    assert p.returncode == 0, p.stderr[-500:]
+    m = _manifest(tmp_path / "i")
+    assert m["candidates"] and {c["config"]["mma"] for c in m["candidates"]} == {"sync"}
+    assert any("int8 inputs run on the mma.sync kernel" in r for r in m["space"]["rejected"])
+    # no config at all (fp8 before sm_89): one error naming why, nothing written
+    p = _cli("tune", SDPA, "--target", "cuda", "--arch", "sm_80", "--dtype", "bf16", "--quantize", "fp8",
+             "--export-candidates", str(tmp_path / "f"), "--dry-run")
+    assert p.returncode == 2 and "no config of the cuda search space" in p.stderr and "sm_89" in p.stderr
+    assert "Traceback" not in p.stderr and not list((tmp_path / "f").glob("*/manifest.json"))
 
 
 def _configs(res):

@@ -253,6 +253,8 @@ def export_candidates(variant, out_dir: str, target: str = "cuda", shapes: Optio
             configs.insert(0, default)           # the baseline is always measured
         except Exception:  # noqa: BLE001
             pass
+    if not configs:
+        raise space.nothing_valid()
     key = make_key(kernel.source_ir, kernel.spec, target, family.device_name(options))
     slug = _slug(kernel, options["arch"])
     kdir = os.path.join(out_dir, slug)

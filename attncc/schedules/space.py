@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from attncc.errors import ConfigError, ShapeError
+from attncc.errors import ConfigError, DTypeError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class SearchSpace:
         self.options = dict(options or {})
         self.knobs: list[Knob] = list(knobs if knobs is not None else self.family.knobs(spec, self.options))
         self.rejected: Counter = Counter()
+        self._example: dict = {}                  # reason -> the first error's own text
         self._verdict: dict = {}          # config -> None (valid) or reason
         self._valid: Optional[list] = None
 
@@ -108,11 +109,25 @@ class SearchSpace:
             if searched is not None:
                 searched(self.spec, config, self.options)
             verdict = None
-        except (ConfigError, ShapeError) as exc:   # ShapeError: this config's kernel cannot take the
-            verdict = reason_of(exc)               # shape (fp8 wgmma at head_dim 64; mma.sync takes it)
+        except (ConfigError, ShapeError, DTypeError) as exc:
+            # ShapeError / DTypeError: this config's kernel cannot take the shape or the inputs
+            # (fp8 wgmma at head_dim 64, int8 on wgmma: the mma.sync configs take them)
+            verdict = reason_of(exc)
             self.rejected[verdict] += 1
+            self._example.setdefault(verdict, exc)
         self._verdict[config] = verdict
         return verdict
+
+    def nothing_valid(self) -> Exception:
+        """The error to raise when no config of the space can build the kernel: the most
+        common rejection's own error (e.g. fp8 on sm_80: the DTypeError naming sm_89)."""
+        if not self.rejected:
+            return ConfigError(f"{self.target_name}: the search space is empty")
+        reason, n = self.rejected.most_common(1)[0]
+        exc = self._example[reason]
+        return type(exc)(f"no config of the {self.target_name} search space can build this kernel "
+                         f"({n} of {sum(self.rejected.values())} rejected for this reason): {exc.message}",
+                         variant=exc.variant)
 
     def is_valid(self, config) -> bool:
         return self.check(config) is None

@@ -723,6 +723,8 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     valid = space.valid_configs() if enumerable else []
     model = lambda c: family.cost_model(kernel.spec, c, options)  # noqa: E731
     first = [default_cfg] if s.include_default and space.is_valid(default_cfg) else []
+    if enumerable and not valid and not first:
+        raise space.nothing_valid()
     n_candidates = len(set(valid) | set(first)) if enumerable else space.size
     name = s.strategy
     if name == "auto":

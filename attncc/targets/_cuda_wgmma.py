@@ -121,8 +121,8 @@ def check_fp8(spec: FlashKernelSpec, config) -> None:
         return
     from attncc.errors import DTypeError
     if spec.quant_dtype not in FP8_PTX:
-        raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported on CUDA (the Hopper "
-                         "kernel takes fp8 e4m3/e5m2 only; int8 runs on the cpu target)",
+        raise DTypeError(f"cuda target: --quantize {spec.quant_dtype} is not supported by the wgmma kernels "
+                         "(they take fp8 e4m3/e5m2; int8 runs on the mma.sync kernel, mma='sync')",
                          variant=spec.name or None)
     if spec.head_dim % 128:
         raise ShapeError(f"cuda target, fp8: head_dim ({spec.head_dim}) must be a multiple of 128 (fp8 rows "
