@@ -31,7 +31,7 @@ from attncc.runtime._torch import OpError
 
 FORMAT = "attncc-export/1"
 
-__all__ = ["load", "Kernel", "torch_op", "jax_function", "ArgumentError", "LoadError", "OpError"]
+__all__ = ["load", "kernel_of_module", "Kernel", "torch_op", "jax_function", "ArgumentError", "LoadError", "OpError"]
 
 
 def _sha256(path: str) -> str:
@@ -98,6 +98,19 @@ def load(path: str, *, verify_files: bool = True) -> Kernel:
     kpath = file_path(path, manifest, "kernel") or os.path.join(path, "kernel.so")
     try:
         module = tvm_ffi.load_module(os.path.abspath(kpath))
+    except Exception as exc:
+        text = str(exc).strip()
+        raise LoadError(f"cannot load {kpath}: {text.splitlines()[-1] if text else type(exc).__name__} "
+                        f"(exported with {manifest.get('versions', {})})") from exc
+    return kernel_of_module(manifest, module, path, kpath)
+
+
+def kernel_of_module(manifest: dict, module, path: str, kpath: str) -> Kernel:
+    """The :class:`Kernel` of a loaded module and its manifest: its entry points, and the tile
+    map the manifest names (a file under ``path``, or the runtime block map function).  What
+    :func:`load` returns after its checks; the split tuning flow's measuring side calls it for
+    each candidate (attncc.schedules.measure_candidates).  ``kpath``: the module's file, for errors."""
+    try:
         function = module["main"]
         small = manifest.get("block_map", {}).get("small")
         functions = {small["function"]: module[small["function"]]} if small else {}

@@ -286,7 +286,6 @@ class _Worker:
         mask = None
         if causal:
             mask = torch.ones(S, T, dtype=torch.bool, device=self.dev).triu(1)
-        low = q.dtype                                 # the naive kernel's precision (unquantized)
         for b in range(B):
             for h0 in range(0, H, 4):
                 hs = slice(h0, min(h0 + 4, H))
@@ -305,7 +304,7 @@ class _Worker:
                 o32 = torch.softmax(s, -1) @ vh.float()
                 ln = torch.logsumexp(sn, -1)
                 if quant is None:
-                    on = (torch.softmax(sn, -1).to(low) @ vh).float()
+                    on = (torch.softmax(sn, -1).to(q.dtype) @ vh).float()
                 else:
                     pu = torch.exp(sn - sn.amax(-1, keepdim=True))      # unnormalised, <= 1
                     pr = (pu * 256).to(torch.float8_e4m3fn).float() / 256 if quant["pv"] else \
@@ -330,20 +329,11 @@ class _Worker:
             fn = mod["main"]
             args = (*st["inputs"], st["out"], st["lse"])
             return mod, (lambda: fn(*args))
-        from attncc.runtime import Kernel, file_path, load_block_map_function
+        from attncc.runtime import kernel_of_module
 
         with open(os.path.join(man["dir"], cand["runtime"])) as f:
             rman = json.load(f)
-        tile_map = None
-        bm = rman.get("block_map", {})
-        if bm.get("mode") == "static":
-            import numpy as np
-
-            tile_map = np.ascontiguousarray(np.load(file_path(man["dir"], rman, "tile_map")), dtype=np.int32)
-        small = bm.get("small")
-        kernel = Kernel(rman, mod["main"], module=mod, tile_map=tile_map,
-                        runtime_tile_map=load_block_map_function(rman) if bm.get("mode") == "runtime" else None,
-                        functions={small["function"]: mod[small["function"]]} if small else None)
+        kernel = kernel_of_module(rman, mod, man["dir"], os.path.join(man["dir"], cand["file"]))
         launch, _, _ = kernel.prepare(*st["inputs"], out=st["out"], lse=st["lse"])
         return mod, launch
 
