@@ -333,36 +333,41 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
 
 
 def runtime_tiles(mask: Region, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int,
-                  env: dict):
-    """The tile map of a data-dependent mask from the actual captured arrays: the mask
-    is evaluated on every element (numpy, a query block at a time); a tile is full or
-    empty only if it is so for every batch and head."""
+                  env: dict, decide: bool = True):
+    """The tile map of a data-dependent mask from the actual captured arrays: a tile is full
+    or empty only if it is so for every element, batch and head.  Interval arithmetic over
+    whole tiles (tile_intervals.classify) decides most tiles; the mask is evaluated element by
+    element (numpy, a query block at a time) only on the others -- every tile with
+    ``decide=False`` or where the mask has an operation without an interval rule."""
     import numpy as np
 
     from attncc.passes.prune_sparsity import EMPTY, FULL, PARTIAL
     from attncc.reference import _Interp
+    from attncc.targets.tile_intervals import UNDECIDED, classify
 
     it = _Interp(env, "float64")
     uses_bh = any(op_reads(mask, a) for a in mask.args[:2])
     bs = np.arange(B).reshape(-1, 1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
     hs = np.arange(H).reshape(1, -1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
     nq, nk = -(-S // block_q), -(-T // block_k)
-    out = np.empty((nq, nk), dtype=np.int8)
-    j = np.arange(T).reshape(1, 1, 1, -1)
-    pad = nk * block_k - T
+    out = classify(mask, arrays, S, T, B, H, block_q, block_k, env) if decide else None
+    if out is None:
+        out = np.full((nq, nk), UNDECIDED, dtype=np.int8)
     for qb in range(nq):
+        todo = np.flatnonzero(out[qb] == UNDECIDED)
+        if todo.size == 0:
+            continue
+        # the keys of the undecided key blocks, one segment a block (the last cut at T)
+        starts = todo * block_k
+        ends = np.minimum(starts + block_k, T)
+        j = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]).reshape(1, 1, 1, -1)
         i = np.arange(qb * block_q, min((qb + 1) * block_q, S)).reshape(1, 1, -1, 1)
-        keep = np.broadcast_to(it.region(mask, [bs, hs, i, j] + arrays),
-                               (bs.shape[0], hs.shape[1], i.shape[2], T))
-        if pad:
-            keep_any = np.concatenate([keep, np.zeros(keep.shape[:3] + (pad,), bool)], axis=3)
-            keep_all = np.concatenate([keep, np.ones(keep.shape[:3] + (pad,), bool)], axis=3)
-        else:
-            keep_any = keep_all = keep
-        shape = keep.shape[:3] + (nk, block_k)
-        any_ = keep_any.reshape(shape).any(axis=(0, 1, 2, 4))
-        all_ = keep_all.reshape(shape).all(axis=(0, 1, 2, 4))
-        out[qb] = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY))
+        keep = np.broadcast_to(it.region(mask, [bs, hs, i, j] + list(arrays)),
+                               (bs.shape[0], hs.shape[1], i.shape[2], j.shape[3]))
+        seg = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
+        any_ = np.logical_or.reduceat(keep.any(axis=(0, 1, 2)), seg)
+        all_ = np.logical_and.reduceat(keep.all(axis=(0, 1, 2)), seg)
+        out[qb, todo] = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY))
     return out
 
 
