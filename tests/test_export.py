@@ -147,7 +147,9 @@ for name, path in json.loads(sys.argv[1]).items():
     except ImportError:
         jax = None
     if jax is not None:
-        j_in = [jnp.asarray(a) for a in ins]
+        # CPU arrays: on a machine with a GPU, JAX's default device is the GPU, and a CPU
+        # kernel refuses arrays there (one clear error; jax_function's callback copies instead)
+        j_in = [jax.device_put(a, jax.devices("cpu")[0]) for a in ins]
         j_out, j_lse = k(*j_in)
         assert isinstance(j_out, jax.Array), type(j_out)
         outs["jax"] = (np.asarray(j_out), np.asarray(j_lse))
