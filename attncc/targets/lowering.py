@@ -336,38 +336,52 @@ def runtime_tiles(mask: Region, arrays: list, S: int, T: int, B: int, H: int, bl
                   env: dict, decide: bool = True):
     """The tile map of a data-dependent mask from the actual captured arrays: a tile is full
     or empty only if it is so for every element, batch and head.  Interval arithmetic over
-    whole tiles (tile_intervals.classify) decides most tiles; the mask is evaluated element by
-    element (numpy, a query block at a time) only on the others -- every tile with
+    whole tiles, then over sub-boxes of the tiles it leaves undecided (tile_intervals.decide),
+    settles most of them; the mask is evaluated element by element only in small sub-boxes
+    that intervals cannot settle -- and on every tile (numpy, a query block at a time) with
     ``decide=False`` or where the mask has an operation without an interval rule."""
     import numpy as np
 
     from attncc.passes.prune_sparsity import EMPTY, FULL, PARTIAL
     from attncc.reference import _Interp
-    from attncc.targets.tile_intervals import UNDECIDED, classify
+    from attncc.targets import tile_intervals
 
     it = _Interp(env, "float64")
     uses_bh = any(op_reads(mask, a) for a in mask.args[:2])
-    bs = np.arange(B).reshape(-1, 1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
-    hs = np.arange(H).reshape(1, -1, 1, 1) if uses_bh else np.zeros((1, 1, 1, 1), np.int64)
+    nb, nh = (B, H) if uses_bh else (1, 1)
+    bs = np.arange(nb).reshape(-1, 1, 1, 1, 1)
+    hs = np.arange(nh).reshape(1, -1, 1, 1, 1)
+    arrays = list(arrays)
+
+    def elements(qlo, qhi, klo, khi):
+        # boxes padded to the largest one by repeating their last row / key (any and all unchanged)
+        i = np.minimum(qlo[:, None, None] + np.arange(int((qhi - qlo).max()) + 1)[None, :, None], qhi[:, None, None])
+        j = np.minimum(klo[:, None, None] + np.arange(int((khi - klo).max()) + 1)[None, None, :], khi[:, None, None])
+        keep = np.broadcast_to(it.region(mask, [bs, hs, i[None, None], j[None, None]] + arrays),
+                               (nb, nh, len(qlo), i.shape[1], j.shape[2]))
+        return keep.any(axis=(0, 1, 3, 4)), keep.all(axis=(0, 1, 3, 4))
+
+    if decide:
+        out = tile_intervals.decide(mask, arrays, S, T, B, H, block_q, block_k, env, elements)
+        if out is not None:
+            return out
     nq, nk = -(-S // block_q), -(-T // block_k)
-    out = classify(mask, arrays, S, T, B, H, block_q, block_k, env) if decide else None
-    if out is None:
-        out = np.full((nq, nk), UNDECIDED, dtype=np.int8)
+    out = np.empty((nq, nk), dtype=np.int8)
+    j = np.arange(T).reshape(1, 1, 1, -1)
+    pad = nk * block_k - T
     for qb in range(nq):
-        todo = np.flatnonzero(out[qb] == UNDECIDED)
-        if todo.size == 0:
-            continue
-        # the keys of the undecided key blocks, one segment a block (the last cut at T)
-        starts = todo * block_k
-        ends = np.minimum(starts + block_k, T)
-        j = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]).reshape(1, 1, 1, -1)
         i = np.arange(qb * block_q, min((qb + 1) * block_q, S)).reshape(1, 1, -1, 1)
-        keep = np.broadcast_to(it.region(mask, [bs, hs, i, j] + list(arrays)),
-                               (bs.shape[0], hs.shape[1], i.shape[2], j.shape[3]))
-        seg = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
-        any_ = np.logical_or.reduceat(keep.any(axis=(0, 1, 2)), seg)
-        all_ = np.logical_and.reduceat(keep.all(axis=(0, 1, 2)), seg)
-        out[qb, todo] = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY))
+        keep = np.broadcast_to(it.region(mask, [bs[..., 0], hs[..., 0], i, j] + arrays),
+                               (nb, nh, i.shape[2], T))
+        if pad:
+            keep_any = np.concatenate([keep, np.zeros(keep.shape[:3] + (pad,), bool)], axis=3)
+            keep_all = np.concatenate([keep, np.ones(keep.shape[:3] + (pad,), bool)], axis=3)
+        else:
+            keep_any = keep_all = keep
+        shape = keep.shape[:3] + (nk, block_k)
+        any_ = keep_any.reshape(shape).any(axis=(0, 1, 2, 4))
+        all_ = keep_all.reshape(shape).all(axis=(0, 1, 2, 4))
+        out[qb] = np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY))
     return out
 
 
