@@ -373,9 +373,10 @@ def _range_2d(arr, idx, f, tables: dict, key, owner):
     k0 = np.floor(np.log2(hi0 - lo0 + 1)).astype(np.int64)
     k1 = np.floor(np.log2(hi1 - lo1 + 1)).astype(np.int64)
     out = np.empty(shape, dtype=arr.dtype)
-    pairs = np.unique(np.stack([k0.ravel(), k1.ravel()], axis=1), axis=0)
-    for a, b in pairs:
-        sel = (k0 == a) & (k1 == b)
+    code = k0 * 64 + k1                  # (levels below 64: arrays of < 2^64 entries a side)
+    for c in np.flatnonzero(np.bincount(code.ravel())):
+        a, b = divmod(int(c), 64)
+        sel = code == c
         t = level(int(a), int(b))
         r0, r1 = lo0[sel], hi0[sel] - (1 << int(a)) + 1
         c0, c1 = lo1[sel], hi1[sel] - (1 << int(b)) + 1
