@@ -122,3 +122,19 @@ def test_long_sequences_are_decided_without_the_elements(S):
     tiles = np.asarray(k.spec.runtime_tile_map([doc], 128, 128))
     assert undecided == int((tiles == PARTIAL).sum())       # the diagonal and the document ends
     assert undecided / decided.size < 0.03
+
+
+def test_block_map_benchmark_runs_and_checks_both_maps(capsys):
+    """benchmarks/block_map.py at a small length: both maps agree (it exits 1 otherwise) and it
+    prints a row per mask."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("block_map", REPO / "benchmarks" / "block_map.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--S", "512", "--repeat", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and
+            line.split()[0] in ("documents=4", "documents=16", "documents=64", "bigbird")]
+    assert len(rows) == 4 and all(line.split()[1] == "512" for line in rows)
