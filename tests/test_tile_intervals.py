@@ -138,3 +138,17 @@ def test_block_map_benchmark_runs_and_checks_both_maps(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and
             line.split()[0] in ("documents=4", "documents=16", "documents=64", "bigbird")]
     assert len(rows) == 4 and all(line.split()[1] == "512" for line in rows)
+
+
+def test_float32_arithmetic_rounds_as_the_reference():
+    """Two float32 captures added round in float32, as the element evaluation rounds them:
+    1 + 2^-24 is 1.0 there, so `w[i] + w[j] <= 1.0` keeps the pair (an interval computed in
+    float64 would call that tile empty)."""
+    def f(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"],
+          w: Tensor["S", "f32"]):
+        return attention(q, k, v, mask_mod=lambda b, h, i, j: w[i] + w[j] <= 1.0)
+    k = compile_variant(variant(f, name="f32_sum"), target="cpu", shapes=dict(B=1, H=1, S=4, D=8), build=False)
+    w = np.array([1.0, 2.0 ** -24, 3.0, 3.0], np.float32)
+    fast, slow = _maps(k, [w], 1, 1)
+    np.testing.assert_array_equal(fast, slow)
+    assert slow[0, 1] == FULL
