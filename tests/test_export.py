@@ -143,7 +143,6 @@ for name, path in json.loads(sys.argv[1]).items():
     outs["torch"] = (t_out.float().numpy(), t_lse.numpy())
     try:
         import jax
-        import jax.numpy as jnp
     except ImportError:
         jax = None
     if jax is not None:
