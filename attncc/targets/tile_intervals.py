@@ -66,20 +66,23 @@ def _usable(arrays: list) -> Optional[list]:
 
 
 def classify(mask, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int,
-             env: dict, tables: Optional[dict] = None) -> Optional[np.ndarray]:
+             env: dict) -> Optional[np.ndarray]:
     """int8 [ceil(S / block_q), ceil(T / block_k)]: FULL where every element of the tile (and
     every batch and head) is kept, EMPTY where none is, UNDECIDED (-1) elsewhere; None when
     the mask has an operation without an interval rule."""
+    arrays = _usable(arrays)
+    return None if arrays is None else _grid(mask, arrays, S, T, B, H, block_q, block_k, env, {})
+
+
+def _grid(mask, arrays: list, S: int, T: int, B: int, H: int, block_q: int, block_k: int, env: dict,
+          tables: dict) -> Optional[np.ndarray]:
     from attncc.passes.prune_sparsity import EMPTY, FULL
 
-    arrays = _usable(arrays)
-    if arrays is None:
-        return None
     nq, nk = -(-S // block_q), -(-T // block_k)
     q0 = np.arange(nq, dtype=np.int64).reshape(-1, 1) * block_q
     k0 = np.arange(nk, dtype=np.int64).reshape(1, -1) * block_k
     r = _boxes(mask, arrays, B, H, q0, np.minimum(q0 + block_q, S) - 1, k0, np.minimum(k0 + block_k, T) - 1, env,
-               {} if tables is None else tables)
+               tables)
     if r is None:
         return None
     lo = np.broadcast_to(r[0], (nq, nk))
@@ -123,7 +126,7 @@ def decide(mask, arrays: list, S: int, T: int, B: int, H: int, block_q: int, blo
     if arrays is None:
         return None
     tables: dict = {}
-    out = classify(mask, arrays, S, T, B, H, block_q, block_k, env, tables)
+    out = _grid(mask, arrays, S, T, B, H, block_q, block_k, env, tables)
     if out is None:
         return None
     todo = np.argwhere(out == UNDECIDED)
@@ -137,16 +140,19 @@ def decide(mask, arrays: list, S: int, T: int, B: int, H: int, block_q: int, blo
     klo = todo[:, 1] * block_k
     khi = np.minimum(klo + block_k, T) - 1
     parent = np.arange(m)
+
+    def by_elements(sel):
+        any_, all_ = elements(qlo[sel], qhi[sel], klo[sel], khi[sel])
+        kept[parent[sel][any_]] = True
+        dropped[parent[sel][~all_]] = True
+
     while len(parent):
         qlo, qhi, klo, khi, parent = _split(qlo, qhi, klo, khi, parent)
         r = _boxes(mask, arrays, B, H, qlo[:, None], qhi[:, None], klo[:, None], khi[:, None], env, tables)
         if r is None:
             # (a gather's table over this many boxes is over TABLE_LIMIT: their elements instead)
             for c in range(0, len(parent), 1024):
-                part = slice(c, c + 1024)
-                any_, all_ = elements(qlo[part], qhi[part], klo[part], khi[part])
-                kept[parent[part][any_]] = True
-                dropped[parent[part][~all_]] = True
+                by_elements(slice(c, c + 1024))
             break
         lo = np.broadcast_to(r[0], (len(parent), 1))[:, 0]
         hi = np.broadcast_to(r[1], (len(parent), 1))[:, 0]
@@ -156,9 +162,7 @@ def decide(mask, arrays: list, S: int, T: int, B: int, H: int, block_q: int, blo
         qlo, qhi, klo, khi, parent = qlo[open_], qhi[open_], klo[open_], khi[open_], parent[open_]
         small = (qhi - qlo + 1) * (khi - klo + 1) <= ELEMENTS_BELOW
         if small.any():
-            any_, all_ = elements(qlo[small], qhi[small], klo[small], khi[small])
-            kept[parent[small][any_]] = True
-            dropped[parent[small][~all_]] = True
+            by_elements(small)
             qlo, qhi, klo, khi, parent = qlo[~small], qhi[~small], klo[~small], khi[~small], parent[~small]
     out[todo[:, 0], todo[:, 1]] = np.where(kept & dropped, PARTIAL, np.where(kept, FULL, EMPTY))
     return out
