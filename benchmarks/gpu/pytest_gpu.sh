@@ -64,11 +64,15 @@ pack() {
 
 run() {
     local site=/tmp/site
+    if [ ! -f "$dest/tvm-rest.tar.xz" ] || [ ! -f "$dest/libtvm_compiler.so.xz" ]; then
+        echo "pytest_gpu.sh: no pack in $dest: run 'pytest_gpu.sh pack $dest' where TVM is installed" >&2
+        exit 2
+    fi
     mkdir -p "$site"
     tar xJf "$dest/tvm-rest.tar.xz" -C "$site"
     xz -dc "$dest/libtvm_compiler.so.xz" > "$site/tvm/lib/libtvm_compiler.so"
     export PYTHONPATH="$site:$PWD" LD_LIBRARY_PATH="$site/tvm_ffi/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    export PATH="/usr/local/cuda/bin:$PATH" TVM_CUDA_COMPILE_MODE=nvcc     # as here (nvcc, not NVRTC)
+    export PATH="/usr/local/cuda/bin:$PATH" TVM_CUDA_COMPILE_MODE=nvcc     # (TVM's default is NVRTC)
     python3 -c "import tvm; from attncc.targets import cuda; print('tvm', tvm.__version__, 'cuda device:', tvm.cuda(0).exist, 'arch:', cuda.local_arch())"
     # test_export's GPU test loads a CUDA export with the runtime alone: make one here
     if [ -z "${ATTNCC_EXPORT_CUDA_DIR:-}" ]; then
