@@ -593,7 +593,8 @@ def _quantize(x, p: dict, fw: str):
 
 def load_block_map_function(manifest: dict) -> Callable:
     """The runtime block map of a data-dependent mask: the flash op's mask region, parsed
-    from the manifest's IR text and evaluated by attncc.reference's numpy interpreter."""
+    from the manifest's IR text; tiles decided by interval arithmetic (tile_intervals), the
+    elements intervals cannot settle evaluated by attncc.reference's numpy interpreter."""
     from attncc.ir.parser import parse_function
     from attncc.targets.lowering import runtime_tiles
 
