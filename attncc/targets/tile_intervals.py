@@ -288,11 +288,12 @@ def _gather(src, idx: list, tables: dict):
     # floats keep their dtype: the element evaluation computes in it (float32 + float32 rounds
     # to float32), and the corners must round the same way to bound every element
     lo_arr = src if src.dtype.kind == "f" else src.astype(np.int64)
+    # the index intervals clipped into the array, as the element evaluation clips the indices
+    idx = [(np.clip(np.asarray(a), 0, d - 1).astype(np.int64), np.clip(np.asarray(b), 0, d - 1).astype(np.int64))
+           for (a, b), d in zip(idx, src.shape)]
     if src.ndim == 2:
         # a 2-D array (a block layout): one 2-D sparse table, four lookups a box; no per-box
         # rows of the array (over many sub-boxes, those would outgrow TABLE_LIMIT)
-        idx = [(np.clip(np.asarray(a), 0, d - 1).astype(np.int64), np.clip(np.asarray(b), 0, d - 1).astype(np.int64))
-               for (a, b), d in zip(idx, src.shape)]
         try:
             return (_range_2d(lo_arr, idx, np.minimum, tables, (key, "min2"), owner),
                     _range_2d(lo_arr, idx, np.maximum, tables, (key, "max2"), owner))
@@ -302,9 +303,7 @@ def _gather(src, idx: list, tables: dict):
     tile = (1, 1)              # the tile axes (broadcast) in front of the data axes left
     lo_arr = lo_arr.reshape((1, 1) + lo_arr.shape)
     hi_arr = hi_arr.reshape((1, 1) + hi_arr.shape)
-    for (ilo, ihi), d in zip(idx, src.shape):
-        ilo = np.clip(np.asarray(ilo), 0, d - 1).astype(np.int64)
-        ihi = np.clip(np.asarray(ihi), 0, d - 1).astype(np.int64)
+    for ilo, ihi in idx:
         tile = (max(tile[0], ilo.shape[0], ihi.shape[0]), max(tile[1], ilo.shape[1], ihi.shape[1]))
         # (the first axis's tables are the array's own: kept for the other gathers of it)
         first = lo_arr.shape[:2] == (1, 1) and lo_arr.ndim == src.ndim + 2
