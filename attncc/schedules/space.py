@@ -92,8 +92,14 @@ class SearchSpace:
         return self.target.default_config(self.spec)
 
     def make(self, values: dict):
-        """A Config from knob values; knobs the space does not vary keep the default."""
-        return dataclasses.replace(self.default(), **values)
+        """A Config from knob values; knobs the space does not vary keep the default, except the
+        opt-in knobs (fields marked ``omit_default``: chained blocks, the persistent kernel),
+        which stay off -- the default may set one (a band's persistent kernel), and every
+        candidate inheriting it would search that kernel's shapes only."""
+        base = self.default()
+        off = {f.name: f.default for f in dataclasses.fields(base)
+               if f.metadata.get("omit_default") and f.name not in values}
+        return dataclasses.replace(base, **off, **values)
 
     @staticmethod
     def as_dict(config) -> dict:

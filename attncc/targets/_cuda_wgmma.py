@@ -59,6 +59,23 @@ semantics and arguments as that kernel ``(q, k, v, out, lse)``; what differs:
   key-permuted layout (``fp8_v_layout``: the S accumulator fragment is the fp8 A fragment).
   Before, fp8 ran on ``_cuda_wgmma_sparse``'s in-order schedule: ping-pong is 1.13-1.19x faster
   on Q·Kᵀ and 1.07-1.16x on Q·Kᵀ + P·V (H200, benchmarks/gpu/RESULTS.md).
+* the persistent, warp-specialised variant (``CudaConfig.persistent`` = N thread blocks; 16-bit
+  inputs, 8 consumer warps, 2 stages): FlashAttention-3's structure on the same steps.  A thread
+  block has three warpgroups and walks the work tiles (query block, batch x head) round robin,
+  heavy-first inside a head.  Warpgroup 0, the producer, drops to 40 registers: lane 0 of its
+  warp 0 issues every Q, K and V tile with the bulk tensor copy engine (TMA; tensor maps with the
+  128-byte swizzle, encoded on the host per call, passed as ``__grid_constant__`` parameters),
+  each completing on an mbarrier; in table mode its warp 1 compacts each tile's key-block list
+  a tile ahead (``st.shared``/``ld.shared``, which TVM's barrier insertion does not see; the
+  list's mbarrier orders it).  Warpgroups 1 and 2 (232 registers) run ``step``'s ping-pong
+  without loads, in step on a named barrier of their 256 threads, returning K/V slots by
+  mbarrier arrivals.  Q has two buffers and K three slots where shared memory holds them (V
+  two), all counted across tiles, so a tile's Q and first K/V land under the previous tile's
+  last steps and write-out; each warp writes its 16 rows of O into its rows of the Q buffer and
+  stores them by TMA.  H200, S=16k: window 1024 0.298 ms vs 0.312 for the one-block-a-tile
+  kernel (density bar 1.19 vs 1.24), window 2048 0.521 vs 0.535; tile maps 2-20 % slower,
+  causal 30 % (the static round robin), dense the same (benchmarks/gpu/RESULTS.md, "The
+  persistent kernel").
 """
 
 from __future__ import annotations
@@ -84,6 +101,26 @@ _OPTIONS: dict = {}
 FP8_PTX = {"float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2"}
 P_SHIFT = 8.0                     # fp8 P is 2^8 * exp2(s - m): in (2^-9, 2^8], never subnormal for kept keys
 _LOG2E = 1.4426950408889634
+
+
+def persistent(config) -> int:
+    """Thread blocks of the persistent, warp-specialised kernel (``CudaConfig.persistent``; 0: the
+    one-block-a-tile kernel)."""
+    return int(getattr(config, "persistent", 0) or 0)
+
+
+def ws_k_slots(spec: FlashKernelSpec, config, smem_limit: int = 227 * 1024) -> int:
+    """K slots of the persistent kernel: num_stages, or one more (K loaded two blocks ahead, V one)
+    where shared memory holds it beside the two Q buffers."""
+    ns = config.num_stages
+    if not persistent(config) or not _OPTIONS.get("ws_k3", True):
+        return ns
+    qk, vb = elem_bytes(spec)
+    q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)
+    k_tile, v_tile = config.block_k * spec.head_dim * qk, config.block_k * spec.head_dim_v * vb
+    table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
+    need = 2 * q_tile + (ns + 1) * k_tile + ns * v_tile + ALIGN_BYTES + 2 * table + 8 * (4 + 4 * (ns + 1))
+    return ns + 1 if need <= smem_limit else ns
 
 
 def elem_bytes(spec: FlashKernelSpec):
@@ -112,6 +149,9 @@ def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     q_tile = config.block_q * max(spec.head_dim * qk, spec.head_dim_v * 2)      # Q, then the O staging
     kv = config.num_stages * config.block_k * (spec.head_dim * qk + spec.head_dim_v * vb)
     table = 4 * (-(-spec.kv_len // config.block_k) + 1) if use_block_table(spec) else 0
+    if persistent(config):      # two Q buffers, two key-block lists, maybe a K slot more
+        kv += (ws_k_slots(spec, config) - config.num_stages) * config.block_k * spec.head_dim * qk
+        return 2 * q_tile + kv + ALIGN_BYTES + 2 * table
     return q_tile + kv + ALIGN_BYTES + table
 
 
@@ -160,7 +200,7 @@ def rescale_o_macro(ndv: int, lazy: bool):
     return rescale_o
 
 
-def compact_row_macro(tile_map, nkb: int):
+def compact_row_macro(tile_map, nkb: int, put=None):
     """Table mode's ``compact_row(row, base, cnt, tvs, kv_list, lane)`` macro (both wgmma
     kernels) and the size of its ``tvs`` register buffer.
 
@@ -168,7 +208,9 @@ def compact_row_macro(tile_map, nkb: int):
     into the list of its non-empty key blocks at ``kv_list[base:]`` (entries key block * 2 +
     full, in key order; ``__ballot_sync`` + ``popc``), their count at ``kv_list[base + NKB]``.
     The row is loaded ``MAP_BATCH`` chunks of 32 at a time, all loads issued before the first
-    ballot (one memory latency per batch, not per chunk)."""
+    ballot (one memory latency per batch, not per chunk).  ``put(kv_list, index, value)``: the
+    store (a macro; default a buffer store; the persistent kernel's stores are ``st.shared``,
+    which TVM's barrier insertion does not see: its list is handed over by mbarriers)."""
     from tvm import tirx
     from tvm.script import tirx as T
 
@@ -178,6 +220,11 @@ def compact_row_macro(tile_map, nkb: int):
     NKC = -(-NKB // 32)              # warp-sized chunks of a tile-map row
     MAP_BATCH = min(NKC, 8)          # chunks loaded together
     NKC_OUTER = -(-NKC // MAP_BATCH)
+
+    if put is None:
+        @T.macro
+        def put(kv_list, index, value):
+            kv_list[index] = value
 
     @T.macro
     def compact_row(row, base, cnt, tvs, kv_list, lane):
@@ -189,12 +236,12 @@ def compact_row_macro(tile_map, nkb: int):
             for c1 in T.unroll(MAP_BATCH):
                 ballot = T.cuda.ballot_sync(FULL_MASK, tvs[c1] != 0)
                 if tvs[c1] != 0:
-                    kv_list[base + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane)))
-                                                                  - T.uint32(1)))] = \
-                        ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0)
+                    put(kv_list, base + cnt[0] + T.popcount(ballot & ((T.shift_left(T.uint32(1), T.Cast("uint32", lane)))
+                                                                       - T.uint32(1))),
+                        ((c0 * MAP_BATCH + c1) * 32 + lane) * 2 + T.Select(tvs[c1] == 2, 1, 0))
                 cnt[0] = cnt[0] + T.popcount(ballot)
         if lane == 0:
-            kv_list[base + NKB] = cnt[0]
+            put(kv_list, base + NKB, cnt[0])
 
     return compact_row, MAP_BATCH
 
@@ -382,6 +429,14 @@ def registers_estimate(spec: FlashKernelSpec, config) -> int:
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
     check_tiles(spec, config, arch)
     check_fp8(spec, config)
+    if persistent(config):
+        if config.num_warps != 8:
+            _bad(spec, config, "persistent: the warp-specialised kernel has two consumer warpgroups: "
+                 "num_warps must be 8 (block_q 128)")
+        if spec.quant_dtype is not None:
+            _bad(spec, config, "persistent does not take fp8 inputs yet: use persistent=0")
+        if config.num_stages != 2:
+            _bad(spec, config, "persistent: two Q buffers leave room for 2 K/V stages: num_stages must be 2")
     check_resources(spec, config, smem_limit, shared_memory_bytes(spec, config))
 
 
@@ -495,14 +550,17 @@ def lower(spec: FlashKernelSpec, config):
 
     # shared memory map, in 16-bit units from the 1024-byte aligned base (Q, then the O staging)
     Q_ELEMS = BQ * max(D * QB, DV * 2) // 2
-    K_BASE = Q_ELEMS
+    # persistent (warp-specialised) kernel: two Q buffers (the next work tile's Q lands under this one)
+    WS = persistent(config)
+    K_BASE = Q_ELEMS * (2 if WS else 1)
+    NSK = ws_k_slots(spec, config)          # K slots (the persistent kernel may hold one more than V)
     K_ELEMS = BK * D * QB // 2
-    V_BASE = K_BASE + NS * K_ELEMS
+    V_BASE = K_BASE + NSK * K_ELEMS
     V_ELEMS = BK * DV * VB // 2
     # table mode: the key-block list (int32), past the tiles and the alignment slack
     LIST_BASE = V_BASE + NS * V_ELEMS + ALIGN_BYTES // 2
     USE_TABLE = use_block_table(spec)
-    SMEM_ELEMS = LIST_BASE + (2 * (NKB + 1) if USE_TABLE else 0)
+    SMEM_ELEMS = LIST_BASE + ((4 if WS else 2) * (NKB + 1) if USE_TABLE else 0)
     # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
     # ids) follow it, read by the mask / score_mod expressions
     TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
@@ -845,16 +903,16 @@ def lower(spec: FlashKernelSpec, config):
         to_p(p_frag, s_acc, p16)
 
     @T.macro
-    def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg):
+    def gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg, qu):
         # S_j = Q K_jᵀ (one wgmma group: D/16 k steps)
         if has_qk:
             T.ptx["wgmma.fence.sync.aligned"]()
             for kd in T.unroll(KD):
                 T.ptx[wg_s](
                     *[s_acc[i] for i in range(NSA)],
-                    (sbase >> U(4)) + T.Cast(u64, (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
+                    (sbase >> U(4)) + T.Cast(u64, qu + (kd // 4) * (BQ * 8) + wg * (64 * 8) + (kd % 4) * 2)
                     + U(DESC_K),
-                    (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((j - kb_lo) % NS) * K_ELEMS) // 8
+                    (sbase >> U(4)) + T.Cast(u64, (K_BASE + ((j - kb_lo) % NSK) * K_ELEMS) // 8
                                              + (kd // 4) * (BK * 8) + (kd % 4) * 2)
                     + U(DESC_K),
                     kd > 0, 1, 1, *TRANS_S)
@@ -896,7 +954,7 @@ def lower(spec: FlashKernelSpec, config):
                 rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
         # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
-        gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg)
+        gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg, 0)
         if is_even(wg):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
         if is_even(wg):
@@ -1047,6 +1105,334 @@ def lower(spec: FlashKernelSpec, config):
                     else:
                         # (the output tile needs no alignment: it is staged from the unaligned base)
                         store_out(0, q0, smem, out, o_acc, red, tx, warp, lane, b, h)
+
+    if WS:
+        # ---- the persistent, warp-specialised kernel (FlashAttention-3's structure): GRID thread
+        # blocks of three warpgroups walk the work tiles (query block, batch x head) round robin.
+        # Warpgroup 0 is the producer: its warp 0 builds each tile's key-block list (table mode)
+        # and its lane 0 issues every Q, K and V tile by the bulk tensor copy engine (TMA, tensor
+        # maps encoded on the host per call), completing on mbarriers; it drops to 24 registers.
+        # Warpgroups 1 and 2 are the consumers (64 query rows each, 240 registers): the ping-pong
+        # steps above without any load, on a named barrier of their 256 threads.  Q has two
+        # buffers and K/V NS slots each, counted across tiles, so the next tile's Q and first K/V
+        # land under this tile's last steps and write-out.
+        GRID = min(WS, NQB * B * H)
+        NTILES = NQB * B * H
+        NTW = NT + 128                                  # the producer warpgroup besides the consumers
+        # q_full[2], q_empty[2], k full/empty [NSK], v full/empty [NS], list_full[2]
+        NBAR = 6 + 2 * NSK + 2 * NS
+        QF, QE, KF, KE, VF, VE = 0, 2, 4, 4 + NSK, 4 + 2 * NSK, 4 + 2 * NSK + NS
+        LF = 4 + 2 * NSK + 2 * NS
+        # table mode: the producer's second warp builds each tile's key-block list as soon as its
+        # buffer is free (a tile ahead), so the loads of a tile never wait for the tile-map row
+        LIST_WARP = USE_TABLE and _OPTIONS.get("ws_list_warp", True)
+        # the write-out's staging: two 16-bit values a 32-bit shared store (cvt.rn.*x2)
+        PACK_STORE = _OPTIONS.get("ws_pack_store", True)
+        # the write-out: each warp stages its 16 rows of O in its rows of the Q buffer (the
+        # 128-byte swizzled layout) and one lane stores them by TMA; else two 16-bit stores a
+        # thread straight from the accumulators
+        TMA_STORE = _OPTIONS.get("ws_tma_store", True)
+        Q_BYTES, K_BYTES, V_BYTES = BQ * D * 2, BK * D * 2, BK * DV * 2
+        LIST_N = NKB + 1
+        swz = 3                                         # CU_TENSOR_MAP_SWIZZLE_128B
+        # registers a thread: 128 x producer + 256 x consumer <= 64K (at 24 the producer spills)
+        REG_PRODUCER, REG_CONSUMER = _OPTIONS.get("ws_regs", (40, 232))
+
+        def bar_at(bars, i):
+            return T.cuda.cvta_generic_to_shared(T.address_of(bars[i]))
+
+        # the key-block lists pass from the producer to the consumers through mbarriers, which
+        # TVM's barrier insertion does not know: their stores are st.shared, which it does not
+        # see (so it inserts no __syncthreads inside the role branches, which it cannot); the
+        # loads are plain (after an mbarrier wait, whose asm is a compiler barrier), or with
+        # ``ws_list_plain`` False ld.shared too (asm volatile: a compiler barrier at each read)
+        LIST_PLAIN = _OPTIONS.get("ws_list_plain", True)
+
+        @T.macro
+        def list_put(kv_list, index, value):
+            T.ptx["st.shared.s32"](T.cuda.cvta_generic_to_shared(T.address_of(kv_list[index])), value)
+
+        @T.macro
+        def list_get(dst, i, kv_list, index):
+            if LIST_PLAIN:
+                dst[i] = kv_list[index]
+            else:
+                T.ptx["ld.shared.s32"](dst[i], T.cuda.cvta_generic_to_shared(T.address_of(kv_list[index])))
+
+        ws_compact_row = compact_row_macro(TILE_MAP, NKB, list_put)[0] if USE_TABLE else None
+
+        @T.macro
+        def tma_tile(tmap, dst_elem, rows, ncb, row0, bh_, bar, sb_elems):
+            for cb in T.unroll(ncb):
+                T.ptx["cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                    T.Cast("uint32", sb_elems + (dst_elem + cb * rows * 64) * 2), T.address_of(tmap),
+                    cb * 64, row0, bh_, bar)
+
+        @T.macro
+        def ws_step(j, has_qk, has_pv, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h, sbase, buf,
+                    s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent, row_fold, p16):
+            """step() of the persistent kernel: no loads; the consumers' named barrier, then
+            K_{j-1} (and V_{j-2}) back to the producer and waits on K_j and V_{j-1}; slots and
+            parities by the position pos + j - kb_lo, counted across the thread block's tiles."""
+            T.ptx["bar.sync"](T.uint32(1), T.uint32(NT))
+            if ct == 0:
+                if has_pv:     # every consumer's S_{j-1} and P_{j-2} V_{j-2} are done
+                    T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, KE + (pos[0] + j - 1 - kb_lo) % NSK), T.uint32(1))
+                    if j - 2 >= kb_lo:
+                        T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, VE + (pos[0] + j - 2 - kb_lo) % NS),
+                                                         T.uint32(1))
+            if USE_TABLE:
+                ent[1] = ent[0]
+                list_get(ent, 0, kv_list, lb + T.min(j, NKB))
+            if is_odd(c):
+                if has_pv:
+                    softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                    rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
+            if has_qk:
+                T.cuda.mbarrier_wait(T.address_of(bars[KF + (pos[0] + j - kb_lo) % NSK]), (pos[0] + j - kb_lo) // NSK % 2)
+            if has_pv:
+                T.cuda.mbarrier_wait(T.address_of(bars[VF + (pos[0] + j - 1 - kb_lo) % NS]),
+                                     (pos[0] + j - 1 - kb_lo) // NS % 2)
+            gemms(j, has_qk, has_pv, kb_lo - pos[0], s_acc, o_acc, p_frag, sbase, c, buf * (Q_ELEMS // 8))
+            if is_even(c):
+                if has_qk:
+                    if SPLIT and has_pv:
+                        T.ptx["wgmma.wait_group.sync.aligned"](1)
+                        softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                                s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                        T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    else:
+                        T.ptx["wgmma.wait_group.sync.aligned"](0)
+                        softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                                s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                    rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
+                else:
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+            else:
+                T.ptx["wgmma.wait_group.sync.aligned"](0)
+
+        @T.prim_func(check_well_formed=False)
+        def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
+                 v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
+                 lse: T.Buffer((B, H, S), "float32")):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            q_map = T.Var("q_tmap", ty=T.handle("tensormap").ty)
+            k_map = T.Var("k_tmap", ty=T.handle("tensormap").ty)
+            v_map = T.Var("v_tmap", ty=T.handle("tensormap").ty)
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=q_map)
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=k_map)
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=v_map)
+            T.tensormap_encode_tiled(q_map, q.data, D, S, B * H, D * 2, S * D * 2, 64, BQ, 1, 1, 1, 1,
+                                     descriptor_dtype=dtype, rank=3, swizzle=swz, l2_promotion=2)
+            T.tensormap_encode_tiled(k_map, k.data, D, TK, B * KVH, D * 2, TK * D * 2, 64, BK, 1, 1, 1, 1,
+                                     descriptor_dtype=dtype, rank=3, swizzle=swz, l2_promotion=2)
+            T.tensormap_encode_tiled(v_map, v.data, DV, TK, B * KVH, DV * 2, TK * DV * 2, 64, BK, 1, 1, 1, 1,
+                                     descriptor_dtype=dtype, rank=3, swizzle=swz, l2_promotion=2)
+            o_map = T.Var("o_tmap", ty=T.handle("tensormap").ty)
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=o_map)
+            T.tensormap_encode_tiled(o_map, out.data, DV, S, B * H, DV * 2, S * DV * 2, 64, 16, 1, 1, 1, 1,
+                                     descriptor_dtype=dtype, rank=3, swizzle=swz, l2_promotion=2)
+            for cta in T.thread_binding(GRID, thread="blockIdx.x"):
+                with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
+                    for tx in T.thread_binding(NTW, thread="threadIdx.x"):
+                        smem = T.decl_buffer((SMEM_ELEMS,), dtype, scope="shared.dyn")
+                        bars = T.decl_buffer((NBAR,), "uint64", scope="shared")
+                        p_frag = T.decl_buffer((KK, 4), "uint32", scope="local")
+                        s_acc = T.decl_buffer((NSA,), "float32", scope="local")
+                        o_acc = T.decl_buffer((NOA,), "float32", scope="local")
+                        m_run = T.decl_buffer((2,), "float32", scope="local")
+                        l_run = T.decl_buffer((2,), "float32", scope="local")
+                        m_use = T.decl_buffer((2,), "float32", scope="local")
+                        alpha = T.decl_buffer((2,), "float32", scope="local")
+                        red = T.decl_buffer((2,), "float32", scope="local")
+                        saddr = T.decl_buffer((1,), "uint64", scope="local")
+                        kv_list = T.decl_buffer((2 * LIST_N,), "int32", data=smem.data,
+                                                elem_offset=LIST_BASE // 2, scope="shared.dyn")
+                        cnt = T.decl_buffer((1,), "int32", scope="local")
+                        tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")
+                        ent = T.decl_buffer((4,), "int32", scope="local")
+                        row_fold = T.decl_buffer((2,), "float32", scope="local")
+                        p16 = T.decl_buffer((2,), "uint16", scope="local")
+                        pos = T.decl_buffer((1,), "int32", scope="local")    # K/V positions so far
+                        pk = T.decl_buffer((1,), "uint32", scope="local")    # two packed 16-bit values
+                        T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
+                        pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
+                        sbase = saddr[0] + T.Cast(u64, pad)
+                        sb32 = T.Cast("uint32", sbase)
+                        wg = T.cuda.__shfl_sync(FULL_MASK, tx // 128, 0, 32)
+                        lane = tx % 32
+                        if tx == 0:
+                            for i in T.unroll(2):
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, QF + i), T.uint32(1 if LIST_WARP else 32))
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, LF + i), T.uint32(32))
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, QE + i), T.uint32(NT // 32))
+                            for i in T.unroll(NSK):
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, KF + i), T.uint32(1))
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, KE + i), T.uint32(1))
+                            for i in T.unroll(NS):
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, VF + i), T.uint32(1))
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, VE + i), T.uint32(1))
+                            T.ptx["fence.mbarrier_init.release.cluster"]()
+                        T.tvm_storage_sync("shared")
+                        pos[0] = 0
+                        if wg == 0:
+                            # ---------------- producer
+                            T.ptx["setmaxnreg.dec.sync.aligned.u32"](REG_PRODUCER)
+                            if tx < 32:
+                                for n in T.serial((NTILES - cta + GRID - 1) // GRID):
+                                    t = cta + n * GRID
+                                    bh = t // NQB
+                                    qb = NQB - 1 - t % NQB
+                                    b = bh // H
+                                    hk = bh % H // G
+                                    buf = n % 2
+                                    T.cuda.mbarrier_wait(T.address_of(bars[QE + buf]), (n // 2) % 2 ^ 1)
+                                    if USE_TABLE and not LIST_WARP:
+                                        ws_compact_row(qb, buf * LIST_N, cnt, tvs, kv_list, lane)
+                                        T.cuda.warp_sync()
+                                    if lane == 0:
+                                        T.ptx.mbarrier.arrive.expect_tx.shared.b64(bar_at(bars, QF + buf), T.uint32(Q_BYTES))
+                                        tma_tile(q_map, buf * Q_ELEMS, BQ, D // 64, qb * BQ, bh, bar_at(bars, QF + buf), sb32)
+                                        if LIST_WARP:
+                                            T.cuda.mbarrier_wait(T.address_of(bars[LF + buf]), (n // 2) % 2)
+                                            list_get(cnt, 0, kv_list, buf * LIST_N + NKB)
+                                    elif not LIST_WARP:
+                                        T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QF + buf), T.uint32(1))
+                                    if lane == 0:
+                                        # K of block j, then V of block j - 1 (V is needed a step after K;
+                                        # with a third K slot, K runs two blocks ahead of its use)
+                                        for j in T.serial(block_lo(qb * BQ), block_hi(qb * BQ, cnt) + 1):
+                                            if USE_TABLE:
+                                                ent[1] = ent[0]
+                                            if j < block_hi(qb * BQ, cnt):
+                                                if USE_TABLE:
+                                                    list_get(ent, 0, kv_list, buf * LIST_N + j)
+                                                T.cuda.mbarrier_wait(T.address_of(bars[KE + pos[0] % NSK]),
+                                                                     (pos[0] // NSK) % 2 ^ 1)
+                                                T.ptx.mbarrier.arrive.expect_tx.shared.b64(bar_at(bars, KF + pos[0] % NSK),
+                                                                                           T.uint32(K_BYTES))
+                                                tma_tile(k_map, K_BASE + pos[0] % NSK * K_ELEMS, BK, D // 64,
+                                                         key_block(ent, 0, j) * BK, b * KVH + hk,
+                                                         bar_at(bars, KF + pos[0] % NSK), sb32)
+                                            if j > block_lo(qb * BQ):
+                                                T.cuda.mbarrier_wait(T.address_of(bars[VE + (pos[0] - 1) % NS]),
+                                                                     ((pos[0] - 1) // NS) % 2 ^ 1)
+                                                T.ptx.mbarrier.arrive.expect_tx.shared.b64(bar_at(bars, VF + (pos[0] - 1) % NS),
+                                                                                           T.uint32(V_BYTES))
+                                                tma_tile(v_map, V_BASE + (pos[0] - 1) % NS * V_ELEMS, BK, DV // 64,
+                                                         key_block(ent, 1, j - 1) * BK, b * KVH + hk,
+                                                         bar_at(bars, VF + (pos[0] - 1) % NS), sb32)
+                                            if j < block_hi(qb * BQ, cnt):
+                                                pos[0] = pos[0] + 1
+                            elif LIST_WARP and tx < 64:
+                                # the list warp: tile n's list into buffer n % 2 once the consumers are
+                                # done with tile n - 2 (its Q buffer's release)
+                                for n in T.serial((NTILES - cta + GRID - 1) // GRID):
+                                    T.cuda.mbarrier_wait(T.address_of(bars[QE + n % 2]), (n // 2) % 2 ^ 1)
+                                    ws_compact_row(NQB - 1 - (cta + n * GRID) % NQB, n % 2 * LIST_N, cnt, tvs,
+                                                   kv_list, lane)
+                                    T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, LF + n % 2), T.uint32(1))
+                        else:
+                            # ---------------- consumers
+                            T.ptx["setmaxnreg.inc.sync.aligned.u32"](REG_CONSUMER)
+                            ct = tx - 128
+                            c = wg - 1
+                            warp = ct // 32
+                            for n in T.serial((NTILES - cta + GRID - 1) // GRID):
+                                t = cta + n * GRID
+                                bh = t // NQB
+                                qb = NQB - 1 - t % NQB
+                                b = bh // H
+                                h = bh % H
+                                q0 = qb * BQ
+                                r0 = q0 + warp * 16
+                                buf = n % 2
+                                lb = buf * LIST_N
+                                T.cuda.mbarrier_wait(T.address_of(bars[QF + buf]), (n // 2) % 2)
+                                if LIST_WARP:
+                                    T.cuda.mbarrier_wait(T.address_of(bars[LF + buf]), (n // 2) % 2)
+                                if USE_TABLE:
+                                    list_get(cnt, 0, kv_list, lb + NKB)
+                                    ent[0] = 0
+                                kb_lo = block_lo(q0)
+                                kb_hi = block_hi(q0, cnt)
+                                for r in T.unroll(2):
+                                    m_run[r] = NEG_INF
+                                    l_run[r] = T.float32(0)
+                                    alpha[r] = T.float32(1)
+                                for e in T.unroll(NOA):
+                                    o_acc[e] = T.float32(0)
+                                if kb_lo < kb_hi:
+                                    ws_step(kb_lo, True, False, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                            sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
+                                            row_fold, p16)
+                                    for j in T.serial(kb_lo + 1, kb_hi):
+                                        ws_step(j, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                                sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
+                                                row_fold, p16)
+                                    ws_step(kb_hi, False, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                            sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
+                                            row_fold, p16)
+                                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                                # every consumer is past this tile's last products: its last V slot
+                                # and its Q buffer (and key-block list) go back to the producer
+                                T.ptx["bar.sync"](T.uint32(1), T.uint32(NT))
+                                if ct == 0:
+                                    if kb_lo < kb_hi:
+                                        T.ptx.mbarrier.arrive.shared.b64(
+                                            bar_at(bars, VE + (pos[0] + kb_hi - kb_lo - 1) % NS), T.uint32(1))
+                                if not TMA_STORE:
+                                    if lane == 0:     # the Q buffer (and list) back, a warp at a time
+                                        T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QE + buf), T.uint32(1))
+                                pos[0] = pos[0] + T.max(kb_hi - kb_lo, 0)
+                                for r in T.unroll(2):
+                                    l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 1, 32)
+                                    l_run[r] = l_run[r] + T.cuda.__shfl_xor_sync(FULL_MASK, l_run[r], 2, 32)
+                                    red[r] = T.Select(l_run[r] > T.float32(0), T.float32(1) / l_run[r], T.float32(0))
+                                for hf in T.unroll(2):
+                                    if both(lane % 4 == 0, r0 + hf * 8 + lane // 4 < S):
+                                        lse[b, h, r0 + hf * 8 + lane // 4] = T.Select(
+                                            l_run[hf] > T.float32(0),
+                                            (m_run[hf] + T.log2(l_run[hf])) * T.float32(_LN2), NEG_INF)
+                                if TMA_STORE:
+                                    # the warp's 16 rows into its rows of the Q buffer (every S product of
+                                    # this warpgroup is done), as the swizzled tile TMA reads; rows past S
+                                    # are clipped by the copy engine
+                                    for hf in T.unroll(2):
+                                        for nd in T.unroll(NDV):
+                                            if PACK_STORE:
+                                                T.ptx[f"cvt.rn.{ptx_t}x2.f32"](pk[0], o_acc[nd * 4 + hf * 2 + 1] * red[hf],
+                                                                               o_acc[nd * 4 + hf * 2] * red[hf])
+                                                T.ptx["st.shared.b32"](
+                                                    sb32 + T.Cast("uint32", (buf * Q_ELEMS + (nd // 8) * (BQ * 64)
+                                                                             + (warp * 16 + hf * 8 + lane // 4) * 64
+                                                                             + T.bitwise_xor(nd % 8, lane // 4) * 8
+                                                                             + lane % 4 * 2) * 2), pk[0])
+                                            else:
+                                                for e in T.unroll(2):
+                                                    smem[pad // 2 + buf * Q_ELEMS + (nd // 8) * (BQ * 64)
+                                                         + (warp * 16 + hf * 8 + lane // 4) * 64
+                                                         + T.bitwise_xor(nd % 8, (hf * 8 + lane // 4) % 8) * 8
+                                                         + lane % 4 * 2 + e] = T.Cast(dtype, o_acc[nd * 4 + hf * 2 + e] * red[hf])
+                                    T.ptx["fence.proxy.async.shared::cta"]()
+                                    T.cuda.warp_sync()
+                                    if lane == 0:
+                                        for cb in T.unroll(DV // 64):
+                                            T.ptx["cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group"](
+                                                T.address_of(o_map), cb * 64, r0, bh,
+                                                T.Cast("uint32", sb32 + (buf * Q_ELEMS + cb * (BQ * 64) + warp * 16 * 64) * 2))
+                                        T.ptx["cp.async.bulk.commit_group"]()
+                                        T.ptx["cp.async.bulk.wait_group.read"](0)
+                                        T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QE + buf), T.uint32(1))
+                                else:
+                                    # O straight from the accumulators: two 16-bit values a store
+                                    for hf in T.unroll(2):
+                                        if r0 + hf * 8 + lane // 4 < S:
+                                            for nd in T.unroll(NDV):
+                                                for e in T.unroll(2):
+                                                    out[b, h, r0 + hf * 8 + lane // 4, nd * 8 + lane % 4 * 2 + e] = \
+                                                        T.Cast(dtype, o_acc[nd * 4 + hf * 2 + e] * red[hf])
 
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:

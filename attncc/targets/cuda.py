@@ -78,13 +78,16 @@ from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # in order: chai
 # Which kernel (and which revision of it) a config runs: tuning records carry it, and a
 # record measured on another revision is not used (its config may no longer be the best).
 # Bump a revision when a kernel's schedule changes what is fast.
-KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-2", "decode": "decode-1"}
+KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-2", "decode": "decode-1",
+                    "wgmma_persistent": "wgmma-persistent-1"}
 
 
 def kernel_revision(spec: FlashKernelSpec, config) -> str:
     """The kernel revision ``config`` runs for ``spec`` (see KERNEL_REVISIONS)."""
     if isinstance(config, _decode.DecodeConfig):
         return KERNEL_REVISIONS["decode"]
+    if getattr(config, "persistent", 0):
+        return KERNEL_REVISIONS["wgmma_persistent"]
     if getattr(config, "mma", "sync") == "wgmma":
         return KERNEL_REVISIONS["wgmma_sparse" if _wgmma_for(spec, config) is _wgmma_sparse else "wgmma"]
     return KERNEL_REVISIONS["sync"]
@@ -179,6 +182,15 @@ class CudaConfig:
                     the first.  0: one kernel.  None (the default): SMALL_BELOW where it
                     applies (see small_below()), so tuned records of the 128-row kernel keep
                     the per-call choice (tuning times one input and cannot choose it).
+    persistent      wgmma only: the persistent, warp-specialised kernel with this many thread
+                    blocks (132: an H100/H200's SMs; 0: off) -- a producer warpgroup issues every
+                    Q/K/V tile by TMA on mbarriers, two consumer warpgroups (block_q 128, 8
+                    warps) run the ping-pong steps without loads, each block walks the work
+                    tiles round robin, the next tile's Q and first K/V landing under this one's
+                    end (_cuda_wgmma.py).  num_stages 2 (two Q buffers; a third K slot where
+                    shared memory holds it), no fp8, no query_blocks.  Picked for bands of tile
+                    density in (LOW_DENSITY, PERSISTENT_BELOW]; slower on tile maps and on
+                    causal (its static round robin), measured (benchmarks/gpu/RESULTS.md).
     """
 
     block_q: int = 128
@@ -191,6 +203,7 @@ class CudaConfig:
     # written before the knob existed still match)
     query_blocks: int = dataclasses.field(default=1, metadata={"omit_default": True})
     small_below: Optional[float] = dataclasses.field(default=None, metadata={"omit_default": True})
+    persistent: int = dataclasses.field(default=0, metadata={"omit_default": True})
 
 
 Config = CudaConfig
@@ -243,7 +256,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES and spec.quant_dtype != "int8":
-        sparse = _low_density_config(spec, arch)
+        sparse = _low_density_config(spec, arch) or _persistent_band_config(spec, arch)
         if sparse is not None:
             return sparse
         last = None
@@ -333,6 +346,35 @@ def small_below(spec: FlashKernelSpec, config) -> float:
     return SMALL_BELOW
 
 
+# A band (the key loop's bounds; no tile map) whose 128 x 128 tiles are non-empty at a density
+# above LOW_DENSITY and at most this runs the persistent, warp-specialised kernel
+# (CudaConfig.persistent): 8-10 key tiles a query block, where the one-block-a-tile kernel pays
+# its start and write-out per block.  H200, S=16k (benchmarks/gpu/RESULTS.md, "The persistent
+# kernel"): window 1024 (0.068) 0.298-0.305 vs 0.312-0.319 ms, window 2048 (0.125) 0.521 vs
+# 0.535; window 4096 (0.226) slower (0.956-0.959 vs 0.928-0.934); window 512 (0.038) a tie
+# with 64 x 32 (0.191 vs 0.189).  Tile maps (chunks, documents) run it 2-20 % slower and causal
+# 30 % (its static round robin): they keep the others.
+PERSISTENT_BELOW = 0.15
+PERSISTENT_BLOCKS = 132          # an H100 SXM's or H200's SMs (fewer SMs: still correct)
+
+
+def _persistent_band_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
+    if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
+            or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures
+            or _wgmma_dense.use_block_table(spec)):
+        return None
+    density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
+    if not LOW_DENSITY < density <= PERSISTENT_BELOW:
+        return None
+    cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
+                     persistent=PERSISTENT_BLOCKS)
+    try:
+        validate_config(spec, cfg, arch)
+    except (ConfigError, ShapeError):
+        return None
+    return cfg
+
+
 def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
     if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
             or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures):
@@ -357,6 +399,13 @@ def validate_config(spec: FlashKernelSpec, config: CudaConfig, arch: Optional[st
     def bad(msg):
         raise ConfigError(f"cuda config {c}: {msg}", variant=spec.name or None)
 
+    if not isinstance(c.persistent, int) or isinstance(c.persistent, bool) or c.persistent < 0:
+        bad(f"persistent must be a thread-block count >= 0 (0: off), got {c.persistent!r}")
+    if c.persistent and c.mma != "wgmma":
+        bad("persistent (the warp-specialised Hopper kernel) needs mma='wgmma'")
+    if c.persistent and c.query_blocks > 1:
+        bad("persistent and query_blocks > 1 are two ways to run several query blocks a thread block: "
+            "pick one")
     for name in ("block_q", "block_k", "num_warps", "num_stages", "query_blocks"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -61,7 +61,8 @@ def _entries(only):
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
-            "session6": _session6_entries, "unclamped2": _unclamped_small_entries,
+            "session6": _session6_entries, "persistent": _persistent_entries, "persistent2": _persistent_ab_entries, "persistent3": _persistent_c_entries,
+            "persistent4": _persistent_final_entries, "persistent5": _persistent_list_entries, "unclamped2": _unclamped_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -869,6 +870,114 @@ def _session6_entries():
     return out + _fp8_bench_entries()
 
 
+PERSISTENT = dict(WGMMA, persistent=132, small_below=0)
+
+
+def _persistent_entries():
+    """The persistent, warp-specialised kernel (``CudaConfig.persistent``: a producer warpgroup
+    issuing TMA loads on mbarriers, two consumer warpgroups, 132 thread blocks walking the work
+    tiles): every example at ragged (bf16) and default (f16) dims, the band/table/document kinds
+    at small shapes, and 3 thread blocks (many tiles each: every Q buffer and K/V slot reused,
+    phases wrapping) -- verified; then the density table and issue 3's dense shapes, each beside
+    the config compile picks, same run."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "examples", "*.py"))):
+        rel = os.path.relpath(path, ROOT)
+        out.append(dict(kind="verify", path=rel, name=None, dtype="bf16", shapes="ragged", config=PERSISTENT))
+        out.append(dict(kind="verify", path=rel, name=None, dtype="f16", shapes={}, config=PERSISTENT))
+    few = dict(PERSISTENT, persistent=3)
+    for name, shapes, cfg in (
+            ("band_offset", {}, PERSISTENT), ("late_keys", {}, PERSISTENT), ("doc_mask", {"S": 1100, "H": 4}, PERSISTENT),
+            ("doc_causal", {"S": 1024}, PERSISTENT), ("gqa", {"B": 1, "S": 333}, PERSISTENT),
+            ("sw_1024", {"S": 3000, "H": 2}, PERSISTENT), ("softcap", {"B": 1, "S": 517}, PERSISTENT),
+            ("doc_mask", {"S": 1100, "H": 4}, few), ("causal", {"B": 2, "S": 517}, few), ("sw_1024", {"S": 3000, "H": 2}, few),
+            ("chunk_512", {"S": 2048, "H": 2}, few)):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg))
+    s16 = {"B": 1, "S": 16384}
+    for cfg in (PERSISTENT, None):
+        for name, sp in DENSITY_MASKS:
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=cfg, sparse=sp))
+        for s_ in (4096, 16384):
+            for name in ("full", "causal"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16",
+                                shapes={"B": 16384 // s_, "S": s_}, config=cfg))
+    return out
+
+
+def _persistent_ab_entries():
+    """The persistent kernel's two later changes, each on and off (``_OPTIONS`` ``ws_k3``: a third
+    K slot, K loaded two blocks ahead; ``ws_tma_store``: the write-out staged in the Q buffer and
+    stored by TMA): every example and small variant verified with both on, and the density
+    table's masks timed for the four combinations beside the config compile picks."""
+    out = [e for e in _persistent_entries() if e["kind"] == "verify"]
+    s16 = {"B": 1, "S": 16384}
+    names = ("full", "causal", "sw_1024", "doc_mask", "chunk_2048")
+    for opts in ({"ws_k3": False, "ws_tma_store": False}, {"ws_k3": False, "ws_tma_store": True},
+                 {"ws_k3": True, "ws_tma_store": False}, {"ws_k3": True, "ws_tma_store": True}, None):
+        for name, sp in DENSITY_MASKS:
+            if name in names:
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16,
+                                config=PERSISTENT if opts else None, sparse=sp, options=opts))
+    return out
+
+
+def _persistent_c_entries():
+    """The persistent kernel's third pass: two 16-bit values a shared store in the write-out's
+    staging (``ws_pack_store``) and the key-block lists built by the producer's second warp a
+    tile ahead (``ws_list_warp``), each against the second pass's code, every mask of the density
+    table, beside the config compile picks; every example and small variant verified on the
+    defaults."""
+    out = [e for e in _persistent_entries() if e["kind"] == "verify"]
+    s16 = {"B": 1, "S": 16384}
+    for opts in ({"ws_pack_store": False, "ws_list_warp": False}, {"ws_pack_store": True, "ws_list_warp": False},
+                 None, "picked"):
+        for name, sp in DENSITY_MASKS:
+            if opts is None or name not in ("causal",):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16,
+                                config=None if opts == "picked" else PERSISTENT, sparse=sp,
+                                options=None if opts == "picked" else opts))
+    return out
+
+
+def _persistent_final_entries():
+    """The persistent kernel's last run: sliding windows of 256-4096 keys (S=16k), each on the
+    persistent kernel and on the two configs compile picked before it (128 x 128 with 3 stages,
+    64 x 32 below tile density 0.04), with FlexAttention beside them, and the dense reference;
+    the new windows verified at ragged dims on the persistent kernel."""
+    out = []
+    for name in ("sw_512", "sw_2048"):
+        out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes={"S": 3000, "H": 2},
+                        config=PERSISTENT))
+    s16 = {"B": 1, "S": 16384}
+    small = dict(WGMMA, block_q=64, num_warps=4, block_k=32)
+    for w in (256, 512, 1024, 2048, 4096):
+        sp = dict(mask="window", window=w)
+        for cfg in (PERSISTENT, WGMMA3, small):
+            out.append(dict(kind="bench", path=VARIANTS, name=f"sw_{w}", dtype="bf16", shapes=s16, config=cfg,
+                            sparse=sp))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    return out
+
+
+def _persistent_list_entries():
+    """Table mode on the persistent kernel, the consumers' list reads plain shared loads
+    (``ws_list_plain``, the default) against ``ld.shared`` asm (a compiler barrier at each
+    read): the tile-map masks timed both ways, the table-mode kernels verified."""
+    out = [e for e in _persistent_entries() if e["kind"] == "verify"
+           and (e["name"] in ("doc_mask", "doc_causal", "chunk_512") or "prefix_lm" in e["path"]
+                or "document" in e["path"] or "chunked" in e["path"])]
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"ws_list_plain": False}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("doc_mask", "doc_causal", "chunk_2048"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16,
+                                config=PERSISTENT, sparse=sp, options=opts))
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -933,6 +1042,8 @@ def _ident(e, k):
                 c += f"c{cfg.query_blocks}"
             if cuda.small_below(k.spec, cfg) > 0:
                 c += f"d{cuda.small_below(k.spec, cfg):g}"
+            if getattr(cfg, "persistent", 0):
+                c += f"p{cfg.persistent}"
     text = f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}" if base != name else f"{e['kind']}-{name}-{e['dtype']}-{dims}-{c}"
     quant = e.get("quantize")
     if quant:
@@ -962,7 +1073,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")

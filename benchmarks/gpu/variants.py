@@ -105,6 +105,16 @@ def sw_256(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tens
 
 
 @variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def sw_512(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 512))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def sw_2048(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 2048))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
 def sw_1024(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx < 1024))
 

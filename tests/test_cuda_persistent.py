@@ -1,0 +1,210 @@
+"""The persistent, warp-specialised Hopper kernel (``CudaConfig.persistent``), checked without a
+GPU: its rules, the structure of the generated CUDA (a producer warpgroup issuing TMA copies on
+mbarriers, two consumer warpgroups, register re-allocation, a fixed grid walking the work tiles),
+that every mask kind builds and assembles without spills, and that the knob stays out of tuning.
+The GPU tests run the same kernels against the reference on a Hopper device (and skip cleanly
+without one); ``benchmarks/gpu/build.py --only persistent`` times them there."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from conftest import hopper_gpu_available  # noqa: E402
+
+from attncc.compiler import compile_variant, verify  # noqa: E402
+from attncc.errors import ConfigError  # noqa: E402
+from attncc.targets import _cuda_wgmma as wgmma, cuda  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
+H100 = {"arch": "sm_90a"}
+PERSISTENT = dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2, persistent=132,
+                  small_below=0)
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+needs_hopper = pytest.mark.skipif(not hopper_gpu_available(), reason="no Hopper (sm_90a) CUDA device")
+
+
+def _compile(name, shapes, path=VARIANTS, build=True, dtype="bf16", **cfg):
+    return compile_variant(path, variant_name=name if path == VARIANTS else None, target="cuda", dtype=dtype,
+                           shapes=shapes, config=dict(PERSISTENT, **cfg), target_options=H100, build=build,
+                           tuning_db=False)
+
+
+def _kernel_source(k):
+    src = k.source()
+    start = src.index('extern "C" __global__ void __launch_bounds__(384')
+    return src[start:]
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def test_persistent_configs_are_checked():
+    with pytest.raises(ConfigError, match="num_warps must be 8"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, block_q=64, num_warps=4)
+    with pytest.raises(ConfigError, match="num_stages must be 2"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, num_stages=3)
+    with pytest.raises(ConfigError, match="needs mma='wgmma'"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, mma="sync", num_warps=4)
+    with pytest.raises(ConfigError, match="persistent must be a thread-block count"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, persistent=-1)
+    with pytest.raises(ConfigError, match="persistent must be a thread-block count"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, persistent=True)
+    with pytest.raises(ConfigError, match="query_blocks"):
+        _compile("sw_256", {"S": 1100, "H": 4}, build=False, query_blocks=2)
+    with pytest.raises(ConfigError, match="fp8"):
+        compile_variant(VARIANTS, variant_name="causal", target="cuda", dtype="bf16", shapes={"B": 1, "S": 700},
+                        config=PERSISTENT, target_options=H100, build=False, quantize={"dtype": "fp8"},
+                        tuning_db=False)
+
+
+def test_a_third_k_slot_only_where_shared_memory_holds_it():
+    """Two Q buffers + 3 K + 2 V slots of 128 x 128 bf16 tiles are 224 KB: the key-block lists of
+    a 16k-key table-mode kernel still fit under the 227 KB a block may have, those of 64k keys
+    do not, and that kernel keeps two K slots."""
+    small = _compile("doc_mask", {"B": 1, "S": 16384}, build=False)
+    large = _compile("doc_mask", {"B": 1, "S": 65536, "H": 1}, build=False)
+    assert wgmma.ws_k_slots(small.spec, small.config) == 3
+    assert wgmma.ws_k_slots(large.spec, large.config) == 2
+    for k in (small, large):
+        assert cuda.shared_memory_bytes(k.spec, k.config) <= 227 * 1024
+    tile = 128 * 128 * 2
+    off = dataclasses.replace(small.config, persistent=0)
+    # two Q buffers and a K slot more than the one-block-a-tile kernel, and a second list
+    assert (cuda.shared_memory_bytes(small.spec, small.config) - cuda.shared_memory_bytes(small.spec, off)
+            == 2 * tile + 4 * (16384 // 128 + 1))
+
+
+# --------------------------------------------------------------------------- the generated kernel
+
+
+def test_the_kernel_is_a_producer_and_two_consumers_on_mbarriers():
+    k = _compile("sw_1024", {"S": 3000, "H": 2}, build=True)
+    src = _kernel_source(k)
+    # 128 producer + 256 consumer threads, one block an SM (setmaxnreg needs the register cap)
+    assert src.startswith('extern "C" __global__ void __launch_bounds__(384, 1) main_kernel(')
+    header = src[:src.index(";")]                                      # the declaration
+    assert header.count("const __grid_constant__ CUtensorMap") == 4       # q, k, v and out
+    assert src.count("setmaxnreg_dec_sync_aligned_u32_40()") == 1
+    assert src.count("setmaxnreg_inc_sync_aligned_u32_232()") == 1
+    # every tile arrives by the copy engine; no thread copies 16 bytes itself
+    assert "cp_async_bulk_tensor_g2s" in src and "cp_async_cg" not in src
+    assert "cp_async_bulk_tensor_s2g" in src                             # the write-out
+    assert "mbarrier_arrive_expect_tx" in src and "mbarrier_wait" in src
+    # the consumers keep step with a named barrier of their 256 threads, never __syncthreads
+    body = src[src.index("setmaxnreg_inc"):]
+    assert "__syncthreads()" not in body
+    assert re.search(r"bar_sync\w*\(\(uint\)1, \(uint\)256\)", body)
+    # the grid: 132 thread blocks walk the 24 x 2 work tiles (fewer tiles: one block each)
+    tir = cuda.lower(k.spec, k.config).script()
+    assert 'T.thread_binding(48, thread="blockIdx.x")' in tir
+    wide = _compile("sw_1024", {"S": 16384, "H": 16}, build=False)
+    assert 'T.thread_binding(132, thread="blockIdx.x")' in cuda.lower(wide.spec, wide.config).script()
+
+
+def test_table_mode_hands_the_list_over_by_shared_stores_tvm_cannot_see():
+    """The producer's second warp compacts the tile-map row; TVM's barrier insertion would put a
+    __syncthreads inside the role branches (and refuses to), so the list's stores are st.shared,
+    which it does not see; the reads are plain loads after the list's mbarrier."""
+    k = _compile("doc_mask", {"S": 1100, "H": 4}, build=True)
+    src = _kernel_source(k)
+    src = src[:src.index("main_small_kernel") if "main_small_kernel" in src else len(src)]
+    assert "st_shared_s32" in src and "ld_shared_s32" not in src
+    assert src.count("__syncthreads()") == 1                           # after the barriers' init
+    assert "ballot_sync" in src[:src.index("setmaxnreg_inc")]           # in the producer's branch
+    init = src[:src.index("__syncthreads()")]
+    # the list warp's 32 lanes arrive on list_full; Q's barrier waits for its bytes alone
+    assert re.search(r"mbarrier_init\w*\([^;]*bars_ptr\[0\][^;]*\(uint\)1\)", init)
+    assert len(re.findall(r"mbarrier_init\w*\([^;]*\(uint\)32\)", init)) == 2
+    assert "threadIdx.x) < 64" in src                                   # the list warp's branch
+
+
+def test_the_old_write_out_and_two_k_slots_stay_as_switches():
+    k = _compile("sw_1024", {"S": 3000, "H": 2}, build=False)
+    wgmma._OPTIONS.update(ws_k3=False, ws_tma_store=False)
+    try:
+        tir = cuda.lower(k.spec, k.config).script()
+        assert wgmma.ws_k_slots(k.spec, k.config) == 2
+    finally:
+        wgmma._OPTIONS.clear()
+    assert "address_of(o_map)" not in tir and "out[" in tir
+    assert "address_of(o_map)" in cuda.lower(k.spec, k.config).script()
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,shapes,path", [
+    ("sw_1024", {"S": 3000, "H": 2}, VARIANTS),                 # a band, ragged keys
+    ("doc_mask", {"S": 1100, "H": 4}, VARIANTS),                # per-call tile map, captured ids
+    ("late_keys", {}, VARIANTS),                                # query blocks without keys
+    (None, {}, os.path.join(ROOT, "examples", "prefix_lm.py")),  # a compile-time tile map
+    ("gqa", {"B": 1, "S": 333}, VARIANTS),
+])
+def test_persistent_kernels_assemble_without_spills(tmp_path, name, shapes, path):
+    k = _compile(name, shapes, path=path)
+    src = tmp_path / "k.cu"
+    src.write_text(k.source())
+    p = subprocess.run(["nvcc", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-Xptxas", "-v",
+                        str(src), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-2000:]
+    main = log[log.index("Function properties for main_kernel"):]
+    assert "0 bytes spill stores" in main.splitlines()[1], main[:300]
+    assert "C7508" not in log            # ptxas would say so if it ignored setmaxnreg
+
+
+@pytest.mark.parametrize("name,persistent", [
+    ("sw_1024", True), ("sw_2048", True),             # bands of 8-16 key tiles a block
+    ("sw_256", False), ("sw_4096", False),            # 64 x 32 tiles below 0.04; denser bands
+    ("causal", False), ("chunk_2048", False),         # the round robin's imbalance; a tile map
+    ("doc_mask", False),                              # a per-call tile map
+])
+def test_compile_picks_the_persistent_kernel_for_sparse_bands_only(name, persistent):
+    k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"B": 1, "S": 16384},
+                        target_options=H100, build=False, tuning_db=False)
+    assert (k.config.persistent == cuda.PERSISTENT_BLOCKS) is persistent, k.config
+    if persistent:
+        density = float((k.spec.tile_map(128, 128) != 0).mean())
+        assert cuda.LOW_DENSITY < density <= cuda.PERSISTENT_BELOW
+        assert cuda.kernel_revision(k.spec, k.config) == cuda.KERNEL_REVISIONS["wgmma_persistent"]
+
+
+def test_persistent_is_a_config_knob_not_a_tuning_dimension():
+    from attncc.schedules.space import SearchSpace, config_dict
+
+    k = compile_variant(VARIANTS, variant_name="sw_256", target="cuda", dtype="bf16", shapes={"S": 4096, "H": 4},
+                        target_options=H100, build=False, tuning_db=False)
+    # a window of 256 over 4k keys: 3 of 32 key tiles a block, a band compile runs persistent...
+    assert k.config.persistent == cuda.PERSISTENT_BLOCKS
+    space = SearchSpace("cuda", k.spec, options=H100)
+    # ... but the search space varies the one-block-a-tile kernel's knobs only
+    assert "persistent" not in space.names() and all(c.persistent == 0 for c in space.valid_configs())
+    assert space.valid_configs()
+    assert "persistent" not in config_dict(dataclasses.replace(k.config, persistent=0))
+    assert config_dict(k.config)["persistent"] == 132
+
+
+# --------------------------------------------------------------------------- on a Hopper GPU
+
+
+@needs_hopper
+@pytest.mark.parametrize("name,shapes,path,blocks", [
+    ("sw_1024", {"S": 3000, "H": 2}, VARIANTS, 132),
+    ("sw_1024", {"S": 3000, "H": 2}, VARIANTS, 3),        # many tiles a block: buffers and phases wrap
+    ("doc_mask", {"S": 1100, "H": 4}, VARIANTS, 3),
+    ("late_keys", {}, VARIANTS, 132),                     # blocks without keys: zeros, lse -inf
+    ("causal", {"B": 2, "S": 517}, VARIANTS, 5),
+    (None, {}, os.path.join(ROOT, "examples", "prefix_lm.py"), 132),
+])
+def test_persistent_kernels_match_the_reference(name, shapes, path, blocks):
+    k = _compile(name, shapes, path=path, persistent=blocks)
+    rep = verify(k, seed=0)
+    assert rep.passed, (rep.max_error, rep.tolerance)
