@@ -930,6 +930,28 @@ def lower(spec: FlashKernelSpec, config):
             T.ptx["wgmma.commit_group.sync.aligned"]()
 
     @T.macro
+    def step_end(j, has_qk, has_pv, wg, r0, lane, b, h, s_acc, o_acc, p_frag, red, m_run, m_use, alpha,
+                 l_run, ent, row_fold, p16):
+        """A step's end (both kernels): an even warpgroup runs the softmax of S_j as soon as it is
+        done (under its P·V) and converts P; every warpgroup waits for its products."""
+        if is_even(wg):
+            if has_qk:
+                if SPLIT and has_pv:
+                    T.ptx["wgmma.wait_group.sync.aligned"](1)
+                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                else:
+                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
+            else:
+                T.ptx["wgmma.wait_group.sync.aligned"](0)
+        else:
+            T.ptx["wgmma.wait_group.sync.aligned"](0)
+
+    @T.macro
     def step(j, has_qk, has_pv, kb_lo, kb_hi, smem, k, v, pe, tx, b, h, hk, wg, r0, lane, sbase,
              s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, kv_list, ent, row_fold, p16):
         """Key block j: the softmax of S_j (even warpgroups) or S_{j-1} (odd ones) and the
@@ -957,22 +979,8 @@ def lower(spec: FlashKernelSpec, config):
         gemms(j, has_qk, has_pv, kb_lo, s_acc, o_acc, p_frag, sbase, wg, 0)
         if is_even(wg):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
-        if is_even(wg):
-            if has_qk:
-                if SPLIT and has_pv:
-                    T.ptx["wgmma.wait_group.sync.aligned"](1)
-                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
-                    T.ptx["wgmma.wait_group.sync.aligned"](0)
-                else:
-                    T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
-                rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
-            else:
-                T.ptx["wgmma.wait_group.sync.aligned"](0)
-        else:
-            T.ptx["wgmma.wait_group.sync.aligned"](0)
+        step_end(j, has_qk, has_pv, wg, r0, lane, b, h, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
+                 ent, row_fold, p16)
 
     @T.prim_func(check_well_formed=False)
     def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
@@ -1195,22 +1203,8 @@ def lower(spec: FlashKernelSpec, config):
                 T.cuda.mbarrier_wait(T.address_of(bars[VF + (pos[0] + j - 1 - kb_lo) % NS]),
                                      (pos[0] + j - 1 - kb_lo) // NS % 2)
             gemms(j, has_qk, has_pv, kb_lo - pos[0], s_acc, o_acc, p_frag, sbase, c, buf * (Q_ELEMS // 8))
-            if is_even(c):
-                if has_qk:
-                    if SPLIT and has_pv:
-                        T.ptx["wgmma.wait_group.sync.aligned"](1)
-                        softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                                s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
-                        T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    else:
-                        T.ptx["wgmma.wait_group.sync.aligned"](0)
-                        softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                                s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
-                    rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
-                else:
-                    T.ptx["wgmma.wait_group.sync.aligned"](0)
-            else:
-                T.ptx["wgmma.wait_group.sync.aligned"](0)
+            step_end(j, has_qk, has_pv, c, r0, lane, b, h, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
+                     ent, row_fold, p16)
 
         @T.prim_func(check_well_formed=False)
         def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
