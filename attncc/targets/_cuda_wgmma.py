@@ -109,6 +109,85 @@ def persistent(config) -> int:
     return int(getattr(config, "persistent", 0) or 0)
 
 
+def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c else y, const=int):
+    """The persistent kernel's static tile order: ``(tiles_of, tile_of, tile_bh, tile_qb)``, thread
+    block ``cta`` running tiles ``tile_of(cta, n)`` for ``n < tiles_of(cta)``, tile ``t`` being
+    query block ``tile_qb(t)`` of batch x head ``tile_bh(t)``.  Python ints by default; the kernel
+    passes TIR's Select to build the same arithmetic as expressions.
+
+    "cost": tile t is query block nqb - 1 - t // bhn of head t % bhn, so the tiles
+    run heaviest-first across all heads (a causal or document mask's cost grows with the query
+    block), and the thread blocks take them in a snake (odd rounds walk the blocks backwards), so
+    that each block's sum of costs comes out near the mean.  "head": head-major round robin (tile
+    cta + n grid, the query blocks of one head in a row), which on causal hands one block only
+    heavy tiles and another only light ones: 1.57x the mean cost on the busiest block at 128 query
+    blocks, 16 heads, 132 blocks, against 1.00x for "cost" (tests/test_cuda_persistent.py).
+    ``ws_default_order`` picks one per kernel."""
+    if order not in ("cost", "head"):
+        raise ValueError(f"ws_order must be 'cost' or 'head', got {order!r}")
+    snake = order == "cost"
+
+    def tiles_of(cta):
+        if not snake:
+            return (ntiles - cta + grid - 1) // grid
+        full, rem = ntiles // grid, ntiles % grid
+        if rem == 0:
+            return const(full)
+        last = cta if full % 2 == 0 else grid - 1 - cta
+        return full + select(last < rem, 1, 0)
+
+    def tile_of(cta, n):
+        if not snake:
+            return cta + n * grid
+        return n * grid + select(n % 2 == 0, cta, grid - 1 - cta)
+
+    def tile_bh(t):
+        return t % bhn if snake else t // nqb
+
+    def tile_qb(t):
+        return nqb - 1 - (t // bhn if snake else t % nqb)
+
+    return tiles_of, tile_of, tile_bh, tile_qb
+
+
+def ws_busiest_block(order, row_cost, bhn, grid) -> float:
+    """The busiest thread block's cost over the mean under ``order`` (ws_tile_order's arithmetic,
+    vectorised), a tile of query block qb costing ``row_cost[qb]`` key blocks plus one for its Q
+    load and write-out."""
+    row_cost = np.asarray(row_cost, dtype=np.float64)
+    nqb = len(row_cost)
+    t = np.arange(nqb * bhn)
+    grid = min(grid, len(t))
+    n, j = np.divmod(t, grid)
+    if order == "cost":
+        cta = np.where(n % 2 == 0, j, grid - 1 - j)
+        qb = nqb - 1 - t // bhn
+    else:
+        cta, qb = j, nqb - 1 - t % nqb
+    loads = np.bincount(cta, weights=row_cost[qb] + 1.0, minlength=grid)
+    return float(loads.max() / loads.mean())
+
+
+def ws_default_order(spec: FlashKernelSpec, config) -> str:
+    """The tile order the persistent kernel takes unless ``_OPTIONS["ws_order"]`` says: with a
+    compile-time tile map, whichever of "cost" and "head" the map's per-query-block key blocks
+    balance better ("head", which keeps a head's tiles together, unless "cost" is 2 % better):
+    causal takes "cost" (busiest block 1.00x the mean against 1.56x at S=16k, 16 heads), chunks
+    of 2048 keys "head" (1.19x against 1.59x: a chunk's cost rises and falls 8 times over the
+    query blocks), window 1024 "cost" (1.01x against 1.06x: its first blocks are lighter;
+    measured equal), dense "head".  A per-call map (documents) is not known here: "cost",
+    measured faster on 5 of 6 document counts (benchmarks/gpu/RESULTS.md, run 9)."""
+    if spec.runtime_tile_map is not None:
+        return "cost"
+    if spec.tile_map is None:
+        return "head"
+    BQ, BK = config.block_q, config.block_k
+    rows = (np.asarray(spec.tile_map(BQ, BK)) != 0).sum(axis=1)
+    grid, bhn = persistent(config), spec.batch * spec.q_heads
+    cost, head = (ws_busiest_block(o, rows, bhn, grid) for o in ("cost", "head"))
+    return "cost" if cost < 0.98 * head else "head"
+
+
 def ws_k_slots(spec: FlashKernelSpec, config, smem_limit: int = 227 * 1024) -> int:
     """K slots of the persistent kernel: num_stages, or one more (K loaded two blocks ahead, V one)
     where shared memory holds it beside the two Q buffers."""
@@ -1116,16 +1195,20 @@ def lower(spec: FlashKernelSpec, config):
 
     if WS:
         # ---- the persistent, warp-specialised kernel (FlashAttention-3's structure): GRID thread
-        # blocks of three warpgroups walk the work tiles (query block, batch x head) round robin.
-        # Warpgroup 0 is the producer: its warp 0 builds each tile's key-block list (table mode)
+        # blocks of three warpgroups walk the work tiles (query block, batch x head) in a static
+        # order (ORDER below).
+        # Warpgroup 0 is the producer: its warp 1 builds each tile's key-block list (table mode)
         # and its lane 0 issues every Q, K and V tile by the bulk tensor copy engine (TMA, tensor
-        # maps encoded on the host per call), completing on mbarriers; it drops to 24 registers.
-        # Warpgroups 1 and 2 are the consumers (64 query rows each, 240 registers): the ping-pong
+        # maps encoded on the host per call), completing on mbarriers; it drops to 40 registers.
+        # Warpgroups 1 and 2 are the consumers (64 query rows each, 232 registers): the ping-pong
         # steps above without any load, on a named barrier of their 256 threads.  Q has two
         # buffers and K/V NS slots each, counted across tiles, so the next tile's Q and first K/V
         # land under this tile's last steps and write-out.
         GRID = min(WS, NQB * B * H)
         NTILES = NQB * B * H
+        tiles_of, tile_of, tile_bh, tile_qb = ws_tile_order(
+            _OPTIONS.get("ws_order") or ws_default_order(spec, config), NTILES, GRID, B * H, NQB,
+            lambda c, x, y: tirx.Select(c, x, y), i32)
         NTW = NT + 128                                  # the producer warpgroup besides the consumers
         # q_full[2], q_empty[2], k full/empty [NSK], v full/empty [NS], list_full[2]
         NBAR = 6 + 2 * NSK + 2 * NS
@@ -1274,10 +1357,10 @@ def lower(spec: FlashKernelSpec, config):
                             # ---------------- producer
                             T.ptx["setmaxnreg.dec.sync.aligned.u32"](REG_PRODUCER)
                             if tx < 32:
-                                for n in T.serial((NTILES - cta + GRID - 1) // GRID):
-                                    t = cta + n * GRID
-                                    bh = t // NQB
-                                    qb = NQB - 1 - t % NQB
+                                for n in T.serial(tiles_of(cta)):
+                                    t = tile_of(cta, n)
+                                    bh = tile_bh(t)
+                                    qb = tile_qb(t)
                                     b = bh // H
                                     hk = bh % H // G
                                     buf = n % 2
@@ -1322,9 +1405,9 @@ def lower(spec: FlashKernelSpec, config):
                             elif LIST_WARP and tx < 64:
                                 # the list warp: tile n's list into buffer n % 2 once the consumers are
                                 # done with tile n - 2 (its Q buffer's release)
-                                for n in T.serial((NTILES - cta + GRID - 1) // GRID):
+                                for n in T.serial(tiles_of(cta)):
                                     T.cuda.mbarrier_wait(T.address_of(bars[QE + n % 2]), (n // 2) % 2 ^ 1)
-                                    ws_compact_row(NQB - 1 - (cta + n * GRID) % NQB, n % 2 * LIST_N, cnt, tvs,
+                                    ws_compact_row(tile_qb(tile_of(cta, n)), n % 2 * LIST_N, cnt, tvs,
                                                    kv_list, lane)
                                     T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, LF + n % 2), T.uint32(1))
                         else:
@@ -1333,10 +1416,10 @@ def lower(spec: FlashKernelSpec, config):
                             ct = tx - 128
                             c = wg - 1
                             warp = ct // 32
-                            for n in T.serial((NTILES - cta + GRID - 1) // GRID):
-                                t = cta + n * GRID
-                                bh = t // NQB
-                                qb = NQB - 1 - t % NQB
+                            for n in T.serial(tiles_of(cta)):
+                                t = tile_of(cta, n)
+                                bh = tile_bh(t)
+                                qb = tile_qb(t)
                                 b = bh // H
                                 h = bh % H
                                 q0 = qb * BQ

@@ -79,7 +79,7 @@ from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # in order: chai
 # record measured on another revision is not used (its config may no longer be the best).
 # Bump a revision when a kernel's schedule changes what is fast.
 KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-2", "decode": "decode-1",
-                    "wgmma_persistent": "wgmma-persistent-1"}
+                    "wgmma_persistent": "wgmma-persistent-2"}
 
 
 def kernel_revision(spec: FlashKernelSpec, config) -> str:
@@ -186,11 +186,12 @@ class CudaConfig:
                     blocks (132: an H100/H200's SMs; 0: off) -- a producer warpgroup issues every
                     Q/K/V tile by TMA on mbarriers, two consumer warpgroups (block_q 128, 8
                     warps) run the ping-pong steps without loads, each block walks the work
-                    tiles round robin, the next tile's Q and first K/V landing under this one's
-                    end (_cuda_wgmma.py).  num_stages 2 (two Q buffers; a third K slot where
-                    shared memory holds it), no fp8, no query_blocks.  Picked for bands of tile
-                    density in (LOW_DENSITY, PERSISTENT_BELOW]; slower on tile maps and on
-                    causal (its static round robin), measured (benchmarks/gpu/RESULTS.md).
+                    tiles in a static order balanced on the tile map (ws_default_order), the
+                    next tile's Q and first K/V landing under this one's end (_cuda_wgmma.py).
+                    num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
+                    no fp8, no query_blocks.  Picked for bands of tile density in
+                    (LOW_DENSITY, PERSISTENT_BELOW] and for causal from PERSISTENT_CAUSAL_KEYS
+                    keys; slower on per-call tile maps, measured (benchmarks/gpu/RESULTS.md).
     """
 
     block_q: int = 128
@@ -256,7 +257,7 @@ def default_config(spec: FlashKernelSpec, arch: Optional[str] = None) -> CudaCon
     if spec.q_len <= _decode.DECODE_MAX_Q_LEN:   # decode: split-KV kernel (_cuda_decode.py)
         return _decode.default_config(spec)
     if arch == "sm_90a" and spec.dtype in _SUPPORTED_DTYPES and spec.quant_dtype != "int8":
-        sparse = _low_density_config(spec, arch) or _persistent_band_config(spec, arch)
+        sparse = _low_density_config(spec, arch) or _persistent_config(spec, arch)
         if sparse is not None:
             return sparse
         last = None
@@ -352,19 +353,33 @@ def small_below(spec: FlashKernelSpec, config) -> float:
 # its start and write-out per block.  H200, S=16k (benchmarks/gpu/RESULTS.md, "The persistent
 # kernel"): window 1024 (0.068) 0.298-0.305 vs 0.312-0.319 ms, window 2048 (0.125) 0.521 vs
 # 0.535; window 4096 (0.226) slower (0.956-0.959 vs 0.928-0.934); window 512 (0.038) a tie
-# with 64 x 32 (0.191 vs 0.189).  Tile maps (chunks, documents) run it 2-20 % slower and causal
-# 30 % (its static round robin): they keep the others.
+# with 64 x 32 (0.191 vs 0.189).  Tile maps (chunks, documents) run it 2-20 % slower: they keep
+# the others.
 PERSISTENT_BELOW = 0.15
 PERSISTENT_BLOCKS = 132          # an H100 SXM's or H200's SMs (fewer SMs: still correct)
+# Causal (kv <= q + offset, exactly) runs it from this many keys, its tiles taken heaviest-first
+# across heads in a snake (ws_default_order "cost").  H200, bf16, 16 heads (RESULTS.md, "Causal on
+# the persistent kernel"), persistent vs the 3-stage kernel, ms: S=4k B=4 0.580 vs 0.584, 8k
+# B=2 1.042 vs 1.092, 16k 1.73-1.91 vs 2.01-2.04, 32k 7.74-7.82 vs 8.07; GQA 32/8 4k B=4 1.034 vs
+# 1.131, 16k 3.79 vs 4.10.  At 2k (B=8) it is 10 % slower (0.350 vs 0.319): 8 key blocks a
+# tile on average, too few to hide a tile's start.
+PERSISTENT_CAUSAL_KEYS = 4096
 
 
-def _persistent_band_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
+def _is_causal(spec: FlashKernelSpec) -> bool:
+    """The mask is exactly ``kv_idx <= q_idx + offset`` (a key loop's upper bound, nothing else)."""
+    kb = spec.key_bounds
+    return kb.exact and kb.lower_offset is None and kb.upper_offset is not None
+
+
+def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
     if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
             or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures
             or _wgmma_dense.use_block_table(spec)):
         return None
     density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
-    if not LOW_DENSITY < density <= PERSISTENT_BELOW:
+    band = LOW_DENSITY < density <= PERSISTENT_BELOW
+    if not band and not (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS):
         return None
     cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
                      persistent=PERSISTENT_BLOCKS)

@@ -62,7 +62,8 @@ def _entries(only):
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
             "session6": _session6_entries, "persistent": _persistent_entries, "persistent2": _persistent_ab_entries, "persistent3": _persistent_c_entries,
-            "persistent4": _persistent_final_entries, "persistent5": _persistent_list_entries, "unclamped2": _unclamped_small_entries,
+            "persistent4": _persistent_final_entries, "persistent5": _persistent_list_entries,
+            "persistent6": _persistent_order_entries, "persistent7": _persistent_causal_entries, "unclamped2": _unclamped_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -978,6 +979,47 @@ def _persistent_list_entries():
     return out
 
 
+def _persistent_order_entries():
+    """The persistent kernel's tile order (``ws_order``): "cost" (query blocks heaviest-first across
+    all heads, thread blocks in a snake; the default) against "head" (head-major round robin), on
+    the masks whose tiles differ in cost (causal, documents, chunks), on bands and dense; the
+    small-grid kernels verified in the default order."""
+    few = dict(PERSISTENT, persistent=3)
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg) for n, sh, cfg in (
+        ("causal", {"B": 2, "S": 517}, dict(PERSISTENT, persistent=5)), ("doc_mask", {"S": 1100, "H": 4}, few),
+        ("sw_1024", {"S": 3000, "H": 2}, few), ("chunk_512", {"S": 2048, "H": 2}, few),
+        ("doc_causal", {"S": 1024}, PERSISTENT), ("late_keys", {}, few))]
+    s16 = {"B": 1, "S": 16384}
+    for opts in (None, {"ws_order": "head"}):
+        for name, sp in DENSITY_MASKS:
+            if name in ("full", "causal", "sw_1024", "sw_2048", "doc_mask", "doc_causal", "chunk_2048"):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16,
+                                config=PERSISTENT, sparse=sp, options=opts))
+    # what compile picks on these masks (the one-block-a-tile kernel off the bands), in the same run
+    for name, sp in DENSITY_MASKS:
+        if name in ("causal", "doc_mask", "doc_causal", "chunk_2048"):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                            sparse=sp, group="default"))
+    return out
+
+
+def _persistent_causal_entries():
+    """Causal on the persistent kernel in its compile-time tile order (``ws_default_order``:
+    "cost" for causal) beside what compile picks (the one-block-a-tile kernel, 3 stages), over
+    batch x length at 16 heads and on GQA; one tile order ("head") kept for chunks of 2048."""
+    out = []
+    for name, shapes in (("causal", {"B": 8, "S": 2048}), ("causal", {"B": 4, "S": 4096}),
+                         ("causal", {"B": 2, "S": 8192}), ("causal", {"B": 1, "S": 16384}),
+                         ("causal", {"B": 1, "S": 32768}), ("gqa", {"B": 1, "S": 16384}),
+                         ("gqa", {"B": 4, "S": 4096})):
+        for cfg in (PERSISTENT, None):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                            sparse=dict(mask="causal")))
+    out.append(dict(kind="bench", path=VARIANTS, name="chunk_2048", dtype="bf16", shapes={"B": 1, "S": 16384},
+                    config=PERSISTENT, sparse=dict(DENSITY_MASKS[-1][1])))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1073,7 +1115,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
