@@ -175,7 +175,8 @@ def part_gpu(args) -> None:
         extra = {k2: v for k2, v in rep.extra.items() if k2 in ("variant", "shape", "arch", "candidate", "device_full",
                                                                  "sm_count", "timer", "min_s", "err", "tol")}
         extra.update(source="benchmarks/tuning.py --part gpu", confirm_rounds=len(ratios),
-                     default_s=d_s, speedup_vs_default=round(d_s / t_s, 4) if d_s else None)
+                     default_s=d_s, speedup_vs_default=round(d_s / t_s, 4) if d_s else None,
+                     default_config=json.loads(dflt) if dflt else None)
         best_records.append(record_for(key, rep.config, t_s, spread=rep.spread, runs=rep.runs, extra=extra))
     if rows:
         r_all = np.array([np.median(r["random"]) for r in rows])

@@ -524,6 +524,42 @@ def test_packaged_defaults_are_readable_and_used():
         assert "packaged defaults" in k.config_source, k.config_source
 
 
+def test_a_record_tuned_before_a_new_default_kernel_is_not_used(tmp_path):
+    """Causal at 16k keys on sm_90a now defaults to the persistent kernel (faster than the
+    one-block-a-tile kernel the packaged H200 record was tuned against, benchmarks/gpu/RESULTS.md
+    run 10): the record names the default it beat, which ran another kernel, so compile takes its
+    own default. Dense attention's record, tuned against the same kernel, is still used; a
+    record written before default_config was recorded is used as before."""
+    from attncc.compiler import compile_variant
+    from attncc.schedules.db import TuningDB
+    from attncc.schedules.lookup import packaged_db_path
+    from attncc.targets import cuda
+
+    h200 = {"arch": "sm_90a"}
+    causal = {"B": 1, "H": 16, "S": 16384, "D": 128}
+    recs = [r for r in TuningDB(packaged_db_path()).records()
+            if r.key.target == "cuda" and r.extra.get("variant") == "causal_mha" and r.extra["shape"] == causal]
+    assert len(recs) == 1 and recs[0].extra["default_config"]["num_stages"] == 3
+    nodb = str(REPO / "nonexistent.jsonl")
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes=causal, build=False, tuning_db=nodb,
+                        target_options=h200)
+    if "your tuning database" not in k.config_source:      # a developer's own records may come first
+        assert k.config.persistent == cuda.PERSISTENT_BLOCKS, (k.config, k.config_source)
+        assert k.config_source.startswith("target default"), k.config_source
+    dense = compile_variant(SDPA, target="cuda", dtype="bf16", shapes=causal, build=False, tuning_db=nodb,
+                            target_options=h200)
+    if "your tuning database" not in dense.config_source:
+        assert "packaged defaults" in dense.config_source and dense.config.block_q == 192
+    # the same causal record without default_config (an older file): used, as measured
+    legacy = recs[0]
+    legacy.extra.pop("default_config")
+    db = TuningDB(str(tmp_path / "legacy.jsonl"))
+    db.append(legacy)
+    k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes=causal, build=False, tuning_db=db.path,
+                        target_options=h200)
+    assert (k.config.block_q, k.config.num_warps, k.config.persistent) == (192, 12, 0), k.config_source
+
+
 def test_progress_bar_shows_the_best_so_far():
     import io
     from types import SimpleNamespace
@@ -566,7 +602,11 @@ def test_hopper_space_is_the_wgmma_and_mma_sync_grids():
                         build=False, tuning_db=False, target_options={"arch": "sm_90a"})
     space = SearchSpace("cuda", k.spec, {"arch": "sm_90a"})
     valid = space.valid_configs()
-    assert 20 <= len(valid) <= 48 and space.default() in valid
+    assert 20 <= len(valid) <= 48
+    # the default (causal from 4k keys: the persistent kernel, no search knob) is measured beside
+    # the grid: the tuner's first candidate, so a tuned record never loses to it unseen
+    assert space.default().persistent == 132 and space.is_valid(space.default())
+    assert dataclasses.replace(space.default(), persistent=0) in valid
     wg = [c for c in valid if c.mma == "wgmma"]
     assert {(c.block_q, c.num_warps) for c in wg} == {(64, 4), (128, 8), (192, 12)}
     assert {c.block_k for c in wg} == {64, 96, 128} and {c.num_stages for c in wg} == {2, 3}

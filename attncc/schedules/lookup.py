@@ -70,6 +70,7 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
     """(record, path, key) of the best valid tuned record, or (None, None, key)."""
     import dataclasses
 
+    from attncc.compiler import make_config
     from attncc.errors import ConfigError
     from attncc.schedules import get_family
     from attncc.targets import get_target
@@ -81,6 +82,32 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
     base = tgt.default_config(spec)                 # the kernel's config class (cuda: prefill or decode)
     fields = {f.name for f in dataclasses.fields(base)}
     revision = getattr(tgt, "kernel_revision", None)
+    # the kernel compile runs without a record, on the arch the record was tuned for: a record
+    # tuned while another kernel was the default never met this one (it became the default
+    # since, as the persistent kernel did for causal), so it is not used -- it may well be
+    # slower than what compile does without it.  A changed default config of the same kernel
+    # (a stage count) keeps the record: the search covered that config.
+    default_kernels: dict = {}
+
+    def default_kernel_now(arch):
+        if arch not in default_kernels:
+            try:
+                default_kernels[arch] = revision(spec, make_config(tgt, spec, None, arch, options))
+            except Exception:  # noqa: BLE001 - no default to compare with: the record stands
+                default_kernels[arch] = None
+        return default_kernels[arch]
+
+    def tuned_against_another_kernel(rec) -> bool:
+        then = rec.extra.get("default_config")
+        if then is None or revision is None:
+            return False                   # records from before default_config was written
+        try:
+            kernel_then = revision(spec, dataclasses.replace(base, **then))
+        except (TypeError, ValueError):
+            return False
+        now = default_kernel_now(rec.extra.get("arch") or options.get("arch"))
+        return now is not None and kernel_then != now
+
     devices = [key.device] + list(getattr(family, "equivalent_devices", lambda d: [])(key.device))
     for device in devices:                           # the device itself first, then the same chip
         dkey = dataclasses.replace(key, device=device)
@@ -95,6 +122,8 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
                     family.validate(spec, cfg, options)
                 except (ConfigError, TypeError, ValueError):
                     continue
+                if tuned_against_another_kernel(rec):
+                    continue                       # tuned before a new kernel became the default
                 measured_on = rec.extra.get("kernel_revision")
                 if measured_on is not None and revision is not None and measured_on != revision(spec, cfg):
                     continue                       # measured on another revision of the kernel

@@ -752,7 +752,10 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     emit("start", result, planned=planned, budget_s=s.budget_s, trials=s.trials)
 
     session = uuid.uuid4().hex[:8]
-    base_extra = {"variant": kernel.variant, "shape": dict(kernel.env), "session": session}
+    # the default this search measured against: lookup drops the record once compile's default
+    # is another config (a new kernel became the default; the record never met it)
+    base_extra = {"variant": kernel.variant, "shape": dict(kernel.env), "session": session,
+                  "default_config": dict(default_values)}
     revision = getattr(kernel.target, "kernel_revision", None)
     if options.get("arch"):
         base_extra["arch"] = options["arch"]
