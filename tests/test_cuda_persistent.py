@@ -274,3 +274,20 @@ def test_persistent_kernels_match_the_reference(name, shapes, path, blocks):
     k = _compile(name, shapes, path=path, persistent=blocks)
     rep = verify(k, seed=0)
     assert rep.passed, (rep.max_error, rep.tolerance)
+
+
+@needs_hopper
+@pytest.mark.parametrize("order", ["cost", "head"])
+@pytest.mark.parametrize("name,shapes,blocks", [
+    ("causal", {"B": 2, "S": 517}, 5),                    # 5 x 2 x 16 tiles: odd and even snake rounds
+    ("gqa", {"B": 1, "S": 700}, 7),                       # heads of a KV head spread over the blocks
+    ("chunk_512", {"S": 2048, "H": 2}, 3),                # table mode, the list warp on either order
+])
+def test_either_tile_order_matches_the_reference(order, name, shapes, blocks):
+    wgmma._OPTIONS.update(ws_order=order)
+    try:
+        k = _compile(name, shapes, persistent=blocks)
+    finally:
+        wgmma._OPTIONS.clear()
+    rep = verify(k, seed=0)
+    assert rep.passed, (rep.max_error, rep.tolerance)
