@@ -186,6 +186,16 @@ def test_the_kernel_picks_its_tile_order_from_the_map(name, order):
     assert wgmma.ws_default_order(k.spec, k.config) == order
 
 
+def test_the_cli_names_the_tile_order_and_its_balance():
+    notes = cuda.kernel_notes(_compile("causal", {"B": 2, "S": 517}, persistent=5).built)
+    assert len(notes) == 1 and "5 thread blocks walk 160 tiles in order 'cost'" in notes[0], notes
+    busiest = float(re.search(r"busiest block ([0-9.]+)x", notes[0]).group(1))
+    assert 1.0 <= busiest < 1.2
+    docs = cuda.kernel_notes(_compile("doc_mask", {"S": 1100, "H": 4}, persistent=3).built)
+    assert "in order 'cost'" in docs[0] and "per call" in docs[0]
+    assert cuda.kernel_notes(_compile("gqa", {"B": 1, "S": 333}, persistent=0, small_below=None).built) == []
+
+
 def test_the_tile_order_is_a_switch():
     k = _compile("causal", {"B": 2, "S": 517}, build=False, persistent=5)
     default = cuda.lower(k.spec, k.config).script()

@@ -66,8 +66,10 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def find_record(target: str, spec, func, target_options: Optional[dict] = None, db=None):
-    """(record, path, key) of the best valid tuned record, or (None, None, key)."""
+def find_record(target: str, spec, func, target_options: Optional[dict] = None, db=None,
+                skipped: Optional[list] = None):
+    """(record, path, key) of the best valid tuned record, or (None, None, key).  Records passed
+    over because a new kernel became the default since they were tuned go into ``skipped``."""
     import dataclasses
 
     from attncc.compiler import make_config
@@ -123,7 +125,9 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
                 except (ConfigError, TypeError, ValueError):
                     continue
                 if tuned_against_another_kernel(rec):
-                    continue                       # tuned before a new kernel became the default
+                    if skipped is not None:        # tuned before a new kernel became the default
+                        skipped.append((rec, path))
+                    continue
                 measured_on = rec.extra.get("kernel_revision")
                 if measured_on is not None and revision is not None and measured_on != revision(spec, cfg):
                     continue                       # measured on another revision of the kernel
@@ -133,11 +137,17 @@ def find_record(target: str, spec, func, target_options: Optional[dict] = None, 
 
 def tuned_config(target: str, spec, func, target_options: Optional[dict] = None, db=None):
     """(config overrides or None, why) for ``compile``."""
+    skipped: list = []
     try:
-        rec, path, key = find_record(target, spec, func, target_options, db)
+        rec, path, key = find_record(target, spec, func, target_options, db, skipped)
     except Exception as exc:  # no knobs declared for the target, an unreadable file, ...
         text = str(exc).strip().splitlines()
         return None, f"target default (no tuning lookup: {text[0] if text else type(exc).__name__})"
+    if rec is None and skipped:
+        old, where = skipped[0]
+        return None, (f"target default (the tuned record in {where} for {key.bucket} {key.dtype} on "
+                      f"{old.key.device}, measured {old.date[:10]}, was tuned while another kernel was the "
+                      f"default: it never met this one; `attncc tune` measures both)")
     if rec is None:
         return None, f"target default (no tuned record for this variant at {key.bucket} {key.dtype} on {key.device})"
     which = ("packaged defaults" if path == packaged_db_path() else

@@ -1139,6 +1139,28 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
     return CudaKernel(spec, config, arch, executable, time.perf_counter() - t0, tables)
 
 
+def kernel_notes(built: CudaKernel) -> list:
+    """What the CLI says of this kernel beyond its config: the persistent kernel's tile order."""
+    spec, config, notes = built.spec, built.config, []
+    blocks = getattr(config, "persistent", 0)
+    if blocks and isinstance(config, CudaConfig):
+        nqb = -(-spec.q_len // config.block_q)
+        tiles = nqb * spec.batch * spec.q_heads
+        order = _wgmma_dense._OPTIONS.get("ws_order") or _wgmma_dense.ws_default_order(spec, config)
+        how = ("query blocks heaviest-first across the heads, the blocks taking them in a snake" if order == "cost"
+               else "head-major round robin, a head's query blocks in a row")
+        balance = "the tile map is per call: balance not estimated"
+        if spec.tile_map is not None and spec.runtime_tile_map is None:
+            rows = (np.asarray(spec.tile_map(config.block_q, config.block_k)) != 0).sum(axis=1)
+            busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks)
+            balance = f"busiest block {busiest:.2f}x the mean, by the tile map"
+        elif spec.tile_map is None:
+            balance = "tiles of equal cost"
+        notes.append(f"persistent: {min(blocks, tiles)} thread blocks walk {tiles} tiles in order {order!r} "
+                     f"({how}; {balance})")
+    return notes
+
+
 def source(built: CudaKernel) -> str:
     """The generated CUDA C++ of the kernel."""
     for m in built.executable.mod.imports:
