@@ -63,7 +63,8 @@ def _entries(only):
             "edges": _edge_entries, "unclamped": _unclamped_entries, "bulk": _bulk_entries,
             "session6": _session6_entries, "persistent": _persistent_entries, "persistent2": _persistent_ab_entries, "persistent3": _persistent_c_entries,
             "persistent4": _persistent_final_entries, "persistent5": _persistent_list_entries,
-            "persistent6": _persistent_order_entries, "persistent7": _persistent_causal_entries, "unclamped2": _unclamped_small_entries,
+            "persistent6": _persistent_order_entries, "persistent7": _persistent_causal_entries,
+            "persistent8": _persistent_causal_check_entries, "unclamped2": _unclamped_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1020,6 +1021,19 @@ def _persistent_causal_entries():
     return out
 
 
+def _persistent_causal_check_entries():
+    """What the eleventh session could not run (no device time left): compile's own picks for
+    causal and GQA (the persistent kernel in the cost order) verified at 4k-8k keys, and causal
+    at 16k timed beside FlexAttention (``attention.py --kind bench --flex``)."""
+    out = [dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=None)
+           for name, shapes in (("causal", {"B": 1, "S": 4096}), ("causal", {"B": 1, "S": 8192, "H": 4}),
+                                ("gqa", {"B": 1, "S": 4096}))]
+    for cfg in (None, WGMMA3):
+        out.append(dict(kind="bench", path=VARIANTS, name="causal", dtype="bf16", shapes={"B": 1, "S": 16384},
+                        config=cfg, sparse=dict(mask="causal"), flex=True))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1115,7 +1129,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
