@@ -190,7 +190,7 @@ class CudaConfig:
                     next tile's Q and first K/V landing under this one's end (_cuda_wgmma.py).
                     num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
                     no fp8, no query_blocks.  Picked for bands of tile density in
-                    (LOW_DENSITY, PERSISTENT_BELOW] and for causal from PERSISTENT_CAUSAL_KEYS
+                    (LOW_DENSITY, PERSISTENT_BELOW] and for causal (head dim 128) from PERSISTENT_CAUSAL_KEYS
                     keys; slower on per-call tile maps, measured (benchmarks/gpu/RESULTS.md).
     """
 
@@ -357,9 +357,9 @@ def small_below(spec: FlashKernelSpec, config) -> float:
 # the others.
 PERSISTENT_BELOW = 0.15
 PERSISTENT_BLOCKS = 132          # an H100 SXM's or H200's SMs (fewer SMs: still correct)
-# Causal (kv <= q + offset, exactly) runs it from this many keys, its tiles taken heaviest-first
-# across heads in a snake (ws_default_order "cost").  H200, bf16, 16 heads (RESULTS.md, "Causal on
-# the persistent kernel"), persistent vs the 3-stage kernel, ms: S=4k B=4 0.580 vs 0.584, 8k
+# Causal (kv <= q + offset, exactly; head_dim 128) runs it from this many keys, tiles heaviest-first
+# across heads in a snake (ws_default_order "cost").  H200, bf16, 16 heads (RESULTS.md, "The tile
+# order: load balance, not per-step cost", run 10), persistent vs the 3-stage kernel, ms: S=4k B=4 0.580 vs 0.584, 8k
 # B=2 1.042 vs 1.092, 16k 1.73-1.91 vs 2.01-2.04, 32k 7.74-7.82 vs 8.07; GQA 32/8 4k B=4 1.034 vs
 # 1.131, 16k 3.79 vs 4.10.  At 2k (B=8) it is 10 % slower (0.350 vs 0.319): 8 key blocks a
 # tile on average, too few to hide a tile's start.
@@ -379,7 +379,10 @@ def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[C
         return None
     density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
     band = LOW_DENSITY < density <= PERSISTENT_BELOW
-    if not band and not (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS):
+    # (causal: measured at head_dim 128 only; other head dims keep the one-block-a-tile kernel)
+    causal = (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS
+              and spec.head_dim == spec.head_dim_v == 128)
+    if not band and not causal:
         return None
     cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
                      persistent=PERSISTENT_BLOCKS)
