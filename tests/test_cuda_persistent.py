@@ -238,7 +238,8 @@ def test_persistent_kernels_assemble_without_spills(tmp_path, name, shapes, path
     ("causal", {}, True), ("causal", {"B": 4, "S": 4096}, True),   # causal from 4k keys
     ("gqa", {}, True),
     ("causal", {"B": 8, "S": 2048}, False),               # 8 key blocks a tile on average
-    ("causal", {"D": 64}, False),                         # causal measured at head_dim 128 only
+    ("causal", {"D": 64}, False),                         # measured at head_dim 128 only
+    ("sw_1024", {"D": 64}, False),
     ("softcap", {}, False),                               # a score_mod: not measured there
     ("chunk_2048", {}, False),                            # a tile map, not a plain causal bound
     ("doc_mask", {}, False),                              # a per-call tile map

@@ -190,8 +190,8 @@ class CudaConfig:
                     next tile's Q and first K/V landing under this one's end (_cuda_wgmma.py).
                     num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
                     no fp8, no query_blocks.  Picked for bands of tile density in
-                    (LOW_DENSITY, PERSISTENT_BELOW] and for causal (head dim 128) from PERSISTENT_CAUSAL_KEYS
-                    keys; slower on per-call tile maps, measured (benchmarks/gpu/RESULTS.md).
+                    (LOW_DENSITY, PERSISTENT_BELOW] and causal from PERSISTENT_CAUSAL_KEYS keys,
+                    at head dim 128; slower on per-call tile maps, measured (benchmarks/gpu/RESULTS.md).
     """
 
     block_q: int = 128
@@ -377,11 +377,11 @@ def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[C
             or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures
             or _wgmma_dense.use_block_table(spec)):
         return None
+    if not spec.head_dim == spec.head_dim_v == 128:
+        return None            # measured at head_dim 128 only: other head dims keep the one-block-a-tile kernel
     density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
     band = LOW_DENSITY < density <= PERSISTENT_BELOW
-    # (causal: measured at head_dim 128 only; other head dims keep the one-block-a-tile kernel)
-    causal = (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS
-              and spec.head_dim == spec.head_dim_v == 128)
+    causal = _is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS
     if not band and not causal:
         return None
     cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
