@@ -179,13 +179,20 @@ def ws_default_order(spec: FlashKernelSpec, config) -> str:
     measured faster on 5 of 6 document counts (benchmarks/gpu/RESULTS.md, run 9)."""
     if spec.runtime_tile_map is not None:
         return "cost"
-    if spec.tile_map is None:
+    rows = ws_row_cost(spec, config)
+    if rows is None:
         return "head"
-    BQ, BK = config.block_q, config.block_k
-    rows = (np.asarray(spec.tile_map(BQ, BK)) != 0).sum(axis=1)
     grid, bhn = persistent(config), spec.batch * spec.q_heads
     cost, head = (ws_busiest_block(o, rows, bhn, grid) for o in ("cost", "head"))
     return "cost" if cost < 0.98 * head else "head"
+
+
+def ws_row_cost(spec: FlashKernelSpec, config):
+    """Each query block's non-empty key blocks from the compile-time tile map (None without one,
+    or when the map is computed per call)."""
+    if spec.tile_map is None or spec.runtime_tile_map is not None:
+        return None
+    return (np.asarray(spec.tile_map(config.block_q, config.block_k)) != 0).sum(axis=1)
 
 
 def ws_k_slots(spec: FlashKernelSpec, config, smem_limit: int = 227 * 1024) -> int:

@@ -191,7 +191,8 @@ class CudaConfig:
                     num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
                     no fp8, no query_blocks.  Picked for bands of tile density in
                     (LOW_DENSITY, PERSISTENT_BELOW] and causal from PERSISTENT_CAUSAL_KEYS keys,
-                    at head dim 128; slower on per-call tile maps, measured (benchmarks/gpu/RESULTS.md).
+                    at head dim 128; slower on per-call tile maps, measured
+                    (benchmarks/gpu/RESULTS.md).
     """
 
     block_q: int = 128
@@ -357,12 +358,12 @@ def small_below(spec: FlashKernelSpec, config) -> float:
 # the others.
 PERSISTENT_BELOW = 0.15
 PERSISTENT_BLOCKS = 132          # an H100 SXM's or H200's SMs (fewer SMs: still correct)
-# Causal (kv <= q + offset, exactly; head_dim 128) runs it from this many keys, tiles heaviest-first
-# across heads in a snake (ws_default_order "cost").  H200, bf16, 16 heads (RESULTS.md, "The tile
-# order: load balance, not per-step cost", run 10), persistent vs the 3-stage kernel, ms: S=4k B=4 0.580 vs 0.584, 8k
-# B=2 1.042 vs 1.092, 16k 1.73-1.91 vs 2.01-2.04, 32k 7.74-7.82 vs 8.07; GQA 32/8 4k B=4 1.034 vs
-# 1.131, 16k 3.79 vs 4.10.  At 2k (B=8) it is 10 % slower (0.350 vs 0.319): 8 key blocks a
-# tile on average, too few to hide a tile's start.
+# Causal (kv <= q + offset, exactly) runs it from this many keys, tiles heaviest-first across
+# heads in a snake (ws_default_order "cost").  H200, bf16, 16 heads, D=128 (RESULTS.md, "The
+# tile order: load balance, not per-step cost", run 10), persistent vs the 3-stage kernel, ms:
+# S=4k B=4 0.580 vs 0.584, 8k B=2 1.042 vs 1.092, 16k 1.73-1.91 vs 2.01-2.04, 32k 7.74-7.82 vs
+# 8.07; GQA 32/8 4k B=4 1.034 vs 1.131, 16k 3.79 vs 4.10.  At 2k (B=8) it is 10 % slower (0.350
+# vs 0.319): 8 key blocks a tile on average, too few to hide a tile's start.
 PERSISTENT_CAUSAL_KEYS = 4096
 
 
@@ -378,7 +379,7 @@ def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[C
             or _wgmma_dense.use_block_table(spec)):
         return None
     if not spec.head_dim == spec.head_dim_v == 128:
-        return None            # measured at head_dim 128 only: other head dims keep the one-block-a-tile kernel
+        return None      # measured at head_dim 128 only: others keep the one-block-a-tile kernel
     density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
     band = LOW_DENSITY < density <= PERSISTENT_BELOW
     causal = _is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS
@@ -1152,13 +1153,12 @@ def kernel_notes(built: CudaKernel) -> list:
         order = _wgmma_dense._OPTIONS.get("ws_order") or _wgmma_dense.ws_default_order(spec, config)
         how = ("query blocks heaviest-first across the heads, the blocks taking them in a snake" if order == "cost"
                else "head-major round robin, a head's query blocks in a row")
-        balance = "the tile map is per call: balance not estimated"
-        if spec.tile_map is not None and spec.runtime_tile_map is None:
-            rows = (np.asarray(spec.tile_map(config.block_q, config.block_k)) != 0).sum(axis=1)
+        rows = _wgmma_dense.ws_row_cost(spec, config)
+        if rows is not None:
             busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks)
             balance = f"busiest block {busiest:.2f}x the mean, by the tile map"
-        elif spec.tile_map is None:
-            balance = "tiles of equal cost"
+        else:
+            balance = "tiles of equal cost" if spec.tile_map is None else "the tile map is per call: not estimated"
         notes.append(f"persistent: {min(blocks, tiles)} thread blocks walk {tiles} tiles in order {order!r} "
                      f"({how}; {balance})")
     return notes
