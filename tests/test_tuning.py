@@ -551,8 +551,7 @@ def test_a_record_tuned_before_a_new_default_kernel_is_not_used(tmp_path):
     if "your tuning database" not in dense.config_source:
         assert "packaged defaults" in dense.config_source and dense.config.block_q == 192
     # the same causal record without default_config (an older file): used, as measured
-    legacy = recs[0]
-    legacy.extra.pop("default_config")
+    legacy = dataclasses.replace(recs[0], extra={k: v for k, v in recs[0].extra.items() if k != "default_config"})
     db = TuningDB(str(tmp_path / "legacy.jsonl"))
     db.append(legacy)
     k = compile_variant(CAUSAL, target="cuda", dtype="bf16", shapes=causal, build=False, tuning_db=db.path,

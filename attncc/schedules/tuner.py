@@ -752,8 +752,8 @@ def tune(variant, target: str = "cpu", shapes: Optional[dict] = None, dtype=None
     emit("start", result, planned=planned, budget_s=s.budget_s, trials=s.trials)
 
     session = uuid.uuid4().hex[:8]
-    # the default this search measured against: lookup drops the record once compile's default
-    # is another config (a new kernel became the default; the record never met it)
+    # the default this search measured against: lookup passes the record over once compile's
+    # default runs another kernel (a new kernel became the default; the record never met it)
     base_extra = {"variant": kernel.variant, "shape": dict(kernel.env), "session": session,
                   "default_config": dict(default_values)}
     revision = getattr(kernel.target, "kernel_revision", None)
