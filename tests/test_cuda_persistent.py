@@ -303,3 +303,22 @@ def test_either_tile_order_matches_the_reference(order, name, shapes, blocks):
         wgmma._OPTIONS.clear()
     rep = verify(k, seed=0)
     assert rep.passed, (rep.max_error, rep.tolerance)
+
+
+def test_tile_balance_script_prints_every_mask_under_each_order(capsys):
+    """benchmarks/gpu/tile_balance.py (no GPU): a row per benchmark mask, each order's busiest
+    block at least the mean; causal balanced by the cost order, not by the head-major one."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "benchmarks", "gpu", "tile_balance.py")
+    spec = importlib.util.spec_from_file_location("tile_balance", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--S", "4096", "--H", "4", "--blocks", "16"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == sum(len(n or (None,)) for _, n in mod.MASKS)
+    for row in rows:
+        head, cost, best = map(float, row[-3:])
+        assert min(head, cost, best) >= 1.0
+    causal = next(r for r in rows if r[0] == "causal")
+    assert float(causal[-2]) < 1.05 < float(causal[-3])
