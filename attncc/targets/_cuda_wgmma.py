@@ -116,8 +116,8 @@ def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c e
     passes TIR's Select to build the same arithmetic as expressions.
 
     "cost": tile t is query block nqb - 1 - t // bhn of head t % bhn, so the tiles
-    run heaviest-first across all heads (a causal or document mask's cost grows with the query
-    block), and the thread blocks take them in a snake (odd rounds walk the blocks backwards), so
+    run heaviest-first across all heads where cost grows with the query block (causal), and the
+    thread blocks take them in a snake (odd rounds walk the blocks backwards), so
     that each block's sum of costs comes out near the mean.  "head": head-major round robin (tile
     cta + n grid, the query blocks of one head in a row), which on causal hands one block only
     heavy tiles and another only light ones: 1.57x the mean cost on the busiest block at 128 query
@@ -154,6 +154,8 @@ def ws_busiest_block(order, row_cost, bhn, grid) -> float:
     """The busiest thread block's cost over the mean under ``order`` (ws_tile_order's arithmetic,
     vectorised), a tile of query block qb costing ``row_cost[qb]`` key blocks plus one for its Q
     load and write-out."""
+    if order not in ("cost", "head"):
+        raise ValueError(f"ws_order must be 'cost' or 'head', got {order!r}")
     row_cost = np.asarray(row_cost, dtype=np.float64)
     nqb = len(row_cost)
     t = np.arange(nqb * bhn)
@@ -1203,7 +1205,7 @@ def lower(spec: FlashKernelSpec, config):
     if WS:
         # ---- the persistent, warp-specialised kernel (FlashAttention-3's structure): GRID thread
         # blocks of three warpgroups walk the work tiles (query block, batch x head) in a static
-        # order (ORDER below).
+        # order (ws_tile_order; ws_default_order picks it from the tile map).
         # Warpgroup 0 is the producer: its warp 1 builds each tile's key-block list (table mode)
         # and its lane 0 issues every Q, K and V tile by the bulk tensor copy engine (TMA, tensor
         # maps encoded on the host per call), completing on mbarriers; it drops to 40 registers.
