@@ -127,7 +127,8 @@ def build_manifest(kernel) -> dict:
     ``block_map``     ``none``; ``static`` (the table is ``tile_map.npy``); or ``runtime`` (the
                       mask reads captured inputs: the runtime evaluates the flash op's mask region
                       of ``ir`` with attncc.reference's numpy interpreter on every call's data,
-                      like FlexAttention's create_block_mask, and caches a few)
+                      like FlexAttention's create_block_mask, and caches a few); with
+                      ``row_order``, the table's extra column of the persistent kernel
     ``target``        kind, CPU features or CUDA arch, the alignment every tensor must have
     """
     from attncc import __version__
@@ -187,9 +188,17 @@ def build_manifest(kernel) -> dict:
     if _uses_block_table(kernel):
         bq, bk = kernel.config.block_q, kernel.config.block_k
         nq, nk = -(-spec.q_len // bq), -(-spec.kv_len // bk)
-        args.append({"name": "tile_map", "role": "table", "dtype": "int32", "shape": [nq, nk]})
+        order_fn = getattr(kernel.target, "row_order_column", None)
+        row_order = bool(order_fn and order_fn(spec, kernel.config))
+        args.append({"name": "tile_map", "role": "table", "dtype": "int32", "shape": [nq, nk + int(row_order)]})
         block_map = {"mode": "static" if tables is not None else "runtime", "block_q": bq, "block_k": bk,
                      "shape": [nq, nk], "values": "0 empty (skipped), 1 partial (element mask), 2 full (no mask)"}
+        if row_order:
+            block_map["row_order"] = {
+                "column": nk, "window": kernel.target.row_order_window(spec, kernel.config),
+                "how": "the kernel's table has one more column than the tile map: column 'column' holds the "
+                "query blocks in the order the kernel walks them (attncc.runtime._layouts.with_row_order with "
+                "'window'); the runtime appends it to each per-call map, tile_map.npy already holds it"}
         if tables is not None:
             block_map["file"] = TILE_MAP
         else:

@@ -12,6 +12,7 @@ import numpy as np
 from attncc.errors import AttnccError
 from attncc.runtime import _native
 from attncc.runtime._native import DL_CPU, DL_CUDA, DEVICE_NAMES
+from attncc.runtime._layouts import with_row_order
 
 
 class ArgumentError(AttnccError):
@@ -477,6 +478,9 @@ class Kernel:
                     entry["function"] = small["function"]
                     tiles = np.ascontiguousarray(np.asarray(
                         self._runtime_tile_map(caps, small["block_q"], small["block_k"]), dtype=np.int32))
+                elif self.block_map.get("row_order"):
+                    # the persistent kernel's walk over the query blocks, heaviest first
+                    tiles = with_row_order(tiles, self.block_map["row_order"].get("window", 1))
                 if len(self._runtime_tables) >= 8:
                     self._runtime_tables.popitem(last=False)
                 self._runtime_tables[key] = entry
@@ -516,8 +520,8 @@ class Kernel:
         a call whose map is sparse enough for the manifest's ``block_map.small`` kernel runs that
         kernel with the map of its own, smaller tiles."""
         mode = self.block_map.get("mode", "none")
-        if mode == "static":
-            return self._tile_map
+        if mode == "static":      # (without the persistent kernel's row-order column)
+            return self._tile_map[:, :self.block_map["shape"][1]]
         if mode == "runtime":
             return np.asarray(self._runtime_tile_map([_to_host(c) for c in captures], self.block_map["block_q"],
                                                      self.block_map["block_k"]))

@@ -46,3 +46,50 @@ def fp8_v_layout(v) -> np.ndarray:
         pad = np.zeros(v.shape[:2] + (T32 - T, v.shape[3]), dtype=v.dtype)
         v = np.concatenate([v, pad], axis=2)
     return np.ascontiguousarray(np.swapaxes(v[:, :, v_key_permutation(T), :], 2, 3))
+
+
+ROW_ORDER = "row_order_column"   # the manifest's name of the tile map's extra column below
+# "sorted" is kept where the key blocks that the query blocks running at once read stay within
+# this factor of the plain order's (measured on the H200, benchmarks/gpu/RESULTS.md, twelfth pass:
+# documents of one tile cost each took the ranking, 2-9 % faster; causal documents and chunks,
+# whose ranking interleaves documents at 2.7-4x the key blocks, ran 5-10 % slower with it)
+ROW_ORDER_SPREAD = 2.0
+
+
+def rank_rows(cost) -> np.ndarray:
+    """Row indices by ``cost`` descending, ties the later row first."""
+    cost = np.asarray(cost)
+    return np.lexsort((-np.arange(len(cost)), -cost)).astype(np.int32)
+
+
+def key_spread(tiles, order, window: int) -> float:
+    """The mean number of key blocks that ``window`` consecutive query blocks of ``order`` read
+    together: the K/V working set of the tiles a persistent kernel runs at once."""
+    nz = np.asarray(tiles) != 0
+    order = np.asarray(order)
+    window = max(1, int(window))
+    return float(np.mean([nz[order[i:i + window]].any(axis=0).sum() for i in range(0, len(order), window)]))
+
+
+def row_order(tiles, window: int = 1) -> np.ndarray:
+    """The query blocks in the order the persistent Hopper kernel walks them ("sorted" order):
+    ranked by their non-empty key blocks, heaviest first (ties: the later block) -- unless that
+    ranking scatters the ``window`` blocks running at once (B x H tiles each) over more than
+    ``ROW_ORDER_SPREAD`` times the key blocks of the plain order, last block first, which keeps
+    a document's blocks together (causal documents, chunks): then the plain order."""
+    t = np.asarray(tiles)
+    ranked = rank_rows((t != 0).sum(axis=1))
+    plain = np.arange(t.shape[0] - 1, -1, -1, dtype=np.int32)
+    if key_spread(t, ranked, window) > ROW_ORDER_SPREAD * key_spread(t, plain, window):
+        return plain
+    return ranked
+
+
+def with_row_order(tiles, window: int = 1) -> np.ndarray:
+    """The tile map [NQB, NKB] with column NKB = ``row_order``: the table of the persistent
+    Hopper kernel in table mode, which walks the query blocks in that order (computed once per
+    map on the host, where the map itself is computed)."""
+    t = np.asarray(tiles, dtype=np.int32)
+    if t.ndim != 2:
+        raise ValueError(f"a tile map is [query blocks, key blocks], got shape {t.shape}")
+    return np.ascontiguousarray(np.concatenate([t, row_order(t, window)[:, None]], axis=1))

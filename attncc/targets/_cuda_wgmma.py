@@ -83,7 +83,7 @@ from __future__ import annotations
 import numpy as np
 
 from attncc.errors import ConfigError, ShapeError
-from attncc.runtime._layouts import padded_kv_len
+from attncc.runtime._layouts import padded_kv_len, rank_rows, row_order
 from attncc.targets.spec import FlashKernelSpec
 from attncc.targets import _gpu_flash as _gpu
 # target-neutral pieces of table mode and fp8 dequantization, shared with rocm.py (_gpu_flash.py)
@@ -109,7 +109,10 @@ def persistent(config) -> int:
     return int(getattr(config, "persistent", 0) or 0)
 
 
-def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c else y, const=int):
+WS_ORDERS = ("cost", "head", "sorted")
+
+
+def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c else y, const=int, qb_at=None):
     """The persistent kernel's static tile order: ``(tiles_of, tile_of, tile_bh, tile_qb)``, thread
     block ``cta`` running tiles ``tile_of(cta, n)`` for ``n < tiles_of(cta)``, tile ``t`` being
     query block ``tile_qb(t)`` of batch x head ``tile_bh(t)``.  Python ints by default; the kernel
@@ -122,10 +125,16 @@ def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c e
     cta + n grid, the query blocks of one head in a row), which on causal hands one block only
     heavy tiles and another only light ones: 1.57x the mean cost on the busiest block at 128 query
     blocks, 16 heads, 132 blocks, against 1.00x for "cost" (tests/test_cuda_persistent.py).
+    "sorted": "cost"'s walk over the query blocks ranked by their actual cost, rank r being query
+    block ``qb_at(r)`` (the kernel reads it from the tile map's extra column,
+    ``attncc.runtime._layouts.with_row_order``; table mode only): document masks and chunks,
+    whose cost is not monotone in the query block, balance as causal does in "cost".
     ``ws_default_order`` picks one per kernel."""
-    if order not in ("cost", "head"):
-        raise ValueError(f"ws_order must be 'cost' or 'head', got {order!r}")
-    snake = order == "cost"
+    if order not in WS_ORDERS:
+        raise ValueError(f"ws_order must be one of {', '.join(map(repr, WS_ORDERS))}, got {order!r}")
+    if order == "sorted" and qb_at is None:
+        raise ValueError("the 'sorted' tile order needs the query block of each rank (qb_at)")
+    snake = order != "head"
 
     def tiles_of(cta):
         if not snake:
@@ -145,25 +154,29 @@ def ws_tile_order(order, ntiles, grid, bhn, nqb, select=lambda c, x, y: x if c e
         return t % bhn if snake else t // nqb
 
     def tile_qb(t):
+        if order == "sorted":
+            return qb_at(t // bhn)
         return nqb - 1 - (t // bhn if snake else t % nqb)
 
     return tiles_of, tile_of, tile_bh, tile_qb
 
 
-def ws_busiest_block(order, row_cost, bhn, grid) -> float:
+def ws_busiest_block(order, row_cost, bhn, grid, ranks=None) -> float:
     """The busiest thread block's cost over the mean under ``order`` (ws_tile_order's arithmetic,
     vectorised), a tile of query block qb costing ``row_cost[qb]`` key blocks plus one for its Q
-    load and write-out."""
-    if order not in ("cost", "head"):
-        raise ValueError(f"ws_order must be 'cost' or 'head', got {order!r}")
+    load and write-out; "sorted" walks ``ranks`` (the table's column; default: by cost alone)."""
+    if order not in WS_ORDERS:
+        raise ValueError(f"ws_order must be one of {', '.join(map(repr, WS_ORDERS))}, got {order!r}")
     row_cost = np.asarray(row_cost, dtype=np.float64)
     nqb = len(row_cost)
     t = np.arange(nqb * bhn)
     grid = min(grid, len(t))
     n, j = np.divmod(t, grid)
-    if order == "cost":
+    if order != "head":
         cta = np.where(n % 2 == 0, j, grid - 1 - j)
         qb = nqb - 1 - t // bhn
+        if order == "sorted":     # with_row_order's ranking (ties: the later block first)
+            qb = (rank_rows(row_cost) if ranks is None else np.asarray(ranks))[t // bhn]
     else:
         cta, qb = j, nqb - 1 - t % nqb
     loads = np.bincount(cta, weights=row_cost[qb] + 1.0, minlength=grid)
@@ -177,16 +190,38 @@ def ws_default_order(spec: FlashKernelSpec, config) -> str:
     causal takes "cost" (busiest block 1.00x the mean against 1.56x at S=16k, 16 heads), chunks
     of 2048 keys "head" (1.19x against 1.59x: a chunk's cost rises and falls 8 times over the
     query blocks), window 1024 "cost" (1.01x against 1.06x: its first blocks are lighter;
-    measured equal), dense "head".  A per-call map (documents) is not known here: "cost",
-    measured faster on 5 of 6 document counts (benchmarks/gpu/RESULTS.md, run 9)."""
-    if spec.runtime_tile_map is not None:
-        return "cost"
+    measured equal), dense "head".  Table mode (a mask that is no band: documents, chunks,
+    prefix-LM, ...) takes "sorted": the query blocks ranked by the map's own row costs, from the
+    table's extra column (``ws_row_order_column``), per call where the map is per call."""
+    if ws_row_order_column(spec, config) and spec.runtime_tile_map is not None:
+        return "sorted"
     rows = ws_row_cost(spec, config)
     if rows is None:
         return "head"
     grid, bhn = persistent(config), spec.batch * spec.q_heads
-    cost, head = (ws_busiest_block(o, rows, bhn, grid) for o in ("cost", "head"))
-    return "cost" if cost < 0.98 * head else "head"
+    first = "cost"
+    if ws_row_order_column(spec, config):
+        first = "sorted"
+        ranks = row_order(spec.tile_map(config.block_q, config.block_k), ws_row_window(spec, config))
+    else:
+        ranks = None
+    best, head = (ws_busiest_block(o, rows, bhn, grid, ranks) for o in (first, "head"))
+    return first if best < 0.98 * head else "head"
+
+
+def ws_row_window(spec: FlashKernelSpec, config) -> int:
+    """Query blocks a persistent kernel runs at once: its thread blocks over batch x heads."""
+    nqb = -(-spec.q_len // config.block_q)
+    bhn = spec.batch * spec.q_heads
+    return max(1, -(-min(persistent(config), nqb * bhn) // bhn))
+
+
+def ws_row_order_column(spec: FlashKernelSpec, config) -> bool:
+    """Whether the kernel's tile map has the extra column NKB, the query blocks ranked heaviest
+    first (``attncc.runtime._layouts.with_row_order``): the persistent kernel in table mode.  A
+    function of (spec, config) alone -- never of ``_OPTIONS`` -- so that whoever fills the table
+    (cuda.block_tables, the export runtime from the manifest) agrees with the kernel."""
+    return bool(persistent(config)) and use_block_table(spec)
 
 
 def ws_row_cost(spec: FlashKernelSpec, config):
@@ -651,7 +686,10 @@ def lower(spec: FlashKernelSpec, config):
     SMEM_ELEMS = LIST_BASE + ((4 if WS else 2) * (NKB + 1) if USE_TABLE else 0)
     # table mode: the tile map [NQB, NKB] is the argument after lse; captured tensors (document
     # ids) follow it, read by the mask / score_mod expressions
-    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    # (the persistent kernel's table has one more column: the query blocks in the order it walks
+    # them, ws_row_order_column)
+    TILE_MAP = (tirx.decl_buffer((NQB, NKB + int(ws_row_order_column(spec, config))), "int32", "tile_map")
+                if USE_TABLE else None)
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
     SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
@@ -1205,7 +1243,8 @@ def lower(spec: FlashKernelSpec, config):
     if WS:
         # ---- the persistent, warp-specialised kernel (FlashAttention-3's structure): GRID thread
         # blocks of three warpgroups walk the work tiles (query block, batch x head) in a static
-        # order (ws_tile_order; ws_default_order picks it from the tile map).
+        # order (ws_tile_order; ws_default_order picks it from the tile map; in table mode the
+        # query blocks ranked by cost come in the table's last column, filled per map on the host).
         # Warpgroup 0 is the producer: its warp 1 builds each tile's key-block list (table mode)
         # and its lane 0 issues every Q, K and V tile by the bulk tensor copy engine (TMA, tensor
         # maps encoded on the host per call), completing on mbarriers; it drops to 40 registers.
@@ -1217,7 +1256,7 @@ def lower(spec: FlashKernelSpec, config):
         NTILES = NQB * B * H
         tiles_of, tile_of, tile_bh, tile_qb = ws_tile_order(
             _OPTIONS.get("ws_order") or ws_default_order(spec, config), NTILES, GRID, B * H, NQB,
-            lambda c, x, y: tirx.Select(c, x, y), i32)
+            lambda c, x, y: tirx.Select(c, x, y), i32, (lambda r: TILE_MAP[r, NKB]) if USE_TABLE else None)
         NTW = NT + 128                                  # the producer warpgroup besides the consumers
         # q_full[2], q_empty[2], k full/empty [NSK], v full/empty [NS], list_full[2]
         NBAR = 6 + 2 * NSK + 2 * NS

@@ -135,6 +135,8 @@ __all__ = [
     "shared_memory_bytes",
     "use_block_table",
     "block_tables",
+    "row_order_column",
+    "row_order_window",
     "runtime_tables",
     "small_config",
     "small_below",
@@ -544,9 +546,26 @@ def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
     return _wgmma_sparse.use_block_table(spec)
 
 
+def row_order_column(spec: FlashKernelSpec, config) -> bool:
+    """Whether the kernel's tile map carries column NKB: the query blocks in the order the
+    persistent kernel walks them, heaviest first (``attncc.runtime._layouts.with_row_order``;
+    whoever fills a per-call map appends it)."""
+    return isinstance(config, CudaConfig) and _wgmma_dense.ws_row_order_column(spec, config)
+
+
+def row_order_window(spec: FlashKernelSpec, config) -> int:
+    """The query blocks the persistent kernel runs at once (its thread blocks over batch x
+    heads): how far ``_layouts.row_order`` looks when it ranks the query blocks."""
+    return _wgmma_dense.ws_row_window(spec, config)
+
+
 def block_tables(spec: FlashKernelSpec, config, tiles=None):
-    """The kernel's block-table argument: the tile map [NQB, NKB] as int32."""
-    return (_gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles),)
+    """The kernel's block-table argument: the tile map [NQB, NKB] as int32; the persistent
+    kernel's with column NKB, its query blocks heaviest first (``_layouts.with_row_order``)."""
+    table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
+    if row_order_column(spec, config):
+        table = _layouts.with_row_order(table, row_order_window(spec, config))
+    return (table,)
 
 
 # --------------------------------------------------------------------------- TIR helpers
@@ -1151,8 +1170,10 @@ def kernel_notes(built: CudaKernel) -> list:
         nqb = -(-spec.q_len // config.block_q)
         tiles = nqb * spec.batch * spec.q_heads
         order = _wgmma_dense._OPTIONS.get("ws_order") or _wgmma_dense.ws_default_order(spec, config)
-        how = ("query blocks heaviest-first across the heads, the blocks taking them in a snake" if order == "cost"
-               else "head-major round robin, a head's query blocks in a row")
+        how = {"cost": "query blocks heaviest-first across the heads, the blocks taking them in a snake",
+               "sorted": "query blocks ranked by the tile map's row costs (the table's last column), "
+                         "heaviest first across the heads, the blocks taking them in a snake",
+               "head": "head-major round robin, a head's query blocks in a row"}[order]
         rows = _wgmma_dense.ws_row_cost(spec, config)
         if rows is not None:
             busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks)

@@ -266,6 +266,13 @@ def _to_torch_any(a, dev):
     return torch.from_numpy(a).to(dev)
 
 
+def table_tiles(spec, cfg, function, table):
+    """The tile map in a kernel's table: without the persistent kernel's row-order column."""
+    from attncc.targets import cuda
+
+    return table[:, :-1] if function == "main" and cuda.row_order_column(spec, cfg) else table
+
+
 def kernel_args(hk, operands, dev, tiles=None):
     """(q, k, v, tables, scales + captures, tiles, function) as torch tensors from the flash
     operands (numpy); function: "main", or "main_small" for a sparse call of a config with
@@ -279,13 +286,13 @@ def kernel_args(hk, operands, dev, tiles=None):
     tables = []
     function = "main"
     if cuda.use_block_table(spec, cfg):
-        if tiles is None:
-            if spec.runtime_tile_map is not None:
-                caps = [np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
-                function, (tiles,) = cuda.runtime_tables(spec, cfg, caps)
-            else:
-                tiles = spec.tile_map(cfg.block_q, cfg.block_k)
-        tables = [np.ascontiguousarray(np.asarray(tiles, np.int32))]
+        if tiles is None and spec.runtime_tile_map is not None:
+            caps = [np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
+            function, (table,) = cuda.runtime_tables(spec, cfg, caps)
+        else:
+            (table,) = cuda.block_tables(spec, cfg, tiles)       # tiles None: the spec's map
+        tables = [table]
+        tiles = table_tiles(spec, cfg, function, table)
     extra = [np.asarray(x, np.float32) for x in extra[:len(spec.scales)]] + [
         np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
     return ([_to_torch_any(x, dev) for x in (q, k, v)], [_to_torch_any(t, dev) for t in tables],
@@ -402,15 +409,16 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
         if doc is not None:
             from attncc.targets import cuda as _cuda
             t0 = time.time()
-            function, (tiles,) = _cuda.runtime_tables(spec, cfg, [doc])      # small_below: maybe main_small
+            function, (table,) = _cuda.runtime_tables(spec, cfg, [doc])      # small_below: maybe main_small
             row["tile_map_s"] = time.time() - t0
+            tiles = table_tiles(spec, cfg, function, table)
             if function != "main":
                 run_fn = mod[function]
                 small = _cuda.small_config(cfg)
                 row["cfg"] = f"{cfg.block_q}x{cfg.block_k}|{small.block_q}x{small.block_k}"
             row["function"] = function
             row["density128"] = float(np.mean(np.asarray(spec.runtime_tile_map([doc], 128, 128)) != 0))
-            tables = [torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.int32)).to(dev)]
+            tables = [torch.from_numpy(np.ascontiguousarray(table, dtype=np.int32)).to(dev)]
             extra = [torch.from_numpy(doc).to(dev)]
             lens = np.bincount(doc).astype(np.float64)
             kept = (lens * (lens + 1) / 2).sum() if sp["mask"] == "document_causal" else (lens ** 2).sum()
@@ -420,7 +428,7 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
             tables, extra = [], []
             from attncc.targets import cuda as _cuda
             if _cuda.use_block_table(spec, cfg):       # a compile-time tile map is a kernel argument
-                tables = [torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.int32)).to(dev)]
+                tables = [torch.from_numpy(_cuda.block_tables(spec, cfg, tiles)[0]).to(dev)]
             lo = spec.key_bounds.lower_offset
             up = spec.key_bounds.upper_offset
             if tiles is None:     # a band: the tiles the key loop visits
@@ -448,7 +456,7 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
         row["flops"] = 4.0 * spec.batch * spec.q_heads * S * S * spec.head_dim * row["density_elements"]
         if flex:
             try:
-                row.update(_flex_sparse(q, k, v, sp["mask"], sp.get("window"), doc, dev, out))
+                row.update(_flex_sparse(q, k, v, sp["mask"], sp.get("window", sp.get("chunk")), doc, dev, out))
             except Exception as exc:
                 row["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         rows.append(row)
@@ -463,6 +471,7 @@ _FLEX = {}
 
 
 def _flex_sparse(q, k, v, mask, window, doc, dev, out):
+    """FlexAttention with a BlockMask of ``mask`` (``window``: the window, or the chunk length)."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -484,6 +493,11 @@ def _flex_sparse(q, k, v, mask, window, doc, dev, out):
 
         def mask_mod(b, h, qi, ki):
             return (ki <= qi) & (qi - ki < W)
+    elif mask == "chunk":         # chunked causal (variants.chunk_*): window is the chunk length
+        C = window
+
+        def mask_mod(b, h, qi, ki):
+            return (qi // C == ki // C) & (ki <= qi)
     else:
         dt = torch.from_numpy(doc).to(dev)
         if mask == "document":

@@ -64,7 +64,8 @@ def _entries(only):
             "session6": _session6_entries, "persistent": _persistent_entries, "persistent2": _persistent_ab_entries, "persistent3": _persistent_c_entries,
             "persistent4": _persistent_final_entries, "persistent5": _persistent_list_entries,
             "persistent6": _persistent_order_entries, "persistent7": _persistent_causal_entries,
-            "persistent8": _persistent_causal_check_entries, "unclamped2": _unclamped_small_entries,
+            "persistent8": _persistent_causal_check_entries,
+            "persistent9": _persistent_sorted_entries, "unclamped2": _unclamped_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1036,6 +1037,30 @@ def _persistent_causal_check_entries():
     return out
 
 
+def _persistent_sorted_entries():
+    """The persistent kernel's "sorted" order (table mode: the query blocks ranked by the tile
+    map's row costs, the table's extra column, per call for documents) against "cost" (documents)
+    and "head" (chunks) and against what compile picks (the one-block-a-tile kernel), at S=16k in
+    one run, dense for the bar's denominator; verified on small grids (per-call and compile-time
+    maps, the list warp wrapping); with persistent8 (causal and GQA picks, causal beside Flex)."""
+    few = dict(PERSISTENT, persistent=3)
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg) for n, sh, cfg in (
+        ("doc_mask", {"S": 1100, "H": 4}, few), ("chunk_512", {"S": 2048, "H": 2}, few),
+        ("chunk_2048", {"S": 5000, "H": 2}, dict(PERSISTENT, persistent=7)), ("doc_causal", {"S": 1024}, PERSISTENT))]
+    out.append(dict(kind="verify", path=os.path.join("examples", "prefix_lm.py"), name=None, dtype="bf16", shapes={},
+                    config=few))
+    s16 = {"B": 1, "S": 16384}
+    masks = dict(DENSITY_MASKS)
+    for name, opts in (("doc_mask", None), ("doc_mask", {"ws_order": "cost"}), ("doc_causal", None),
+                       ("doc_causal", {"ws_order": "cost"}), ("chunk_2048", None), ("chunk_2048", {"ws_order": "head"})):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=PERSISTENT,
+                        sparse=masks[name], options=opts))
+    for name in ("full", "doc_mask", "doc_causal", "chunk_2048"):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                        sparse=masks[name]))
+    return out + _persistent_causal_check_entries()
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1131,7 +1156,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
