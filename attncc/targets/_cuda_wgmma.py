@@ -1271,6 +1271,10 @@ def lower(spec: FlashKernelSpec, config):
         # 128-byte swizzled layout) and one lane stores them by TMA; else two 16-bit stores a
         # thread straight from the accumulators
         TMA_STORE = _OPTIONS.get("ws_tma_store", True)
+        # the write-out's wait for the copy engine to have read the staged O (and the Q buffer's
+        # release that follows it) moved from the tile's end to after the next tile's first step,
+        # off the consumers' path between tiles
+        DEFER_STORE = TMA_STORE and _OPTIONS.get("ws_defer_store", False)
         Q_BYTES, K_BYTES, V_BYTES = BQ * D * 2, BK * D * 2, BK * DV * 2
         LIST_N = NKB + 1
         swz = 3                                         # CU_TENSOR_MAP_SWIZZLE_128B
@@ -1299,6 +1303,14 @@ def lower(spec: FlashKernelSpec, config):
                 T.ptx["ld.shared.s32"](dst[i], T.cuda.cvta_generic_to_shared(T.address_of(kv_list[index])))
 
         ws_compact_row = compact_row_macro(TILE_MAP, NKB, list_put)[0] if USE_TABLE else None
+
+        @T.macro
+        def store_read(n, lane, bars):
+            """(DEFER_STORE) tile n - 1's write-out read out of its Q buffer: the buffer back."""
+            if DEFER_STORE and n > 0:
+                if lane == 0:
+                    T.ptx["cp.async.bulk.wait_group.read"](0)
+                    T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QE + (n - 1) % 2), T.uint32(1))
 
         @T.macro
         def tma_tile(tmap, dst_elem, rows, ncb, row0, bh_, bar, sb_elems):
@@ -1492,6 +1504,7 @@ def lower(spec: FlashKernelSpec, config):
                                     ws_step(kb_lo, True, False, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
                                             sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
                                             row_fold, p16)
+                                    store_read(n, lane, bars)
                                     for j in T.serial(kb_lo + 1, kb_hi):
                                         ws_step(j, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
                                                 sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
@@ -1499,6 +1512,8 @@ def lower(spec: FlashKernelSpec, config):
                                     ws_step(kb_hi, False, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
                                             sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
                                             row_fold, p16)
+                                if kb_hi <= kb_lo:
+                                    store_read(n, lane, bars)
                                 T.ptx["wgmma.wait_group.sync.aligned"](0)
                                 # every consumer is past this tile's last products: its last V slot
                                 # and its Q buffer (and key-block list) go back to the producer
@@ -1548,8 +1563,9 @@ def lower(spec: FlashKernelSpec, config):
                                                 T.address_of(o_map), cb * 64, r0, bh,
                                                 T.Cast("uint32", sb32 + (buf * Q_ELEMS + cb * (BQ * 64) + warp * 16 * 64) * 2))
                                         T.ptx["cp.async.bulk.commit_group"]()
-                                        T.ptx["cp.async.bulk.wait_group.read"](0)
-                                        T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QE + buf), T.uint32(1))
+                                        if not DEFER_STORE:
+                                            T.ptx["cp.async.bulk.wait_group.read"](0)
+                                            T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, QE + buf), T.uint32(1))
                                 else:
                                     # O straight from the accumulators: two 16-bit values a store
                                     for hf in T.unroll(2):
@@ -1558,6 +1574,9 @@ def lower(spec: FlashKernelSpec, config):
                                                 for e in T.unroll(2):
                                                     out[b, h, r0 + hf * 8 + lane // 4, nd * 8 + lane % 4 * 2 + e] = \
                                                         T.Cast(dtype, o_acc[nd * 4 + hf * 2 + e] * red[hf])
+                            if DEFER_STORE:     # the last tile's write-out read before the block ends
+                                if lane == 0:
+                                    T.ptx["cp.async.bulk.wait_group.read"](0)
 
     extra = ([TILE_MAP] if USE_TABLE else []) + SCALE_BUFFERS + CAPTURE_BUFFERS
     if extra:
