@@ -341,7 +341,7 @@ def test_the_call_picks_the_kernel_from_the_density_of_its_map():
                         target_options=H100, build=False)
     spec, cfg = k.spec, k.config
     fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 2048)])     # 2 documents: density 0.5
-    assert fn == "main" and tiles.shape == (32, 32)
+    assert fn == "main" and tiles.shape == (32, 33)       # (the persistent kernel's walk order in column 32)
     fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 64)])       # 64 documents: the diagonal
     assert fn == "main_small" and tiles.shape == (64, 128)
     assert (tiles != 0).sum() == 64 * 2                                     # each 64-row block: two 32-key tiles
@@ -356,7 +356,7 @@ def test_the_module_holds_both_kernels_and_the_export_names_the_second(tmp_path)
     k = compile_variant(VARIANTS, variant_name="doc_mask", target="cuda", dtype="bf16", shapes={"S": 2048, "H": 2},
                         target_options=H100)
     src = k.source()
-    assert re.search(r"void __launch_bounds__\(256\) main_kernel", src)
+    assert re.search(r"void __launch_bounds__\(384, 1\) main_kernel", src)   # the persistent kernel: 3 warpgroups
     assert re.search(r"void __launch_bounds__\(128\) main_small_kernel", src)
     assert "wgmma.mma_async.sync.aligned.m64n32k16" in src and "m64n128k16" in src
     export_kernel(k, str(tmp_path / "doc"))
@@ -382,7 +382,7 @@ def test_the_runtime_calls_the_small_kernel_for_sparse_maps():
     rt = Kernel(man, lambda *a: calls.append("main"), runtime_tile_map=k.spec.runtime_tile_map,
                 functions={"main_small": lambda *a: calls.append("main_small")})
     table = [a for a in rt.kernel_args if a.role == "table"]
-    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128)), (_docs(4096, 2048), "main", (32, 32))):
+    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128)), (_docs(4096, 2048), "main", (32, 33))):
         ops = [a if a.role != "capture" else docs for a in rt.kernel_args]
         args, fn = rt._fill_tables(list(rt.kernel_args), ops, (1, 0))
         fn()

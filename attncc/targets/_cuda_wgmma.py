@@ -1273,8 +1273,9 @@ def lower(spec: FlashKernelSpec, config):
         TMA_STORE = _OPTIONS.get("ws_tma_store", True)
         # the write-out's wait for the copy engine to have read the staged O (and the Q buffer's
         # release that follows it) moved from the tile's end to after the next tile's first step,
-        # off the consumers' path between tiles
-        DEFER_STORE = TMA_STORE and _OPTIONS.get("ws_defer_store", False)
+        # off the consumers' path between tiles (1-4 % on documents, chunks, windows and causal at
+        # S=16k on the H200, benchmarks/gpu/RESULTS.md, twelfth pass)
+        DEFER_STORE = TMA_STORE and _OPTIONS.get("ws_defer_store", True)
         Q_BYTES, K_BYTES, V_BYTES = BQ * D * 2, BK * D * 2, BK * DV * 2
         LIST_N = NKB + 1
         swz = 3                                         # CU_TENSOR_MAP_SWIZZLE_128B

@@ -79,7 +79,7 @@ from attncc.targets import _cuda_wgmma_sparse as _wgmma_sparse  # in order: chai
 # record measured on another revision is not used (its config may no longer be the best).
 # Bump a revision when a kernel's schedule changes what is fast.
 KERNEL_REVISIONS = {"sync": "sync-1", "wgmma": "wgmma-2", "wgmma_sparse": "wgmma-sparse-2", "decode": "decode-1",
-                    "wgmma_persistent": "wgmma-persistent-2"}
+                    "wgmma_persistent": "wgmma-persistent-3"}
 
 
 def kernel_revision(spec: FlashKernelSpec, config) -> str:
@@ -193,8 +193,9 @@ class CudaConfig:
                     num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
                     no fp8, no query_blocks.  Picked for bands of tile density in
                     (LOW_DENSITY, PERSISTENT_BELOW] and causal from PERSISTENT_CAUSAL_KEYS keys,
-                    at head dim 128; slower on per-call tile maps, measured
-                    (benchmarks/gpu/RESULTS.md).
+                    and per-call tile maps (document ids; its sparse calls on the 64 x 32
+                    kernel), at head dim 128; compile-time tile maps keep the one-block-a-tile
+                    kernel, measured (benchmarks/gpu/RESULTS.md).
     """
 
     block_q: int = 128
@@ -356,8 +357,11 @@ def small_below(spec: FlashKernelSpec, config) -> float:
 # its start and write-out per block.  H200, S=16k (benchmarks/gpu/RESULTS.md, "The persistent
 # kernel"): window 1024 (0.068) 0.298-0.305 vs 0.312-0.319 ms, window 2048 (0.125) 0.521 vs
 # 0.535; window 4096 (0.226) slower (0.956-0.959 vs 0.928-0.934); window 512 (0.038) a tie
-# with 64 x 32 (0.191 vs 0.189).  Tile maps (chunks, documents) run it 2-20 % slower: they keep
-# the others.
+# with 64 x 32 (0.191 vs 0.189).  Compile-time tile maps (chunks) run it 1-2 % slower: they
+# keep the others.  A tile map per call (document ids) runs it since its query blocks are ranked
+# per call and the write-out's read wait left the path between tiles (twelfth pass, same run):
+# documents=16 0.385 vs 0.409 ms, =8 0.653 vs 0.663, =2-4 and causal documents=4-16 equal; the
+# sparser calls (density at most SMALL_BELOW) run the 64 x 32 kernel either way.
 PERSISTENT_BELOW = 0.15
 PERSISTENT_BLOCKS = 132          # an H100 SXM's or H200's SMs (fewer SMs: still correct)
 # Causal (kv <= q + offset, exactly) runs it from this many keys, tiles heaviest-first across
@@ -376,6 +380,17 @@ def _is_causal(spec: FlashKernelSpec) -> bool:
 
 
 def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
+    if (spec.runtime_tile_map is not None and spec.mask_mod is not None and spec.score_mod is None
+            and spec.quant_dtype is None and spec.head_dim == spec.head_dim_v == 128):
+        # a tile map per call (document ids): the persistent kernel, its query blocks ranked per
+        # call; calls of at most SMALL_BELOW density still run the 64 x 32 kernel (small_below)
+        cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
+                         persistent=PERSISTENT_BLOCKS)
+        try:
+            validate_config(spec, cfg, arch)
+        except (ConfigError, ShapeError):
+            return None
+        return cfg
     if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
             or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures
             or _wgmma_dense.use_block_table(spec)):
@@ -1171,15 +1186,22 @@ def kernel_notes(built: CudaKernel) -> list:
         tiles = nqb * spec.batch * spec.q_heads
         order = _wgmma_dense._OPTIONS.get("ws_order") or _wgmma_dense.ws_default_order(spec, config)
         how = {"cost": "query blocks heaviest-first across the heads, the blocks taking them in a snake",
-               "sorted": "query blocks ranked by the tile map's row costs (the table's last column), "
-                         "heaviest first across the heads, the blocks taking them in a snake",
+               "sorted": "query blocks in the order of the table's last column -- ranked by cost, or last "
+                         "first where the ranking would scatter documents -- across the heads, the blocks "
+                         "taking them in a snake",
                "head": "head-major round robin, a head's query blocks in a row"}[order]
         rows = _wgmma_dense.ws_row_cost(spec, config)
         if rows is not None:
-            busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks)
+            ranks = None
+            if row_order_column(spec, config):
+                ranks = _layouts.row_order(spec.tile_map(config.block_q, config.block_k),
+                                           row_order_window(spec, config))
+            busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks, ranks)
             balance = f"busiest block {busiest:.2f}x the mean, by the tile map"
         else:
-            balance = "tiles of equal cost" if spec.tile_map is None else "the tile map is per call: not estimated"
+            balance = ("tiles of equal cost" if spec.tile_map is None else
+                       "the tile map and its order are per call" if order == "sorted"
+                       else "the tile map is per call: not estimated")
         notes.append(f"persistent: {min(blocks, tiles)} thread blocks walk {tiles} tiles in order {order!r} "
                      f"({how}; {balance})")
     return notes
