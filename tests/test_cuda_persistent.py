@@ -474,7 +474,9 @@ def test_tile_balance_script_prints_every_mask_under_each_order(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert len(rows) == sum(len(n or (None,)) for _, n in mod.MASKS)
     for row in rows:
-        head, cost, best = map(float, row[-3:])
-        assert min(head, cost, best) >= 1.0
+        head, cost, ranked, spread = map(float, row[-5:-1])
+        assert min(head, cost, ranked) >= 1.0 and spread > 0
+        assert row[-1] == ("plain" if spread > 2.0 else "ranked")
     causal = next(r for r in rows if r[0] == "causal")
-    assert float(causal[-2]) < 1.05 < float(causal[-3])
+    assert float(causal[-4]) < 1.05 < float(causal[-5])
+    assert next(r for r in rows if r[0] == "chunk_2048")[-1] == "plain"          # ranking would scatter chunks

@@ -10,12 +10,16 @@ write-out); `_cuda_wgmma.ws_busiest_block` is the arithmetic the kernel's order 
 - head: head-major round robin (block c runs tiles c, c + blocks, ...).
 - cost: query blocks heaviest-first *by index* across all heads, blocks in a snake (what the
   kernel runs where ws_default_order picks it; exact where cost grows with the query block).
-- sorted: the same snake over the query blocks sorted by their actual cost -- what an order
-  computed from the map (per call for documents) would reach; the kernel has no such order yet.
+- ranked: the same snake over the query blocks ranked by their actual cost -- the kernel's
+  "sorted" order (table mode) when the table's column holds the ranking.
+- spread: the key blocks that the query blocks running at once read (blocks / heads of them),
+  ranked over plain order (`_layouts.key_spread`); over 2 (`ROW_ORDER_SPREAD`) the column holds
+  the plain order instead (`_layouts.row_order`: "column" says which), since the ranking then
+  interleaves documents and was measured slower (RESULTS.md, twelfth pass).
 
 Document ids are attention.py's (`_doc_ids`: random lengths, seed 0), their map the one the
 kernel gets per call (`spec.runtime_tile_map`).  Run 9 (RESULTS.md) measured the first two
-orders on the H200; this script says how much a sorted order could still take off.
+orders on the H200, runs 11-12 the third.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from attncc.compiler import compile_variant  # noqa: E402
+from attncc.runtime._layouts import ROW_ORDER_SPREAD, key_spread, rank_rows  # noqa: E402
 from attncc.targets._cuda_wgmma import ws_busiest_block  # noqa: E402
 
 VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
@@ -49,19 +54,17 @@ def _doc_ids():
     return mod._doc_ids
 
 
-def sorted_cost(rows: np.ndarray) -> np.ndarray:
-    """The row costs re-indexed so that "cost" order (highest index first) meets them sorted."""
-    return np.sort(rows)
-
-
-def rows_of(name: str, S: int, H: int, docs=None) -> np.ndarray:
+def tiles_of(name: str, S: int, H: int, docs=None) -> np.ndarray:
+    """The 128 x 128 tile map of a benchmark mask (per call: of attention.py's document ids)."""
     k = compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"B": 1, "S": S, "H": H},
                         target_options={"arch": "sm_90a"}, build=False, tuning_db=False)
     if docs is None:
-        tiles = k.spec.tile_map(128, 128)
-    else:
-        tiles = k.spec.runtime_tile_map([_doc_ids()(S, docs)], 128, 128)
-    return (np.asarray(tiles) != 0).sum(axis=1)
+        return np.asarray(k.spec.tile_map(128, 128))
+    return np.asarray(k.spec.runtime_tile_map([_doc_ids()(S, docs)], 128, 128))
+
+
+def rows_of(name: str, S: int, H: int, docs=None) -> np.ndarray:
+    return (tiles_of(name, S, H, docs) != 0).sum(axis=1)
 
 
 def main(argv=None) -> None:
@@ -71,14 +74,18 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks", type=int, default=132)
     args = ap.parse_args(argv)
     print(f"# busiest thread block / mean, B=1 H={args.H} S={args.S}, 128 x 128 tiles, {args.blocks} blocks")
-    print(f"{'mask':<22} {'density':>7} {'head':>6} {'cost':>6} {'sorted':>6}")
+    print(f"{'mask':<22} {'density':>7} {'head':>6} {'cost':>6} {'ranked':>6} {'spread':>6} column")
     for name, counts in MASKS:
         for n in counts or (None,):
-            rows = rows_of(name, args.S, args.H, n)
-            est = [ws_busiest_block(o, r, args.H, args.blocks)
-                   for o, r in (("head", rows), ("cost", rows), ("cost", sorted_cost(rows)))]
+            tiles = tiles_of(name, args.S, args.H, n)
+            rows = (tiles != 0).sum(axis=1)
+            est = [ws_busiest_block(o, rows, args.H, args.blocks) for o in ("head", "cost", "sorted")]
+            window = -(-min(args.blocks, len(rows) * args.H) // args.H)
+            spread = (key_spread(tiles, rank_rows(rows), window)
+                      / key_spread(tiles, np.arange(len(rows) - 1, -1, -1), window))
             label = name + ("" if n is None else f" docs={n}")
-            print(f"{label:<22} {rows.sum() / len(rows) ** 2:7.3f} " + " ".join(f"{e:6.3f}" for e in est))
+            print(f"{label:<22} {rows.sum() / len(rows) ** 2:7.3f} " + " ".join(f"{e:6.3f}" for e in est)
+                  + f" {spread:6.2f} {'plain' if spread > ROW_ORDER_SPREAD else 'ranked'}")
 
 
 if __name__ == "__main__":
