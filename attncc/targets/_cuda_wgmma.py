@@ -1276,10 +1276,6 @@ def lower(spec: FlashKernelSpec, config):
         # off the consumers' path between tiles (1-4 % on documents, chunks, windows and causal at
         # S=16k on the H200, benchmarks/gpu/RESULTS.md, twelfth pass)
         DEFER_STORE = TMA_STORE and _OPTIONS.get("ws_defer_store", True)
-        # a tile's last step (P·V of its last key block) merged with the next tile's first (Q'·K'ᵀ
-        # of its first) when both have keys: the next tile's first product runs under this one's
-        # last, its softmax (even warpgroups) after this tile's write-out; an experiment switch
-        MERGE = DEFER_STORE and _OPTIONS.get("ws_merge_steps", False)
         Q_BYTES, K_BYTES, V_BYTES = BQ * D * 2, BK * D * 2, BK * DV * 2
         LIST_N = NKB + 1
         swz = 3                                         # CU_TENSOR_MAP_SWIZZLE_128B
@@ -1354,31 +1350,6 @@ def lower(spec: FlashKernelSpec, config):
             step_end(j, has_qk, has_pv, c, r0, lane, b, h, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
                      ent, row_fold, p16)
 
-        @T.macro
-        def ws_merged(j, kb_lo, lb_next, pos, bars, kv_list, c, ct, r0, lane, b, h, sbase, buf_next,
-                      s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent, row_fold, p16):
-            """(MERGE) ws_step(j = this tile's kb_hi) with has_qk: the products are this tile's last
-            P·V and the next tile's first S = Q' K'ᵀ (Q buffer ``buf_next``; its K by the position,
-            which runs on across tiles); the odd warpgroups' softmax of this tile's last S before
-            them, no softmax after them (the next tile's, even warpgroups, follows the write-out)."""
-            T.ptx["bar.sync"](T.uint32(1), T.uint32(NT))
-            if ct == 0:
-                T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, KE + (pos[0] + j - 1 - kb_lo) % NSK), T.uint32(1))
-                if j - 2 >= kb_lo:
-                    T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, VE + (pos[0] + j - 2 - kb_lo) % NS), T.uint32(1))
-            if USE_TABLE:
-                ent[1] = ent[0]
-                list_get(ent, 0, kv_list, lb_next)
-            if is_odd(c):
-                softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
-                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
-                rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
-            T.cuda.mbarrier_wait(T.address_of(bars[KF + (pos[0] + j - kb_lo) % NSK]), (pos[0] + j - kb_lo) // NSK % 2)
-            T.cuda.mbarrier_wait(T.address_of(bars[VF + (pos[0] + j - 1 - kb_lo) % NS]),
-                                 (pos[0] + j - 1 - kb_lo) // NS % 2)
-            gemms(j, True, True, kb_lo - pos[0], s_acc, o_acc, p_frag, sbase, c, buf_next * (Q_ELEMS // 8))
-            T.ptx["wgmma.wait_group.sync.aligned"](0)
-
         @T.prim_func(check_well_formed=False)
         def main(q: T.Buffer((B, H, S, D), QK_DT), k: T.Buffer((B, KVH, TK, D), QK_DT),
                  v: T.Buffer(V_SHAPE, V_DT), out: T.Buffer((B, H, S, DV), dtype),
@@ -1423,8 +1394,6 @@ def lower(spec: FlashKernelSpec, config):
                         p16 = T.decl_buffer((2,), "uint16", scope="local")
                         pos = T.decl_buffer((1,), "int32", scope="local")    # K/V positions so far
                         pk = T.decl_buffer((1,), "uint32", scope="local")    # two packed 16-bit values
-                        mg = T.decl_buffer((1,), "int32", scope="local")     # (MERGE) next tile's first step done
-                        cn = T.decl_buffer((1,), "int32", scope="local")     # (MERGE) next tile's key blocks
                         T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
                         pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
                         sbase = saddr[0] + T.Cast(u64, pad)
@@ -1508,7 +1477,6 @@ def lower(spec: FlashKernelSpec, config):
                             ct = tx - 128
                             c = wg - 1
                             warp = ct // 32
-                            mg[0] = 0
                             for n in T.serial(tiles_of(cta)):
                                 t = tile_of(cta, n)
                                 bh = tile_bh(t)
@@ -1524,77 +1492,27 @@ def lower(spec: FlashKernelSpec, config):
                                     T.cuda.mbarrier_wait(T.address_of(bars[LF + buf]), (n // 2) % 2)
                                 if USE_TABLE:
                                     list_get(cnt, 0, kv_list, lb + NKB)
-                                    if not MERGE:
-                                        ent[0] = 0
+                                    ent[0] = 0
                                 kb_lo = block_lo(q0)
                                 kb_hi = block_hi(q0, cnt)
-                                if MERGE:
-                                    if mg[0] == 0:    # (else the last tile's tail ran this one's first step)
-                                        if USE_TABLE:
-                                            ent[0] = 0
-                                        for r in T.unroll(2):
-                                            m_run[r] = NEG_INF
-                                            l_run[r] = T.float32(0)
-                                            alpha[r] = T.float32(1)
-                                        for e in T.unroll(NOA):
-                                            o_acc[e] = T.float32(0)
-                                        if kb_lo < kb_hi:
-                                            ws_step(kb_lo, True, False, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane,
-                                                    b, h, sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha,
-                                                    l_run, ent, row_fold, p16)
-                                else:
-                                    for r in T.unroll(2):
-                                        m_run[r] = NEG_INF
-                                        l_run[r] = T.float32(0)
-                                        alpha[r] = T.float32(1)
-                                    for e in T.unroll(NOA):
-                                        o_acc[e] = T.float32(0)
+                                for r in T.unroll(2):
+                                    m_run[r] = NEG_INF
+                                    l_run[r] = T.float32(0)
+                                    alpha[r] = T.float32(1)
+                                for e in T.unroll(NOA):
+                                    o_acc[e] = T.float32(0)
                                 if kb_lo < kb_hi:
-                                    if not MERGE:
-                                        ws_step(kb_lo, True, False, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                    ws_step(kb_lo, True, False, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                            sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
+                                            row_fold, p16)
+                                    store_read(n, lane, bars)
+                                    for j in T.serial(kb_lo + 1, kb_hi):
+                                        ws_step(j, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
                                                 sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
                                                 row_fold, p16)
-                                        store_read(n, lane, bars)
-                                        for j in T.serial(kb_lo + 1, kb_hi):
-                                            ws_step(j, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
-                                                    sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
-                                                    row_fold, p16)
-                                        ws_step(kb_hi, False, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
-                                                sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
-                                                row_fold, p16)
-                                    else:
-                                        if kb_lo + 1 < kb_hi:
-                                            ws_step(kb_lo + 1, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane,
-                                                    b, h, sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
-                                                    ent, row_fold, p16)
-                                            store_read(n, lane, bars)
-                                            for j in T.serial(kb_lo + 2, kb_hi):
-                                                ws_step(j, True, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane,
-                                                        b, h, sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha,
-                                                        l_run, ent, row_fold, p16)
-                                        else:
-                                            store_read(n, lane, bars)
-                                        # the next tile: its Q and list landed, and keys, then its first
-                                        # product goes with this tile's last
-                                        mg[0] = 0
-                                        if n + 1 < tiles_of(cta):
-                                            T.cuda.mbarrier_wait(T.address_of(bars[QF + (n + 1) % 2]), ((n + 1) // 2) % 2)
-                                            if LIST_WARP:
-                                                T.cuda.mbarrier_wait(T.address_of(bars[LF + (n + 1) % 2]), ((n + 1) // 2) % 2)
-                                            if USE_TABLE:
-                                                list_get(cn, 0, kv_list, (n + 1) % 2 * LIST_N + NKB)
-                                            if block_lo(tile_qb(tile_of(cta, n + 1)) * BQ) < block_hi(
-                                                    tile_qb(tile_of(cta, n + 1)) * BQ, cn):
-                                                mg[0] = 1
-                                        if mg[0] == 1:
-                                            ws_merged(kb_hi, kb_lo, (n + 1) % 2 * LIST_N + block_lo(
-                                                tile_qb(tile_of(cta, n + 1)) * BQ), pos, bars, kv_list, c, ct, r0, lane,
-                                                b, h, sbase, (n + 1) % 2, s_acc, o_acc, p_frag, red, m_run, m_use, alpha,
-                                                l_run, ent, row_fold, p16)
-                                        else:
-                                            ws_step(kb_hi, False, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane,
-                                                    b, h, sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run,
-                                                    ent, row_fold, p16)
+                                    ws_step(kb_hi, False, True, kb_lo, lb, pos, bars, kv_list, wg, c, ct, r0, lane, b, h,
+                                            sbase, buf, s_acc, o_acc, p_frag, red, m_run, m_use, alpha, l_run, ent,
+                                            row_fold, p16)
                                 if kb_hi <= kb_lo:
                                     store_read(n, lane, bars)
                                 T.ptx["wgmma.wait_group.sync.aligned"](0)
@@ -1657,26 +1575,6 @@ def lower(spec: FlashKernelSpec, config):
                                                 for e in T.unroll(2):
                                                     out[b, h, r0 + hf * 8 + lane // 4, nd * 8 + lane % 4 * 2 + e] = \
                                                         T.Cast(dtype, o_acc[nd * 4 + hf * 2 + e] * red[hf])
-                                if MERGE:
-                                    if mg[0] == 1:
-                                        # the next tile's state, and (even warpgroups) the softmax of its
-                                        # first S, which the merged step left for after the write-out
-                                        for r in T.unroll(2):
-                                            m_run[r] = NEG_INF
-                                            l_run[r] = T.float32(0)
-                                            alpha[r] = T.float32(1)
-                                        for e in T.unroll(NOA):
-                                            o_acc[e] = T.float32(0)
-                                        if is_even(c):
-                                            softmax(key_block(ent, 0, block_lo(tile_qb(tile_of(cta, n + 1)) * BQ)),
-                                                    tile_is_full(tile_qb(tile_of(cta, n + 1)) * BQ + warp * 16,
-                                                                 key_block(ent, 0, block_lo(tile_qb(tile_of(cta, n + 1)) * BQ)),
-                                                                 ent, 0),
-                                                    s_acc, red, m_run, m_use, alpha, l_run,
-                                                    tile_qb(tile_of(cta, n + 1)) * BQ + warp * 16, lane,
-                                                    tile_bh(tile_of(cta, n + 1)) // H, tile_bh(tile_of(cta, n + 1)) % H,
-                                                    row_fold)
-                                            rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
                             if DEFER_STORE:     # the last tile's write-out read before the block ends
                                 if lane == 0:
                                     T.ptx["cp.async.bulk.wait_group.read"](0)

@@ -66,7 +66,7 @@ def _entries(only):
             "persistent6": _persistent_order_entries, "persistent7": _persistent_causal_entries,
             "persistent8": _persistent_causal_check_entries,
             "persistent9": _persistent_sorted_entries, "persistent10": _persistent_defer_entries,
-            "persistent11": _persistent_final_table_entries, "persistent12": _persistent_merge_entries, "unclamped2": _unclamped_small_entries,
+            "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1106,30 +1106,6 @@ def _persistent_final_table_entries():
     return out
 
 
-def _persistent_merge_entries():
-    """A tile's last step merged with the next tile's first (``ws_merge_steps``): verified on
-    small grids (bands, causal, GQA, per-call and compile-time tile maps, tiles without keys,
-    one-key-block tiles), timed beside the same kernels without it at S=16k."""
-    few = dict(PERSISTENT, persistent=3)
-    opt = {"ws_merge_steps": True}
-    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg, options=opt)
-           for n, sh, cfg in (("doc_mask", {"S": 1100, "H": 4}, few), ("chunk_512", {"S": 2048, "H": 2}, few),
-                              ("causal", {"B": 2, "S": 517}, dict(PERSISTENT, persistent=5)),
-                              ("sw_1024", {"S": 3000, "H": 2}, few), ("late_keys", {}, few),
-                              ("gqa", {"B": 1, "S": 700}, dict(PERSISTENT, persistent=7)))]
-    out.append(dict(kind="verify", path=os.path.join("examples", "prefix_lm.py"), name=None, dtype="bf16", shapes={},
-                    config=few, options=opt))
-    s16 = {"B": 1, "S": 16384}
-    masks = dict(DENSITY_MASKS)
-    for name, o in (("doc_mask", None), ("doc_causal", None), ("chunk_2048", {"ws_order": "head"}),
-                    ("sw_1024", None), ("causal", None)):
-        for extra in (None, opt):
-            opts = dict(o or {}, **(extra or {})) or None
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=PERSISTENT,
-                            sparse=masks[name], options=opts))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1225,7 +1201,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "persistent12", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
