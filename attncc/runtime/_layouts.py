@@ -48,11 +48,10 @@ def fp8_v_layout(v) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(v[:, :, v_key_permutation(T), :], 2, 3))
 
 
-ROW_ORDER = "row_order_column"   # the manifest's name of the tile map's extra column below
-# "sorted" is kept where the key blocks that the query blocks running at once read stay within
-# this factor of the plain order's (measured on the H200, benchmarks/gpu/RESULTS.md, twelfth pass:
-# documents of one tile cost each took the ranking, 2-9 % faster; causal documents and chunks,
-# whose ranking interleaves documents at 2.7-4x the key blocks, ran 5-10 % slower with it)
+# The ranking is kept where the key blocks that the query blocks running at once read stay within
+# this factor of the plain order's (H200, benchmarks/gpu/RESULTS.md, twelfth pass: documents, whose
+# blocks cost alike within a document, ran 3-9 % faster ranked; causal documents and chunks, whose
+# ranking interleaves documents at 2.7-4x the key blocks, ran 5-10 % slower ranked)
 ROW_ORDER_SPREAD = 2.0
 
 

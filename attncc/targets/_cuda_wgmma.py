@@ -191,8 +191,10 @@ def ws_default_order(spec: FlashKernelSpec, config) -> str:
     of 2048 keys "head" (1.19x against 1.59x: a chunk's cost rises and falls 8 times over the
     query blocks), window 1024 "cost" (1.01x against 1.06x: its first blocks are lighter;
     measured equal), dense "head".  Table mode (a mask that is no band: documents, chunks,
-    prefix-LM, ...) takes "sorted": the query blocks ranked by the map's own row costs, from the
-    table's extra column (``ws_row_order_column``), per call where the map is per call."""
+    prefix-LM, ...) reads the query blocks' order from the table's extra column
+    (``ws_row_order_column``; ranked by cost, or last first where the ranking would scatter
+    documents: ``_layouts.row_order``): a per-call map takes "sorted" (that column), a
+    compile-time map "sorted" or "head" by the same 2 % rule (chunks of 2048: "head")."""
     if ws_row_order_column(spec, config) and spec.runtime_tile_map is not None:
         return "sorted"
     rows = ws_row_cost(spec, config)
@@ -217,8 +219,9 @@ def ws_row_window(spec: FlashKernelSpec, config) -> int:
 
 
 def ws_row_order_column(spec: FlashKernelSpec, config) -> bool:
-    """Whether the kernel's tile map has the extra column NKB, the query blocks ranked heaviest
-    first (``attncc.runtime._layouts.with_row_order``): the persistent kernel in table mode.  A
+    """Whether the kernel's tile map has the extra column NKB, the query blocks in the order the
+    kernel walks them (``attncc.runtime._layouts.with_row_order``): the persistent kernel in
+    table mode.  A
     function of (spec, config) alone -- never of ``_OPTIONS`` -- so that whoever fills the table
     (cuda.block_tables, the export runtime from the manifest) agrees with the kernel."""
     return bool(persistent(config)) and use_block_table(spec)
