@@ -1205,8 +1205,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
-    ap.add_argument("--shard", default="0/1", help="I/N: build every N-th kernel from the I-th (run N builds "
-                    "in parallel into the same --out; TVM's lowering is single-threaded)")
+    ap.add_argument("--shard", default="0/1", help="I/N: build every N-th kernel from the I-th, I from 0 (run N "
+                    "builds in parallel into the same --out: 0/2 and 1/2; TVM's lowering is single-threaded)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     fatdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "fatbin")
@@ -1216,6 +1216,8 @@ def main(argv=None):
     manifests = []
     t0 = time.time()
     shard, nshards = (int(x) for x in args.shard.split("/"))
+    if not 0 <= shard < nshards:
+        ap.error(f"--shard {args.shard}: I counts from 0 to N - 1 (two builds: 0/2 and 1/2)")
     where = dict(w.split("=", 1) for w in args.where)
     picked = [e for e in _entries(args.only)
               if all(str((e.get("config") or {}).get(kk, e.get(kk))) == vv for kk, vv in where.items())]
