@@ -380,27 +380,7 @@ def _is_causal(spec: FlashKernelSpec) -> bool:
 
 
 def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
-    if (spec.runtime_tile_map is not None and spec.mask_mod is not None and spec.score_mod is None
-            and spec.quant_dtype is None and spec.head_dim == spec.head_dim_v == 128):
-        # a tile map per call (document ids): the persistent kernel, its query blocks ranked per
-        # call; calls of at most SMALL_BELOW density still run the 64 x 32 kernel (small_below)
-        cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
-                         persistent=PERSISTENT_BLOCKS)
-        try:
-            validate_config(spec, cfg, arch)
-        except (ConfigError, ShapeError):
-            return None
-        return cfg
-    if (spec.mask_mod is None or spec.tile_map is None or spec.runtime_tile_map is not None
-            or spec.score_mod is not None or spec.quant_dtype is not None or spec.captures
-            or _wgmma_dense.use_block_table(spec)):
-        return None
-    if not spec.head_dim == spec.head_dim_v == 128:
-        return None      # measured at head_dim 128 only: others keep the one-block-a-tile kernel
-    density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
-    band = LOW_DENSITY < density <= PERSISTENT_BELOW
-    causal = _is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS
-    if not band and not causal:
+    if not _persistent_pays(spec):
         return None
     cfg = CudaConfig(block_q=128, block_k=128, num_warps=8, num_stages=2, mma="wgmma",
                      persistent=PERSISTENT_BLOCKS)
@@ -409,6 +389,23 @@ def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[C
     except (ConfigError, ShapeError):
         return None
     return cfg
+
+
+def _persistent_pays(spec: FlashKernelSpec) -> bool:
+    """Where the persistent kernel was measured faster (head dim 128, no score_mod, no fp8): a
+    tile map per call (document ids: its query blocks ranked per call; calls of at most
+    SMALL_BELOW density still run the 64 x 32 kernel, small_below), a band of density in
+    (LOW_DENSITY, PERSISTENT_BELOW], causal from PERSISTENT_CAUSAL_KEYS keys."""
+    if (spec.mask_mod is None or spec.score_mod is not None or spec.quant_dtype is not None
+            or not spec.head_dim == spec.head_dim_v == 128):
+        return False     # (measured at head dim 128 only: others keep the one-block-a-tile kernel)
+    if spec.runtime_tile_map is not None:
+        return True
+    if spec.tile_map is None or spec.captures or _wgmma_dense.use_block_table(spec):
+        return False     # compile-time tile maps (chunks, prefix-LM): 1-2 % slower
+    density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
+    return (LOW_DENSITY < density <= PERSISTENT_BELOW
+            or (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS))
 
 
 def _low_density_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[CudaConfig]:
