@@ -201,14 +201,18 @@ def ws_default_order(spec: FlashKernelSpec, config) -> str:
     if rows is None:
         return "head"
     grid, bhn = persistent(config), spec.batch * spec.q_heads
-    first = "cost"
-    if ws_row_order_column(spec, config):
-        first = "sorted"
-        ranks = row_order(spec.tile_map(config.block_q, config.block_k), ws_row_window(spec, config))
-    else:
-        ranks = None
+    ranks = ws_static_ranks(spec, config)
+    first = "cost" if ranks is None else "sorted"
     best, head = (ws_busiest_block(o, rows, bhn, grid, ranks) for o in (first, "head"))
     return first if best < 0.98 * head else "head"
+
+
+def ws_static_ranks(spec: FlashKernelSpec, config):
+    """The table's order column of a compile-time tile map (``_layouts.row_order``), or None: no
+    column (not the persistent kernel in table mode) or a map per call."""
+    if not ws_row_order_column(spec, config) or spec.runtime_tile_map is not None:
+        return None
+    return row_order(spec.tile_map(config.block_q, config.block_k), ws_row_window(spec, config))
 
 
 def ws_row_window(spec: FlashKernelSpec, config) -> int:

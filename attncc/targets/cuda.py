@@ -560,8 +560,8 @@ def use_block_table(spec: FlashKernelSpec, config=None) -> bool:
 
 def row_order_column(spec: FlashKernelSpec, config) -> bool:
     """Whether the kernel's tile map carries column NKB: the query blocks in the order the
-    persistent kernel walks them, heaviest first (``attncc.runtime._layouts.with_row_order``;
-    whoever fills a per-call map appends it)."""
+    persistent kernel walks them (``attncc.runtime._layouts.with_row_order``: ranked by cost, or
+    last first; whoever fills a per-call map appends it)."""
     return isinstance(config, CudaConfig) and _wgmma_dense.ws_row_order_column(spec, config)
 
 
@@ -573,7 +573,7 @@ def row_order_window(spec: FlashKernelSpec, config) -> int:
 
 def block_tables(spec: FlashKernelSpec, config, tiles=None):
     """The kernel's block-table argument: the tile map [NQB, NKB] as int32; the persistent
-    kernel's with column NKB, its query blocks heaviest first (``_layouts.with_row_order``)."""
+    kernel's with column NKB, the order it walks the query blocks (``_layouts.with_row_order``)."""
     table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
     if row_order_column(spec, config):
         table = _layouts.with_row_order(table, row_order_window(spec, config))
@@ -1189,11 +1189,8 @@ def kernel_notes(built: CudaKernel) -> list:
                "head": "head-major round robin, a head's query blocks in a row"}[order]
         rows = _wgmma_dense.ws_row_cost(spec, config)
         if rows is not None:
-            ranks = None
-            if row_order_column(spec, config):
-                ranks = _layouts.row_order(spec.tile_map(config.block_q, config.block_k),
-                                           row_order_window(spec, config))
-            busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks, ranks)
+            busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks,
+                                                    _wgmma_dense.ws_static_ranks(spec, config))
             balance = f"busiest block {busiest:.2f}x the mean, by the tile map"
         else:
             balance = ("tiles of equal cost" if spec.tile_map is None else
