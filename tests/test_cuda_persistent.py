@@ -270,9 +270,10 @@ def test_the_row_order_keeps_documents_together():
 
 def test_the_persistent_table_carries_the_row_order():
     """Table mode on the persistent kernel: the table is the tile map plus a column, here (four
-    equal documents) the query blocks ranked heaviest first (ties: the later block); the kernel
-    declares it so; the one-tile
-    kernel and the small-tile function of a sparse call take the plain map."""
+    equal documents) the query blocks ranked heaviest first (ties: the later block), then (a
+    document mask) the rows' key limits; the kernel declares it so; the one-tile kernel takes the
+    map and the limits without the order, and the small-tile function of a sparse call the
+    plain map."""
     from attncc.runtime._layouts import with_row_order
 
     k = _compile("doc_mask", {"S": 1100, "H": 4}, build=False, persistent=3)
@@ -280,18 +281,23 @@ def test_the_persistent_table_carries_the_row_order():
     tiles = np.asarray(k.spec.runtime_tile_map([doc], 128, 128), dtype=np.int32)
     assert cuda.row_order_column(k.spec, k.config)
     function, (table,) = cuda.runtime_tables(k.spec, k.config, [doc])
-    assert function == "main" and table.shape == (9, 10)
+    assert function == "main" and table.shape == (9, 10 + 257)
     np.testing.assert_array_equal(table[:, :9], tiles)
     order = table[:, 9]
     assert sorted(order) == list(range(9))
     cost = (tiles != 0).sum(axis=1)[order]
     assert all(cost[:-1] >= cost[1:])
     assert all(order[i] > order[i + 1] for i in range(8) if cost[i] == cost[i + 1])
-    np.testing.assert_array_equal(with_row_order(tiles, cuda.row_order_window(k.spec, k.config)), table)
-    assert re.search(r"tile_map: T\.Buffer\(\(9, 10\), \"int32\"\)", cuda.lower(k.spec, k.config).script())
+    np.testing.assert_array_equal(with_row_order(tiles, cuda.row_order_window(k.spec, k.config)), table[:, :10])
+    assert re.search(r"tile_map: T\.Buffer\(\(9, 267\), \"int32\"\)", cuda.lower(k.spec, k.config).script())
     one = dataclasses.replace(k.config, persistent=0)
     assert not cuda.row_order_column(k.spec, one)
-    assert cuda.runtime_tables(k.spec, one, [doc])[1][0].shape == (9, 9)
+    one_table = cuda.runtime_tables(k.spec, one, [doc])[1][0]
+    assert one_table.shape == (9, 9 + 257)
+    np.testing.assert_array_equal(one_table[:, 9:], table[:, 10:])
+    small = cuda.small_config(k.config)
+    assert not cuda.row_limits(k.spec, small)          # the in-order 64 x 32 kernel masks by the ids
+    assert cuda.block_tables(k.spec, small, k.spec.runtime_tile_map([doc], 64, 32), [doc])[0].shape == (18, 35)
     # a band kernel has no table; "sorted" there is a clear error
     band = _compile("causal", {"B": 2, "S": 517}, build=False, persistent=5)
     assert not cuda.row_order_column(band.spec, band.config)
@@ -318,8 +324,9 @@ def test_export_declares_the_row_order_and_the_runtime_appends_it(tmp_path):
     export_kernel(k, str(tmp_path / "doc"))
     m = json.loads((tmp_path / "doc" / "manifest.json").read_text())
     (arg,) = [a for a in m["kernel_args"] if a["role"] == "table"]
-    assert arg["shape"] == [9, 10] and m["block_map"]["shape"] == [9, 9]
+    assert arg["shape"] == [9, 10 + 257] and m["block_map"]["shape"] == [9, 9]
     assert m["block_map"]["row_order"]["column"] == 9
+    assert m["block_map"]["row_limits"]["column"] == 10 and m["block_map"]["row_limits"]["capture"] == "doc"
     kern = Kernel(m, lambda *a: None, runtime_tile_map=load_block_map_function(m))
     doc = np.repeat(np.arange(4), 275).astype(np.int32)
     args = [a for a in kern.kernel_args]

@@ -182,9 +182,23 @@ def test_runtime_tile_map_feeds_the_kernel_arguments():
                         shapes={"S": 300}, target_options=H100, build=False)
     doc = np.repeat(np.arange(3), 100).astype(np.int32)
     tiles = k.spec.runtime_tile_map([doc], k.config.block_q, k.config.block_k)
-    (table,) = cuda.block_tables(k.spec, k.config, tiles)
-    assert table.dtype == np.int32 and table.shape == (3, 3)
+    (table,) = cuda.block_tables(k.spec, k.config, tiles, [doc])
+    # the tile map, then (a document mask: cuda.row_limits) per query block a flag and each of its
+    # 128 rows' first and last kept key (causal inside the document)
+    assert cuda.row_limits(k.spec, k.config)
+    assert table.dtype == np.int32 and table.shape == (3, 3 + 1 + 2 * 128)
     assert table[0, 2] == 0 and table[2, 0] == 0          # other documents: skipped
+    assert (table[:, 3] == 1).all()
+    rows = np.arange(3 * 128)
+    first, last = table[:, 4:4 + 128].reshape(-1), table[:, 4 + 128:].reshape(-1)
+    assert (first[:300] == rows[:300] // 100 * 100).all() and (last[:300] == rows[:300]).all()
+    assert (first[300:] > last[300:]).all()               # rows past q_len keep nothing
+    with pytest.raises(TargetError, match="needs the captured inputs"):
+        cuda.block_tables(k.spec, k.config, tiles)
+    # an id that recurs after another document: those rows' keys are no single run, the flag is off
+    doc2 = np.array([0] * 100 + [1] * 100 + [0] * 100, np.int32)
+    (table2,) = cuda.block_tables(k.spec, k.config, k.spec.runtime_tile_map([doc2], 128, 128), [doc2])
+    assert table2[:, 3].tolist() == [0, 0, 0]
 
 
 @needs_nvcc

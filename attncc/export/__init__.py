@@ -128,7 +128,8 @@ def build_manifest(kernel) -> dict:
                       mask reads captured inputs: the runtime evaluates the flash op's mask region
                       of ``ir`` with attncc.reference's numpy interpreter on every call's data,
                       like FlexAttention's create_block_mask, and caches a few); with
-                      ``row_order``, the table's extra column of the persistent kernel
+                      ``row_order``, the table's extra column of the persistent kernel; with
+                      ``row_limits``, the rows' key limits of a document mask after it
     ``target``        kind, CPU features or CUDA arch, the alignment every tensor must have
     """
     from attncc import __version__
@@ -190,7 +191,12 @@ def build_manifest(kernel) -> dict:
         nq, nk = -(-spec.q_len // bq), -(-spec.kv_len // bk)
         order_fn = getattr(kernel.target, "row_order_column", None)
         row_order = bool(order_fn and order_fn(spec, kernel.config))
-        args.append({"name": "tile_map", "role": "table", "dtype": "int32", "shape": [nq, nk + int(row_order)]})
+        limits_fn = getattr(kernel.target, "row_limits", None)
+        limits = bool(limits_fn and limits_fn(spec, kernel.config))
+        from attncc.runtime._layouts import row_limit_columns
+
+        args.append({"name": "tile_map", "role": "table", "dtype": "int32",
+                     "shape": [nq, nk + int(row_order) + (row_limit_columns(bq) if limits else 0)]})
         block_map = {"mode": "static" if tables is not None else "runtime", "block_q": bq, "block_k": bk,
                      "shape": [nq, nk], "values": "0 empty (skipped), 1 partial (element mask), 2 full (no mask)"}
         if row_order:
@@ -199,6 +205,16 @@ def build_manifest(kernel) -> dict:
                 "how": "the kernel's table has one more column than the tile map: column 'column' holds the "
                 "query blocks in the order the kernel walks them (attncc.runtime._layouts.with_row_order with "
                 "'window'); the runtime appends it to each per-call map, tile_map.npy already holds it"}
+        if limits:
+            rr = spec.row_runs
+            block_map["row_limits"] = {
+                "column": nk + int(row_order), "capture": spec.captures[rr.capture][0],
+                "lower_offset": rr.lower_offset, "upper_offset": rr.upper_offset,
+                "how": "the mask is a document mask ids[q_idx] == ids[kv_idx] (ids: the capture 'capture') and the "
+                "band q_idx + lower_offset <= kv_idx <= q_idx + upper_offset (null: unbounded); from 'column' on the "
+                "kernel's table holds attncc.runtime._layouts.with_row_limits of each call's ids (per query block a "
+                "flag, then each row's first and last kept key), which the runtime appends after the row order; "
+                "not for the 'small' function's table"}
         if tables is not None:
             block_map["file"] = TILE_MAP
         else:

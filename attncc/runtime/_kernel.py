@@ -12,7 +12,7 @@ import numpy as np
 from attncc.errors import AttnccError
 from attncc.runtime import _native
 from attncc.runtime._native import DL_CPU, DL_CUDA, DEVICE_NAMES
-from attncc.runtime._layouts import with_row_order
+from attncc.runtime._layouts import with_row_limits, with_row_order
 
 
 class ArgumentError(AttnccError):
@@ -478,9 +478,17 @@ class Kernel:
                     entry["function"] = small["function"]
                     tiles = np.ascontiguousarray(np.asarray(
                         self._runtime_tile_map(caps, small["block_q"], small["block_k"]), dtype=np.int32))
-                elif self.block_map.get("row_order"):
-                    # the persistent kernel's walk over the query blocks, heaviest first
-                    tiles = with_row_order(tiles, self.block_map["row_order"].get("window", 1))
+                else:
+                    if self.block_map.get("row_order"):
+                        # the persistent kernel's walk over the query blocks, heaviest first
+                        tiles = with_row_order(tiles, self.block_map["row_order"].get("window", 1))
+                    limits = self.block_map.get("row_limits")
+                    if limits:
+                        # each row's first and last kept key of a document mask (and a flag a block)
+                        names = [spec.name for spec in self.kernel_args if spec.role == "capture"]
+                        tiles = with_row_limits(tiles, caps[names.index(limits["capture"])],
+                                                self.block_map["q_len"], self.block_map["kv_len"], bq,
+                                                limits.get("lower_offset"), limits.get("upper_offset"))
                 if len(self._runtime_tables) >= 8:
                     self._runtime_tables.popitem(last=False)
                 self._runtime_tables[key] = entry

@@ -92,3 +92,71 @@ def with_row_order(tiles, window: int = 1) -> np.ndarray:
     if t.ndim != 2:
         raise ValueError(f"a tile map is [query blocks, key blocks], got shape {t.shape}")
     return np.ascontiguousarray(np.concatenate([t, row_order(t, window)[:, None]], axis=1))
+
+
+# ------------------------------------------------------------------ row limits of a document mask
+
+ROW_LIMITS_EMPTY = (0, -1)          # (first, last) of a row that keeps no key
+
+
+def row_limits(ids, q_len: int, kv_len: int, lower_offset=None, upper_offset=None):
+    """Per query row i of a document mask ``ids[i] == ids[j]`` (indices clamped into ``ids``, as
+    gathers are) and the band ``i + lower_offset <= j <= i + upper_offset`` (None: unbounded):
+    ``(first, last, exact)``, int32 arrays of q_len -- the first and last key the row keeps (first
+    > last: none), and whether the row keeps exactly the keys in between, true where every key
+    of the row's id lies in one contiguous run (packed documents; an id that recurs after
+    another breaks the runs of the rows holding it)."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size == 0:
+        raise ValueError("row limits of an empty id array")
+    n = ids.size
+    qd = ids[np.clip(np.arange(q_len), 0, n - 1)]
+    kd = ids[np.clip(np.arange(kv_len), 0, n - 1)]
+    values, inverse = np.unique(kd, return_inverse=True)
+    pos = np.arange(kv_len)
+    first = np.full(len(values), kv_len, dtype=np.int64)
+    last = np.full(len(values), -1, dtype=np.int64)
+    np.minimum.at(first, inverse, pos)
+    np.maximum.at(last, inverse, pos)
+    count = np.bincount(inverse, minlength=len(values))
+    runs = last - first + 1 == count
+    at = np.searchsorted(values, qd)
+    found = (at < len(values)) & (values[np.minimum(at, len(values) - 1)] == qd)
+    at = np.minimum(at, len(values) - 1)
+    lo = np.where(found, first[at], ROW_LIMITS_EMPTY[0])
+    hi = np.where(found, last[at], ROW_LIMITS_EMPTY[1])
+    exact = np.where(found, runs[at], True)
+    rows = np.arange(q_len)
+    if lower_offset is not None:
+        lo = np.maximum(lo, rows + int(lower_offset))
+    if upper_offset is not None:
+        hi = np.minimum(hi, rows + int(upper_offset))
+    lo = np.clip(lo, 0, kv_len)
+    hi = np.clip(hi, -1, kv_len - 1)
+    empty = lo > hi
+    lo = np.where(empty, ROW_LIMITS_EMPTY[0], lo)
+    hi = np.where(empty, ROW_LIMITS_EMPTY[1], hi)
+    return lo.astype(np.int32), hi.astype(np.int32), exact
+
+
+def row_limit_columns(block_q: int) -> int:
+    """The columns ``with_row_limits`` appends to a kernel's table."""
+    return 1 + 2 * block_q
+
+
+def with_row_limits(table, ids, q_len: int, kv_len: int, block_q: int, lower_offset=None,
+                    upper_offset=None) -> np.ndarray:
+    """The kernel's table [NQB, C] with ``row_limit_columns(block_q)`` columns appended for each
+    query block: a flag (1: every row of the block keeps exactly its interval, so the kernel may
+    mask the block's partial tiles by the limits; 0: it evaluates the mask), then the first key
+    of each of its block_q rows, then the last (rows past q_len keep none)."""
+    t = np.asarray(table, dtype=np.int32)
+    nqb = -(-q_len // block_q)
+    if t.ndim != 2 or t.shape[0] != nqb:
+        raise ValueError(f"a table of {nqb} query blocks is [{nqb}, columns], got shape {t.shape}")
+    lo, hi, exact = row_limits(ids, q_len, kv_len, lower_offset, upper_offset)
+    pad = nqb * block_q - q_len
+    lo = np.concatenate([lo, np.full(pad, ROW_LIMITS_EMPTY[0], np.int32)]).reshape(nqb, block_q)
+    hi = np.concatenate([hi, np.full(pad, ROW_LIMITS_EMPTY[1], np.int32)]).reshape(nqb, block_q)
+    flag = np.concatenate([exact, np.ones(pad, bool)]).reshape(nqb, block_q).all(axis=1)
+    return np.ascontiguousarray(np.concatenate([t, flag[:, None].astype(np.int32), lo, hi], axis=1))

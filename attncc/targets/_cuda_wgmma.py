@@ -83,7 +83,7 @@ from __future__ import annotations
 import numpy as np
 
 from attncc.errors import ConfigError, ShapeError
-from attncc.runtime._layouts import padded_kv_len, rank_rows, row_order
+from attncc.runtime._layouts import padded_kv_len, rank_rows, row_limit_columns, row_order
 from attncc.targets.spec import FlashKernelSpec
 from attncc.targets import _gpu_flash as _gpu
 # target-neutral pieces of table mode and fp8 dequantization, shared with rocm.py (_gpu_flash.py)
@@ -229,6 +229,23 @@ def ws_row_order_column(spec: FlashKernelSpec, config) -> bool:
     function of (spec, config) alone -- never of ``_OPTIONS`` -- so that whoever fills the table
     (cuda.block_tables, the export runtime from the manifest) agrees with the kernel."""
     return bool(persistent(config)) and use_block_table(spec)
+
+
+def row_limits_on(spec: FlashKernelSpec) -> bool:
+    """Whether this module's kernel takes the rows' key limits in its table (``RowRuns``: a
+    document mask and a band, per call): the partial tiles of a query block whose rows each keep
+    one run of keys compare each score with its row's first and last key, as a band's do, instead
+    of reading the ids (``_layouts.with_row_limits``)."""
+    return (spec.row_runs is not None and use_block_table(spec) and spec.runtime_tile_map is not None
+            and _OPTIONS.get("row_limits", True))
+
+
+def table_columns(spec: FlashKernelSpec, config) -> int:
+    """Columns of the kernel's table: the tile map's, the row order's (persistent), the rows'
+    key limits (row_limits_on)."""
+    nkb = -(-spec.kv_len // config.block_k)
+    return (nkb + int(ws_row_order_column(spec, config))
+            + (row_limit_columns(config.block_q) if row_limits_on(spec) else 0))
 
 
 def ws_row_cost(spec: FlashKernelSpec, config):
@@ -695,8 +712,11 @@ def lower(spec: FlashKernelSpec, config):
     # ids) follow it, read by the mask / score_mod expressions
     # (the persistent kernel's table has one more column: the query blocks in the order it walks
     # them, ws_row_order_column)
-    TILE_MAP = (tirx.decl_buffer((NQB, NKB + int(ws_row_order_column(spec, config))), "int32", "tile_map")
+    # (and with row_limits_on, 1 + 2 BQ more: a flag, then each row's first and last kept key)
+    TILE_MAP = (tirx.decl_buffer((NQB, table_columns(spec, config)), "int32", "tile_map")
                 if USE_TABLE else None)
+    ROW_LIMITS = USE_TABLE and row_limits_on(spec)
+    LIM0 = NKB + int(ws_row_order_column(spec, config))
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
                        for name, shape, cdt in spec.captures]
     SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
@@ -985,7 +1005,38 @@ def lower(spec: FlashKernelSpec, config):
             band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, LO_SIDE, HI_SIDE)
 
     @T.macro
-    def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold):
+    def load_row_limits(ent, qb, warp, lane):
+        """(ROW_LIMITS) ent[4] = the query block's flag, ent[5 + r] / ent[7 + r] = the first / last
+        key kept by the thread's row r (once a tile)."""
+        if ROW_LIMITS:
+            ent[4] = TILE_MAP[qb, LIM0]
+            for r in T.unroll(2):
+                ent[5 + r] = TILE_MAP[qb, LIM0 + 1 + warp * 16 + lane // 4 + r * 8]
+                ent[7 + r] = TILE_MAP[qb, LIM0 + 1 + BQ + warp * 16 + lane // 4 + r * 8]
+
+    @T.macro
+    def masked_scores(kb, s_acc, r0, lane, b, h, row_fold):
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = masked(
+                    s_acc[nt * 4 + e], b, h,
+                    r0 + lane // 4 + e // 2 * 8,
+                    kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+
+    # A partial tile of a document mask whose rows each keep one run of keys (ROW_LIMITS, the
+    # query block's flag set): the band's compares against the row's first and last key, from
+    # the table, instead of the mask's two id loads a score (ncu, documents=16 on the H200: the
+    # id compares stalled on their loads, ~6 % of the kernel's samples; benchmarks/gpu/RESULTS.md)
+    @T.macro
+    def row_limit_mask(kb, s_acc, r0, lane, b, h, row_fold, ent):
+        lim = T.decl_buffer((4,), "int32", scope="local")
+        for r in T.unroll(2):
+            lim[r] = ent[5 + r] - (kb * BK + lane % 4 * 2)
+            lim[2 + r] = ent[7 + r] - (kb * BK + lane % 4 * 2)
+        band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, True, True)
+
+    @T.macro
+    def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent):
         """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
         # ---- score_mod, mask (partial tiles only), log2 domain
         if is_full:
@@ -997,13 +1048,13 @@ def lower(spec: FlashKernelSpec, config):
                         kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
         elif BAND_EDGES:
             band_mask(kb, s_acc, r0, lane, b, h, row_fold)
+        elif ROW_LIMITS:
+            if ent[4] != 0:
+                row_limit_mask(kb, s_acc, r0, lane, b, h, row_fold, ent)
+            else:
+                masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
         else:
-            for nt in T.unroll(NKT):
-                for e in T.unroll(4):
-                    s_acc[nt * 4 + e] = masked(
-                        s_acc[nt * 4 + e], b, h,
-                        r0 + lane // 4 + e // 2 * 8,
-                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+            masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF
@@ -1072,12 +1123,12 @@ def lower(spec: FlashKernelSpec, config):
                 if SPLIT and has_pv:
                     T.ptx["wgmma.wait_group.sync.aligned"](1)
                     softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent)
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                 else:
                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                     softmax(key_block(ent, 0, j), tile_is_full(r0, key_block(ent, 0, j), ent, 0),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent)
                 rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
             else:
                 T.ptx["wgmma.wait_group.sync.aligned"](0)
@@ -1105,7 +1156,7 @@ def lower(spec: FlashKernelSpec, config):
             loads(j, has_qk, kb_lo, kb_hi, smem, k, v, pe, tx, b, hk, kv_list, ent)
             if has_pv:
                 softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
-                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                        s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent)
                 rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
         # (the products outside the branches: ptxas cannot tell that a branch on the warpgroup
         # goes the same way at every step, and serialises wgmma under one that it cannot follow)
@@ -1140,7 +1191,8 @@ def lower(spec: FlashKernelSpec, config):
                                             scope="shared.dyn")
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries
-                    ent = T.decl_buffer((4,), "int32", scope="local")            # list entries
+                    # list entries; with ROW_LIMITS [4:9] the block's flag and the rows' key limits
+                    ent = T.decl_buffer((9 if ROW_LIMITS else 4,), "int32", scope="local")
                     row_fold = T.decl_buffer((2,), "float32", scope="local")     # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")           # fp8 P, two pairs
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
@@ -1170,6 +1222,7 @@ def lower(spec: FlashKernelSpec, config):
                                 T.Cast("uint32", T.Select(q0 + (it * NT + tx) // CQ < S, 16, 0)))
                     if USE_TABLE:      # the key-block list of this query block (Q in flight)
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
+                    load_row_limits(ent, qb, warp, lane)
                     if QUANT:
                         set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
@@ -1346,7 +1399,7 @@ def lower(spec: FlashKernelSpec, config):
             if is_odd(c):
                 if has_pv:
                     softmax(key_block(ent, 1, j - 1), tile_is_full(r0, key_block(ent, 1, j - 1), ent, 1),
-                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold)
+                            s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent)
                     rescale_convert(o_acc, alpha, p_frag, s_acc, p16)
             if has_qk:
                 T.cuda.mbarrier_wait(T.address_of(bars[KF + (pos[0] + j - kb_lo) % NSK]), (pos[0] + j - kb_lo) // NSK % 2)
@@ -1396,7 +1449,7 @@ def lower(spec: FlashKernelSpec, config):
                                                 elem_offset=LIST_BASE // 2, scope="shared.dyn")
                         cnt = T.decl_buffer((1,), "int32", scope="local")
                         tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")
-                        ent = T.decl_buffer((4,), "int32", scope="local")
+                        ent = T.decl_buffer((9 if ROW_LIMITS else 4,), "int32", scope="local")
                         row_fold = T.decl_buffer((2,), "float32", scope="local")
                         p16 = T.decl_buffer((2,), "uint16", scope="local")
                         pos = T.decl_buffer((1,), "int32", scope="local")    # K/V positions so far
@@ -1494,6 +1547,7 @@ def lower(spec: FlashKernelSpec, config):
                                 r0 = q0 + warp * 16
                                 buf = n % 2
                                 lb = buf * LIST_N
+                                load_row_limits(ent, qb, warp, lane)      # (its loads under the wait)
                                 T.cuda.mbarrier_wait(T.address_of(bars[QF + buf]), (n // 2) % 2)
                                 if LIST_WARP:
                                     T.cuda.mbarrier_wait(T.address_of(bars[LF + buf]), (n // 2) % 2)

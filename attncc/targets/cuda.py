@@ -136,6 +136,7 @@ __all__ = [
     "use_block_table",
     "block_tables",
     "row_order_column",
+    "row_limits",
     "row_order_window",
     "runtime_tables",
     "small_config",
@@ -571,12 +572,28 @@ def row_order_window(spec: FlashKernelSpec, config) -> int:
     return _wgmma_dense.ws_row_window(spec, config)
 
 
-def block_tables(spec: FlashKernelSpec, config, tiles=None):
+def row_limits(spec: FlashKernelSpec, config) -> bool:
+    """Whether the kernel's table carries the rows' key limits of a document mask
+    (``_layouts.with_row_limits``, appended after the row order; ``spec.row_runs``): the
+    ping-pong and persistent wgmma kernels (not the in-order one of one-warpgroup tile maps)."""
+    return (isinstance(config, CudaConfig) and config.mma == "wgmma"
+            and _wgmma_for(spec, config) is _wgmma_dense and _wgmma_dense.row_limits_on(spec))
+
+
+def block_tables(spec: FlashKernelSpec, config, tiles=None, caps=None):
     """The kernel's block-table argument: the tile map [NQB, NKB] as int32; the persistent
-    kernel's with column NKB, the order it walks the query blocks (``_layouts.with_row_order``)."""
+    kernel's with column NKB, the order it walks the query blocks (``_layouts.with_row_order``);
+    where ``row_limits``, the rows' key limits from the captured inputs ``caps`` after them."""
     table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
     if row_order_column(spec, config):
         table = _layouts.with_row_order(table, row_order_window(spec, config))
+    if row_limits(spec, config):
+        if caps is None:
+            raise TargetError("this kernel's table holds the rows' key limits of its document mask: "
+                              "it needs the captured inputs", variant=spec.name or None)
+        rr = spec.row_runs
+        table = _layouts.with_row_limits(table, caps[rr.capture], spec.q_len, spec.kv_len, config.block_q,
+                                         rr.lower_offset, rr.upper_offset)
     return (table,)
 
 
@@ -1111,8 +1128,8 @@ class CudaKernel:
                 function, tables = cache[key]
             else:
                 # (a kernel loaded from a file -- the tuner's -- has no tables kept: the spec's map)
-                tables = (block_tables(spec, self.config, tiles) if tiles is not None or self.tables is None
-                          else self.tables)
+                tables = (block_tables(spec, self.config, tiles, arrays[len(spec.scales):])
+                          if tiles is not None or self.tables is None else self.tables)
             out += [tvm.runtime.tensor(np.ascontiguousarray(t), device=dev) for t in tables]
         elif tiles is not None:
             raise TargetError("this kernel takes no tile map", variant=spec.name or None)
@@ -1137,8 +1154,9 @@ def runtime_tables(spec: FlashKernelSpec, config: CudaConfig, caps) -> tuple:
     below = small_below(spec, config)
     if below > 0 and float(np.mean(np.asarray(tiles) != 0)) <= below:
         small = small_config(config)
-        return "main_small", block_tables(spec, small, spec.runtime_tile_map(caps, small.block_q, small.block_k))
-    return "main", block_tables(spec, config, tiles)
+        return "main_small", block_tables(spec, small, spec.runtime_tile_map(caps, small.block_q, small.block_k),
+                                          caps)
+    return "main", block_tables(spec, config, tiles, caps)
 
 
 def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Optional[str] = None) -> CudaKernel:

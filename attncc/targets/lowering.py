@@ -22,7 +22,7 @@ from attncc.ir.core import Function, Op, Region, Value
 from attncc.ir.printer import print_ir
 from attncc.ir.types import DType
 from attncc.reference import eval_scalar
-from attncc.targets.spec import FlashKernelSpec, KeyBounds
+from attncc.targets.spec import FlashKernelSpec, KeyBounds, RowRuns
 
 
 def find_flash(func: Function) -> Op:
@@ -219,11 +219,8 @@ def _affine(v: Value, args: dict, env: dict):
     return None
 
 
-def key_bounds(mask: Optional[Region], env: dict) -> KeyBounds:
-    if mask is None:
-        return KeyBounds(None, None, exact=False)
-    i, j = sympy.Symbol("i"), sympy.Symbol("j")
-    args = {mask.args[0]: None, mask.args[1]: None, mask.args[2]: i, mask.args[3]: j}
+def _conjuncts(mask: Region) -> list:
+    """The mask's result split at its ``and`` operations."""
     conj: list[Value] = []
     stack = [mask.results[0]]
     while stack:
@@ -232,39 +229,86 @@ def key_bounds(mask: Optional[Region], env: dict) -> KeyBounds:
             stack.extend(c.owner.operands)
         else:
             conj.append(c)
+    return conj
+
+
+def _band_side(c: Value, mask: Region, env: dict):
+    """A conjunct ``j - i REL bound`` (affine, unit coefficients) as ("lower" | "upper", bound):
+    the band kv_idx - q_idx >= bound or <= bound; None for any other conjunct."""
+    i, j = sympy.Symbol("i"), sympy.Symbol("j")
+    args = {mask.args[2]: i, mask.args[3]: j}
+    op = c.owner
+    if op is None or op.short not in ("lt", "le", "gt", "ge"):
+        return None
+    lhs, rhs = (_affine(w, args, env) for w in op.operands)
+    if lhs is None or rhs is None:
+        return None
+    d = sympy.expand(lhs - rhs)            # d OP 0
+    cj, ci = d.coeff(j), d.coeff(i)
+    const = d - cj * j - ci * i
+    if cj == 0 or ci != -cj or abs(cj) != 1 or const.free_symbols:
+        return None
+    # normalise to (j - i) REL -const*sign
+    rel = op.short
+    if cj == -1:
+        rel = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[rel]
+        const = -const
+    bound = -int(const)        # j - i REL bound
+    return {"lt": ("upper", bound - 1), "le": ("upper", bound),
+            "gt": ("lower", bound + 1), "ge": ("lower", bound)}[rel]
+
+
+def key_bounds(mask: Optional[Region], env: dict) -> KeyBounds:
+    if mask is None:
+        return KeyBounds(None, None, exact=False)
     lower: Optional[int] = None
     upper: Optional[int] = None
     exact = True
-    for c in conj:
-        op = c.owner
-        if op is None or op.short not in ("lt", "le", "gt", "ge"):
+    for c in _conjuncts(mask):
+        side = _band_side(c, mask, env)
+        if side is None:
             exact = False
-            continue
-        lhs, rhs = (_affine(w, {k: v for k, v in args.items() if v is not None}, env) for w in op.operands)
-        if lhs is None or rhs is None:
-            exact = False
-            continue
-        d = sympy.expand(lhs - rhs)            # d OP 0
-        cj, ci = d.coeff(j), d.coeff(i)
-        const = d - cj * j - ci * i
-        if cj == 0 or ci != -cj or abs(cj) != 1 or const.free_symbols:
-            exact = False
-            continue
-        # normalise to (j - i) REL -const*sign
-        rel = op.short
-        if cj == -1:
-            rel = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[rel]
-            const = -const
-        bound = -int(const)        # j - i REL bound
-        if rel == "lt":
-            upper = _min(upper, bound - 1)
-        elif rel == "le":
-            upper = _min(upper, bound)
-        elif rel == "gt":
-            lower = _max(lower, bound + 1)
+        elif side[0] == "upper":
+            upper = _min(upper, side[1])
         else:
-            lower = _max(lower, bound)
+            lower = _max(lower, side[1])
     return KeyBounds(lower, upper, exact=exact)
+
+
+def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
+    """The mask as ``RowRuns`` -- exactly ``ids[q_idx] == ids[kv_idx]`` (one 1-D integer
+    capture, gathered at the two index arguments themselves) and band conjuncts -- or None."""
+    if mask is None:
+        return None
+    captures = list(mask.args[4:])
+    capture = None
+    lower: Optional[int] = None
+    upper: Optional[int] = None
+    for c in _conjuncts(mask):
+        side = _band_side(c, mask, env)
+        if side is not None:
+            if side[0] == "upper":
+                upper = _min(upper, side[1])
+            else:
+                lower = _max(lower, side[1])
+            continue
+        op = c.owner
+        if op is None or op.short != "eq" or capture is not None:
+            return None
+        gathers = [w.owner for w in op.operands]
+        if any(g is None or g.short != "gather" or len(g.operands) != 2 for g in gathers):
+            return None
+        src = {g.operands[0] for g in gathers}
+        idx = [g.operands[1] for g in gathers]
+        if len(src) != 1 or set(idx) != {mask.args[2], mask.args[3]}:
+            return None
+        ids = src.pop()
+        if ids not in captures or ids.type.rank != 1 or not ids.type.dtype.is_int:
+            return None
+        capture = captures.index(ids)
+    if capture is None:
+        return None
+    return RowRuns(capture, lower, upper)
 
 
 def _min(a, b):
@@ -326,7 +370,7 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
         name=func.name, batch=qs[0], q_heads=qs[1], kv_heads=ks[1], q_len=qs[2], kv_len=ks[2],
         head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
-        key_bounds=key_bounds(mask, env), description=desc, tile_map=tile_map, captures=captures,
+        key_bounds=key_bounds(mask, env), row_runs=row_runs(mask, env), description=desc, tile_map=tile_map, captures=captures,
         runtime_tile_map=runtime_tile_map, quant_dtype=quant["dtype"].tvm if quant else None,
         quant_pv=bool(quant and quant.get("pv", False)), scales=scales,
         score_numpy=region_to_numpy(score, env), mask_numpy=region_to_numpy(mask, env))

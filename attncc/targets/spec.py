@@ -49,6 +49,20 @@ class KeyBounds:
 
 
 @dataclass(frozen=True)
+class RowRuns:
+    """The mask is exactly ``ids[q_idx] == ids[kv_idx]`` and the band ``lower(i) <= j <= upper(i)``
+    (``KeyBounds``' offsets, None: unbounded) for every b, h, with ``ids`` the 1-D integer capture
+    number ``capture`` (gathers clamp their index into the array, as everywhere).  Where each id's
+    keys are one contiguous run -- packed documents -- row i keeps exactly one interval of keys,
+    which a host step computes per call (``attncc.runtime._layouts.row_limits``) so that a kernel
+    masks a partial tile with two compares a score instead of reading ids."""
+
+    capture: int
+    lower_offset: Optional[int] = None
+    upper_offset: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class FlashKernelSpec:
     name: str
     batch: int
@@ -88,6 +102,8 @@ class FlashKernelSpec:
     # -> bool.  Each has ``op_names``: the region's ops, in order (for counting their cost).
     score_numpy: Optional[Callable[..., object]] = None
     mask_numpy: Optional[Callable[..., object]] = None
+    # the mask is a document mask (and a band), which per call may be one key interval a row
+    row_runs: Optional[RowRuns] = None
 
     @property
     def group(self) -> int:

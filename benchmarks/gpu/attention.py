@@ -267,10 +267,12 @@ def _to_torch_any(a, dev):
 
 
 def table_tiles(spec, cfg, function, table):
-    """The tile map in a kernel's table: without the persistent kernel's row-order column."""
+    """The tile map in a kernel's table: without the persistent kernel's row-order column and the
+    rows' key limits of a document mask (cuda.block_tables)."""
     from attncc.targets import cuda
 
-    return table[:, :-1] if function == "main" and cuda.row_order_column(spec, cfg) else table
+    bk = cfg.block_k if function == "main" else cuda.small_config(cfg).block_k
+    return table[:, :-(-spec.kv_len // bk)]
 
 
 def kernel_args(hk, operands, dev, tiles=None):
@@ -289,8 +291,9 @@ def kernel_args(hk, operands, dev, tiles=None):
         if tiles is None and spec.runtime_tile_map is not None:
             caps = [np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
             function, (table,) = cuda.runtime_tables(spec, cfg, caps)
-        else:
-            (table,) = cuda.block_tables(spec, cfg, tiles)       # tiles None: the spec's map
+        else:       # tiles None: the spec's map
+            caps = [np.asarray(x).astype(cdt) for x, (_, _, cdt) in zip(extra[len(spec.scales):], spec.captures)]
+            (table,) = cuda.block_tables(spec, cfg, tiles, caps)
         tables = [table]
         tiles = table_tiles(spec, cfg, function, table)
     extra = [np.asarray(x, np.float32) for x in extra[:len(spec.scales)]] + [
