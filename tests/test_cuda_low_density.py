@@ -266,9 +266,14 @@ def test_band_partial_tiles_compare_each_score_with_its_rows_limits():
     # causal, keys a multiple of the block: the upper side only, no min
     k, tir = _band_tir("causal", {"B": 1, "S": 1024})
     assert re.search(upper, tir) and not re.search(lower, tir) and "T.min(r0" not in tir
-    # tile maps keep the mask_mod per score; the old per-score band compares stay an option
-    _, tir = _band_tir("doc_mask", {"S": 1024})
+    # tile maps keep the mask_mod per score (a document mask: unless its rows' key limits are on,
+    # tests/test_row_limits.py); the old per-score band compares stay an option
+    _, tir = _band_tir("doc_mask", {"S": 1024}, row_limits=False)
     assert not re.search(r"\blim\[", tir)
+    _, tir = _band_tir("chunk_512", {"S": 1024})
+    assert not re.search(r"\blim\[", tir)
+    _, tir = _band_tir("doc_mask", {"S": 1024})
+    assert re.search(r"lim\[r\] = ent\[5 \+ r\] - ", tir) and re.search(both, tir)
     _, tir = _band_tir("band_offset", {}, band_edges=False)
     assert not re.search(r"\blim\[", tir)
     assert re.search(r"T\.Select\(kb_lo \* 128 \+ nt \* 8 \+ lane % 4 \* 2 \+ e % 2 < 517 and ", tir)
@@ -341,10 +346,11 @@ def test_the_call_picks_the_kernel_from_the_density_of_its_map():
                         target_options=H100, build=False)
     spec, cfg = k.spec, k.config
     fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 2048)])     # 2 documents: density 0.5
-    assert fn == "main" and tiles.shape == (32, 33)       # (the persistent kernel's walk order in column 32)
+    # (the persistent kernel's walk order in column 32, then the rows' key limits: 1 + 2 x 128)
+    assert fn == "main" and tiles.shape == (32, 33 + 257)
     fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 64)])       # 64 documents: the diagonal
-    assert fn == "main_small" and tiles.shape == (64, 128)
-    assert (tiles != 0).sum() == 64 * 2                                     # each 64-row block: two 32-key tiles
+    assert fn == "main_small" and tiles.shape == (64, 128 + 129)          # (no order; the limits: 1 + 2 x 64)
+    assert (tiles[:, :128] != 0).sum() == 64 * 2                            # each 64-row block: two 32-key tiles
 
 
 @needs_nvcc
@@ -382,13 +388,15 @@ def test_the_runtime_calls_the_small_kernel_for_sparse_maps():
     rt = Kernel(man, lambda *a: calls.append("main"), runtime_tile_map=k.spec.runtime_tile_map,
                 functions={"main_small": lambda *a: calls.append("main_small")})
     table = [a for a in rt.kernel_args if a.role == "table"]
-    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128)), (_docs(4096, 2048), "main", (32, 33))):
+    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128 + 129)),
+                              (_docs(4096, 2048), "main", (32, 33 + 257))):
         ops = [a if a.role != "capture" else docs for a in rt.kernel_args]
         args, fn = rt._fill_tables(list(rt.kernel_args), ops, (1, 0))
         fn()
         assert calls[-1] == want
         t = [x for x in args if not isinstance(x, _Arg)]
         assert len(t) == 1 and np.asarray(t[0]).shape == shape
+        np.testing.assert_array_equal(np.asarray(t[0]), cuda.runtime_tables(k.spec, k.config, [docs])[1][0])
     assert table and man["block_map"]["small"]["below"] == cuda.SMALL_BELOW
     with pytest.raises(Exception, match="main_small"):
         Kernel(man, lambda *a: None, runtime_tile_map=k.spec.runtime_tile_map)

@@ -271,9 +271,8 @@ def test_the_row_order_keeps_documents_together():
 def test_the_persistent_table_carries_the_row_order():
     """Table mode on the persistent kernel: the table is the tile map plus a column, here (four
     equal documents) the query blocks ranked heaviest first (ties: the later block), then (a
-    document mask) the rows' key limits; the kernel declares it so; the one-tile kernel takes the
-    map and the limits without the order, and the small-tile function of a sparse call the
-    plain map."""
+    document mask) the rows' key limits; the kernel declares it so; the one-tile kernel and the
+    small-tile function of a sparse call take the map and the limits without the order."""
     from attncc.runtime._layouts import with_row_order
 
     k = _compile("doc_mask", {"S": 1100, "H": 4}, build=False, persistent=3)
@@ -295,9 +294,11 @@ def test_the_persistent_table_carries_the_row_order():
     one_table = cuda.runtime_tables(k.spec, one, [doc])[1][0]
     assert one_table.shape == (9, 9 + 257)
     np.testing.assert_array_equal(one_table[:, 9:], table[:, 10:])
-    small = cuda.small_config(k.config)
-    assert not cuda.row_limits(k.spec, small)          # the in-order 64 x 32 kernel masks by the ids
-    assert cuda.block_tables(k.spec, small, k.spec.runtime_tile_map([doc], 64, 32), [doc])[0].shape == (18, 35)
+    small = cuda.small_config(k.config)                 # the in-order 64 x 32 kernel: limits, no order
+    assert cuda.row_limits(k.spec, small) and not cuda.row_order_column(k.spec, small)
+    assert cuda.block_tables(k.spec, small, k.spec.runtime_tile_map([doc], 64, 32), [doc])[0].shape == (18, 35 + 129)
+    chained = dataclasses.replace(small, query_blocks=2)    # chained query blocks: the ids
+    assert not cuda.row_limits(k.spec, chained)
     # a band kernel has no table; "sorted" there is a clear error
     band = _compile("causal", {"B": 2, "S": 517}, build=False, persistent=5)
     assert not cuda.row_order_column(band.spec, band.config)

@@ -146,8 +146,8 @@ def test_the_table_columns_per_query_block():
 
 def _compile(name, config, build=True):
     return compile_variant(VARIANTS, variant_name=name, target="cuda", dtype="bf16", shapes={"S": 1100, "H": 4},
-                           config=dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2,
-                                       small_below=0, **config),
+                           config={**dict(mma="wgmma", block_q=128, num_warps=8, block_k=128, num_stages=2,
+                                          small_below=0), **config},
                            target_options=H100, build=build, tuning_db=False)
 
 
@@ -170,24 +170,30 @@ def test_the_limits_are_a_switch():
 def _ids(kind, S, rng):
     if kind == "runs":          # packed documents of random lengths: every block flagged
         return np.sort(rng.integers(0, 9, S)).astype(np.int32)
-    if kind == "recurring":     # one id in two places: its blocks masked by the ids
-        return np.array([0] * 300 + [1] * 500 + [0] * (S - 800), np.int32)
+    if kind == "recurring":     # two ids taking turns every 100 rows: every block masked by the ids
+        return (np.arange(S) // 100 % 2).astype(np.int32)
     # blocks of both kinds in one call: runs, then ids that alternate every 50 rows
     return np.concatenate([np.repeat(np.arange(4), 150), 10 + np.arange(S - 600) // 50 % 2]).astype(np.int32)
 
 
+# the persistent kernel (3 thread blocks: tiles wrap), the one-block-a-tile ping-pong kernel, the
+# in-order kernel of 64 x 32 tiles (one warpgroup: what a sparse call runs)
+KERNELS = {"persistent": {"persistent": 3}, "one-tile": {},
+           "64x32": {"block_q": 64, "block_k": 32, "num_warps": 4}}
+
+
 @needs_hopper
 @pytest.mark.parametrize("name", ["doc_mask", "doc_causal"])
-@pytest.mark.parametrize("persistent", [3, 0])
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("kind", ["runs", "recurring", "mixed"])
-def test_kernels_with_row_limits_match_the_reference(name, persistent, kind):
+def test_kernels_with_row_limits_match_the_reference(name, kernel, kind):
     from attncc.targets import cuda
 
-    k = _compile(name, {"persistent": persistent})
+    k = _compile(name, KERNELS[kernel])
     assert cuda.row_limits(k.spec, k.config)
     inputs = k.random_inputs(0)
     inputs["doc"] = _ids(kind, 1100, np.random.default_rng(1))
-    flags = cuda.runtime_tables(k.spec, k.config, [inputs["doc"]])[1][0][:, -row_limit_columns(128)]
+    flags = cuda.runtime_tables(k.spec, k.config, [inputs["doc"]])[1][0][:, -row_limit_columns(k.config.block_q)]
     assert {"runs": {1}, "recurring": {0}, "mixed": {0, 1}}[kind] == set(flags.tolist())
     rep = verify(k, seed=0, inputs=inputs)
     assert rep.passed, (rep.max_error, rep.tolerance)
@@ -195,7 +201,7 @@ def test_kernels_with_row_limits_match_the_reference(name, persistent, kind):
 
 @needs_nvcc
 def test_kernels_with_row_limits_build():
-    """Both kernels build with the limits (ptxas accepts them; no GPU needed)."""
-    for persistent in (3, 0):
-        k = _compile("doc_causal", {"persistent": persistent})
-        assert k.source()
+    """The three kernels build with the limits (ptxas accepts them; no GPU needed)."""
+    for config in KERNELS.values():
+        k = _compile("doc_causal", config)
+        assert "tile_map" in k.source()

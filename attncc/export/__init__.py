@@ -214,7 +214,7 @@ def build_manifest(kernel) -> dict:
                 "band q_idx + lower_offset <= kv_idx <= q_idx + upper_offset (null: unbounded); from 'column' on the "
                 "kernel's table holds attncc.runtime._layouts.with_row_limits of each call's ids (per query block a "
                 "flag, then each row's first and last kept key), which the runtime appends after the row order; "
-                "not for the 'small' function's table"}
+                "the 'small' function's table too where 'small' says row_limits (at its block_q, after its map)"}
         if tables is not None:
             block_map["file"] = TILE_MAP
         else:
@@ -227,6 +227,7 @@ def build_manifest(kernel) -> dict:
                 small = small_config(kernel.config)
                 block_map["small"] = {
                     "function": "main_small", "below": below, "block_q": small.block_q, "block_k": small.block_k,
+                    "row_limits": bool(limits_fn and limits_fn(spec, small)),
                     "how": "compute the tile map at block_q x block_k; when at most 'below' of it is non-empty, "
                            "call 'function' with the tile map of these block sizes instead of main"}
             block_map.update({

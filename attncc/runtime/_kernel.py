@@ -473,22 +473,20 @@ class Kernel:
                 tiles = np.ascontiguousarray(np.asarray(self._runtime_tile_map(caps, bq, bk), dtype=np.int32))
                 entry = {"function": None}
                 small = self.block_map.get("small")
+                limits = self.block_map.get("row_limits")
                 if small and float(np.mean(tiles != 0)) <= small["below"]:
                     # a sparse call: the kernel of small tiles, with its own tile map
                     entry["function"] = small["function"]
                     tiles = np.ascontiguousarray(np.asarray(
                         self._runtime_tile_map(caps, small["block_q"], small["block_k"]), dtype=np.int32))
+                    if limits and small.get("row_limits"):
+                        tiles = self._with_row_limits(tiles, caps, limits, small["block_q"])
                 else:
                     if self.block_map.get("row_order"):
                         # the persistent kernel's walk over the query blocks, heaviest first
                         tiles = with_row_order(tiles, self.block_map["row_order"].get("window", 1))
-                    limits = self.block_map.get("row_limits")
                     if limits:
-                        # each row's first and last kept key of a document mask (and a flag a block)
-                        names = [spec.name for spec in self.kernel_args if spec.role == "capture"]
-                        tiles = with_row_limits(tiles, caps[names.index(limits["capture"])],
-                                                self.block_map["q_len"], self.block_map["kv_len"], bq,
-                                                limits.get("lower_offset"), limits.get("upper_offset"))
+                        tiles = self._with_row_limits(tiles, caps, limits, bq)
                 if len(self._runtime_tables) >= 8:
                     self._runtime_tables.popitem(last=False)
                 self._runtime_tables[key] = entry
@@ -501,6 +499,14 @@ class Kernel:
             if entry["function"] is not None:
                 fn = self._functions[entry["function"]]
         return [t if isinstance(x, _Arg) and x.role == "table" else x for x in args], fn
+
+    def _with_row_limits(self, tiles, caps, limits: dict, block_q: int) -> np.ndarray:
+        """The table with each row's first and last kept key of a document mask (and a flag a
+        query block) appended: the manifest's ``block_map.row_limits``."""
+        names = [spec.name for spec in self.kernel_args if spec.role == "capture"]
+        return with_row_limits(tiles, caps[names.index(limits["capture"])], self.block_map["q_len"],
+                               self.block_map["kv_len"], block_q, limits.get("lower_offset"),
+                               limits.get("upper_offset"))
 
     def _table_arg(self, tiles: np.ndarray, device):
         if device[0] == DL_CPU:

@@ -79,6 +79,12 @@ def chained(config) -> int:
     return int(getattr(config, "query_blocks", 1) or 1)
 
 
+def takes_row_limits(spec: FlashKernelSpec, config) -> bool:
+    """Whether this kernel's table carries the rows' key limits of a document mask (as
+    ``_cuda_wgmma``'s; not with chained query blocks)."""
+    return chained(config) <= 1 and row_limits_on(spec)
+
+
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = _elem_bytes(spec)
     qc = chained(config)
@@ -91,15 +97,16 @@ def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
 
 
 # the fp8 V layout is a runtime step too (exported kernels apply it without TVM): one definition
-from attncc.runtime._layouts import fp8_v_layout, padded_kv_len, v_key_permutation  # noqa: E402,F401
+from attncc.runtime._layouts import (fp8_v_layout, padded_kv_len, row_limit_columns,  # noqa: E402,F401
+                                     v_key_permutation)
 
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
-                                        registers_estimate, row_fold_macro, scale_reader, score_functions,
-                                        row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
+                                        registers_estimate, row_fold_macro, row_limits_on, scale_reader,
+                                        score_functions, row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -173,7 +180,10 @@ def lower(spec: FlashKernelSpec, config):
 
     # table mode: the tile map [NQB, NKB] is an argument; captured tensors and scales too
     USE_TABLE = use_block_table(spec)
-    TILE_MAP = tirx.decl_buffer((NQB, NKB), "int32", "tile_map") if USE_TABLE else None
+    # (with the rows' key limits, takes_row_limits: 1 + 2 BQ more columns, as _cuda_wgmma's)
+    ROW_LIMITS = USE_TABLE and takes_row_limits(spec, config)
+    TILE_MAP = (tirx.decl_buffer((NQB, NKB + (row_limit_columns(BQ) if ROW_LIMITS else 0)), "int32", "tile_map")
+                if USE_TABLE else None)
     SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
                      for name, shape in spec.scales]
     CAPTURE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), cdt, name)
@@ -364,8 +374,33 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["wgmma.commit_group.sync.aligned"]()
 
     @T.macro
+    def limit_mask(kbv, s_acc, r0, lane, b, h, row_fold, ent):
+        """(ROW_LIMITS, the block flagged) a partial tile masked by each row's first and last kept
+        key (ent[3 + r], ent[5 + r]), offsets from the thread's first key against immediates."""
+        lim = T.decl_buffer((4,), "int32", scope="local")
+        for r in T.unroll(2):
+            lim[r] = ent[3 + r] - (kbv * BK + lane % 4 * 2)
+            lim[2 + r] = ent[5 + r] - (kbv * BK + lane % 4 * 2)
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = T.Select(
+                    T.And(lim[e // 2] <= nt * 8 + e % 2, nt * 8 + e % 2 <= lim[2 + e // 2]),
+                    scaled(s_acc[nt * 4 + e], b, h, r0 + lane // 4 + e // 2 * 8,
+                           kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold),
+                    NEG_INF)
+
+    @T.macro
+    def masked_scores(kbv, s_acc, r0, lane, b, h, row_fold):
+        for nt in T.unroll(NKT):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = masked(
+                    s_acc[nt * 4 + e], b, h,
+                    r0 + lane // 4 + e // 2 * 8,
+                    kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+
+    @T.macro
     def softmax_p(kbv, is_full, pv_pending, s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold,
-                  b, h, r0, lane):
+                  b, h, r0, lane, ent):
         """S of key block ``kbv`` -> score_mod, mask (unless ``is_full``), online softmax (m, l and
         O rescaled; with OVERLAP after waiting for the P·V in flight when ``pv_pending``), and P
         as the A fragments of P·V."""
@@ -377,13 +412,13 @@ def lower(spec: FlashKernelSpec, config):
                         s_acc[nt * 4 + e], b, h,
                         r0 + lane // 4 + e // 2 * 8,
                         kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+        elif ROW_LIMITS:
+            if ent[2] != 0:
+                limit_mask(kbv, s_acc, r0, lane, b, h, row_fold, ent)
+            else:
+                masked_scores(kbv, s_acc, r0, lane, b, h, row_fold)
         else:
-            for nt in T.unroll(NKT):
-                for e in T.unroll(4):
-                    s_acc[nt * 4 + e] = masked(
-                        s_acc[nt * 4 + e], b, h,
-                        r0 + lane // 4 + e // 2 * 8,
-                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+            masked_scores(kbv, s_acc, r0, lane, b, h, row_fold)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF
@@ -454,7 +489,8 @@ def lower(spec: FlashKernelSpec, config):
                                             scope="shared.dyn")
                     cnt = T.decl_buffer((1,), "int32", scope="local")
                     tvs = T.decl_buffer((MAP_BATCH,), "int32", scope="local")     # tile-map entries (table mode)
-                    ent = T.decl_buffer((2,), "int32", scope="local")         # list entries (table mode)
+                    # list entries (table mode); with ROW_LIMITS [2:7] the block's flag, the rows' key limits
+                    ent = T.decl_buffer((7 if ROW_LIMITS else 2,), "int32", scope="local")
                     row_fold = T.decl_buffer((2,), "float32", scope="local")   # fp8 dequantization per row
                     p16 = T.decl_buffer((2,), "uint16", scope="local")         # fp8 P, two pairs
                     T.ptx["cvta.to.shared.u64"](saddr[0], T.address_of(smem[0]))
@@ -476,6 +512,11 @@ def lower(spec: FlashKernelSpec, config):
                     # (the tile-map row is read while the Q tile is in flight)
                     if USE_TABLE:      # the key-block list of this query block
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
+                    if ROW_LIMITS:
+                        ent[2] = TILE_MAP[qb, NKB]
+                        for r in T.unroll(2):
+                            ent[3 + r] = TILE_MAP[qb, NKB + 1 + warp * 16 + lane // 4 + r * 8]
+                            ent[5 + r] = TILE_MAP[qb, NKB + 1 + BQ + warp * 16 + lane // 4 + r * 8]
                     if QUANT:
                         set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
@@ -524,7 +565,8 @@ def lower(spec: FlashKernelSpec, config):
                         else:
                             T.ptx["wgmma.wait_group.sync.aligned"](0)
                         softmax_p(block_at(ent, 0, kb), tile_is_full(r0, block_at(ent, 0, kb), ent), kb > kb_lo,
-                                  s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold, b, h, r0, lane)
+                                  s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold, b, h, r0, lane,
+                                  ent)
                         # ---- O += P V (one wgmma group: block_k/16 k steps)
                         if not OVERLAP:
                             pv_product((kb - kb_lo) % NS, o_acc, p_frag, sbase, kb)
@@ -675,7 +717,7 @@ def lower(spec: FlashKernelSpec, config):
                             softmax_p(tirx.shift_right(ent[0], 1),
                                       entry_full(ent[0], item_q0(g_rev, cur[0]) + warp * 16), t > 0,
                                       s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold, b, h,
-                                      item_q0(g_rev, cur[0]) + warp * 16, lane)
+                                      item_q0(g_rev, cur[0]) + warp * 16, lane, ent)
                             pv_product(t % 2, o_acc, p_frag, sbase, t)
                             if cur[1] + 1 == cur[2]:
                                 # ---- write-out of this block (the next block's loads are in flight)

@@ -574,10 +574,13 @@ def row_order_window(spec: FlashKernelSpec, config) -> int:
 
 def row_limits(spec: FlashKernelSpec, config) -> bool:
     """Whether the kernel's table carries the rows' key limits of a document mask
-    (``_layouts.with_row_limits``, appended after the row order; ``spec.row_runs``): the
-    ping-pong and persistent wgmma kernels (not the in-order one of one-warpgroup tile maps)."""
-    return (isinstance(config, CudaConfig) and config.mma == "wgmma"
-            and _wgmma_for(spec, config) is _wgmma_dense and _wgmma_dense.row_limits_on(spec))
+    (``_layouts.with_row_limits``, appended after the row order; ``spec.row_runs``): the wgmma
+    kernels (the in-order one without chained query blocks)."""
+    if not (isinstance(config, CudaConfig) and config.mma == "wgmma"):
+        return False
+    if _wgmma_for(spec, config) is _wgmma_sparse:
+        return _wgmma_sparse.takes_row_limits(spec, config)
+    return _wgmma_dense.row_limits_on(spec)
 
 
 def block_tables(spec: FlashKernelSpec, config, tiles=None, caps=None):

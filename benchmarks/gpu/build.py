@@ -67,6 +67,7 @@ def _entries(only):
             "persistent8": _persistent_causal_check_entries,
             "persistent9": _persistent_sorted_entries, "persistent10": _persistent_defer_entries,
             "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
+            "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1106,6 +1107,35 @@ def _persistent_final_table_entries():
     return out
 
 
+def _row_limit_entries():
+    """The rows' key limits of a document mask (``_OPTIONS["row_limits"]``, thirteenth pass):
+    verified on the persistent, one-block-a-tile and 64 x 32 in-order kernels (attention.py's
+    verify: random ids, sorted ids, blocks of both kinds), then at S=16k documents and causal
+    documents on compile's default (the persistent kernel; sparse calls the 64 x 32 one) and on
+    the one-block-a-tile kernel, each with the limits and without (ids "-no_row_limits")."""
+    few = dict(PERSISTENT, persistent=3)
+    one = {k: v for k, v in PERSISTENT.items() if k != "persistent"}
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg, options=opt)
+           for n, sh in (("doc_mask", {"S": 1100, "H": 4}), ("doc_causal", {"S": 1100, "H": 4}))
+           for cfg in (few, one, dict(WGMMA, block_q=64, block_k=32, num_warps=4))
+           for opt in ({"row_limits": True},)]
+    s16 = {"B": 1, "S": 16384}
+    masks = dict(DENSITY_MASKS)
+    for name in ("doc_mask", "doc_causal"):
+        for cfg in (None, one):
+            for opt in ({"row_limits": True}, {"row_limits": False}):
+                out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=cfg,
+                                sparse=masks[name], options=opt, flex=cfg is None and opt["row_limits"]))
+    return out
+
+
+def _row_limit_final_entries():
+    """The thirteenth pass's closing table: every benchmark mask at S=16k on compile's default
+    (row limits on for document masks) beside FlexAttention, the dense kernel in the same run."""
+    return [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 1, "S": 16384}, config=None,
+                 sparse=sp, flex=True) for name, sp in DENSITY_MASKS]
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1201,7 +1231,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
@@ -1278,7 +1308,8 @@ def main(argv=None):
             # issue 4: how attention.py rebuilds the kernel's host side without TVM
             # (compile_variant(..., build=False): spec, tile maps, quantize prologue, reference)
             "compile": {"path": e["path"], "name": e["name"], "dtype": e["dtype"], "shapes": k.env,
-                        "config": dataclasses.asdict(k.config), "quantize": e.get("quantize")},
+                        "config": dataclasses.asdict(k.config), "quantize": e.get("quantize"),
+                        "options": e.get("options")},
             "table": ("runtime" if k.spec.runtime_tile_map is not None else "static")
             if cuda.use_block_table(k.spec, k.config) else "none",
             "sparse": e.get("sparse"), "fp8": e.get("fp8"),
