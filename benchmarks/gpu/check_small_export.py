@@ -43,7 +43,10 @@ cases = (("2 documents", i // (S // 2)),
          ("documents of 200 tokens", i // 200),
          ("random lengths, ~40 tokens", np.sort(np.random.default_rng(3).integers(0, S // 40, S))),
          ("64-token documents", i // 64),                               # 128 x 128 map: the diagonal
-         ("40-token documents in 128 blocks", (i // 128) * 4 + (i % 128) // 40))   # partial 64 x 32 tiles
+         ("40-token documents in 128 blocks", (i // 128) * 4 + (i % 128) // 40),   # partial 64 x 32 tiles
+         # ids that recur (block_map.row_limits: those query blocks flagged off, masked by the ids)
+         ("2 ids taking turns every 300 tokens", i // 300 % 2),
+         ("64-token documents, the last id 0 again", np.where(i >= S - 64, 0, i // 64)))
 for seed, (label, ids) in enumerate(cases):
     inputs = hk.random_inputs(seed)
     inputs[cap] = ids.astype(inputs[cap].dtype)
@@ -54,11 +57,17 @@ for seed, (label, ids) in enumerate(cases):
     entry = next(reversed(k._runtime_tables.values()))          # the call's cached choice
     got = entry["function"] or "main"
     ran.add(got)
+    limits = k.block_map.get("row_limits")
+    flags = ""
+    if limits and (got == "main" or small.get("row_limits")):
+        bq = k.block_map["block_q"] if got == "main" else small["block_q"]
+        col = entry["tiles"].shape[1] - (1 + 2 * bq)          # the flag column (runtime._layouts.with_row_limits)
+        flags = f" limits flagged {int(entry['tiles'][:, col].sum())}/{entry['tiles'].shape[0]} blocks"
     good = bool(rep.passed) and got == want
     ok &= good
     print(f"{'PASS' if good else 'FAIL'} {label:<34} density {density:.3f} -> {got:<10} (expected {want}): "
           f"out err {rep.max_error:.3g} (tol {rep.tolerance:.3g}), lse err {rep.lse_error:.3g} "
-          f"(tol {rep.lse_tolerance:.3g})")
+          f"(tol {rep.lse_tolerance:.3g}){flags}")
 ok &= ran == {"main", small["function"]}
 print("ALL PASS" if ok else "SOME FAILED")
 sys.exit(0 if ok else 1)
