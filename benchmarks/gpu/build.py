@@ -68,6 +68,7 @@ def _entries(only):
             "persistent9": _persistent_sorted_entries, "persistent10": _persistent_defer_entries,
             "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
+            "rowlimits3": _row_limit_fp8_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1136,6 +1137,21 @@ def _row_limit_final_entries():
                  sparse=sp, flex=True) for name, sp in DENSITY_MASKS]
 
 
+def _row_limit_fp8_entries():
+    """The rows' key limits under fp8 dequantization (the limits mask the scaled scores of
+    ``score_functions``, per-row q scales and per-key k scales included): document masks with
+    fp8 Q·Kᵀ, Q·Kᵀ + P·V and per-block scales on compile's default and the 64 x 32 kernel."""
+    fp8 = dict(dtype="fp8", granularity="head")
+    small = dict(WGMMA, block_q=64, block_k=32, num_warps=4)
+    out = []
+    for name, shapes in (("doc_mask", {"S": 1100, "H": 4}), ("doc_causal", {"S": 700})):
+        for q in (fp8, dict(fp8, pv=True), dict(dtype="fp8", granularity="block", block=64)):
+            for cfg in (None, small):
+                out.append(dict(kind="verify", path=VARIANTS, name=name, dtype="bf16", shapes=shapes, config=cfg,
+                                quantize=q))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1231,7 +1247,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
