@@ -400,6 +400,70 @@ def score_functions(ix, quant: bool, pv8: bool, k_per_key: bool, scale_at, group
     return _gpu.score_functions(ix, quant, k_per_key, scale_at, group, p_shift=P_SHIFT if pv8 else None)
 
 
+def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None, col0: int = 0, at: int = 0):
+    """``(scaled_scores, mask_partial, load_limits)`` of both wgmma kernels' softmax: a full tile's
+    scores (score_mod, scale), a partial tile's (and the element mask), and -- with ``tile_map``,
+    whose columns from ``col0`` on hold the rows' key limits of a document mask
+    (``_layouts.with_row_limits``) -- the limits read once a tile into ``ent[at]`` (the query
+    block's flag), ``ent[at + 1 + r]`` and ``ent[at + 3 + r]`` (the first and last key kept by the
+    thread's row r).  ``mask_partial`` masks a flagged block's partial tiles by those two limits
+    (offsets from the thread's first key, against immediates once unrolled), else by the mask."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    NEG_INF = tirx.const(float("-inf"), "float32")
+
+    def row(r0, lane, e):
+        return r0 + lane // 4 + e // 2 * 8
+
+    def key(kb, lane, nt, e):
+        return kb * bk + nt * 8 + lane % 4 * 2 + e % 2
+
+    def each_score(fn):
+        @T.macro
+        def scores(kb, s_acc, r0, lane, b, h, row_fold):
+            for nt in T.unroll(nkt):
+                for e in T.unroll(4):
+                    s_acc[nt * 4 + e] = fn(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e),
+                                           e // 2, row_fold)
+        return scores
+
+    scaled_scores, masked_scores = each_score(scaled), each_score(masked)
+
+    @T.macro
+    def limit_scores(kb, s_acc, r0, lane, b, h, row_fold, ent):
+        lim = T.decl_buffer((4,), "int32", scope="local")
+        for r in T.unroll(2):
+            lim[r] = ent[at + 1 + r] - (kb * bk + lane % 4 * 2)
+            lim[2 + r] = ent[at + 3 + r] - (kb * bk + lane % 4 * 2)
+        for nt in T.unroll(nkt):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = T.Select(
+                    T.And(lim[e // 2] <= nt * 8 + e % 2, nt * 8 + e % 2 <= lim[2 + e // 2]),
+                    scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
+                    NEG_INF)
+
+    @T.macro
+    def mask_partial(kb, s_acc, r0, lane, b, h, row_fold, ent):
+        if tile_map is not None:
+            if ent[at] != 0:
+                limit_scores(kb, s_acc, r0, lane, b, h, row_fold, ent)
+            else:
+                masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
+        else:
+            masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
+
+    @T.macro
+    def load_limits(ent, qb, warp, lane):
+        if tile_map is not None:
+            ent[at] = tile_map[qb, col0]
+            for r in T.unroll(2):
+                ent[at + 1 + r] = tile_map[qb, col0 + 1 + warp * 16 + lane // 4 + r * 8]
+                ent[at + 3 + r] = tile_map[qb, col0 + 1 + bq + warp * 16 + lane // 4 + r * 8]
+
+    return scaled_scores, mask_partial, load_limits
+
+
 def copies_at_offsets(exact: bool, threads: int, chunks: int, rows: int) -> bool:
     """Whether ``threads`` threads copy a tile of ``rows`` rows of ``chunks`` 16-byte chunks (in
     the 128-byte swizzle) as one row pattern repeated ``threads / chunks`` rows down, a multiple of
@@ -1004,57 +1068,24 @@ def lower(spec: FlashKernelSpec, config):
         else:
             band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, LO_SIDE, HI_SIDE)
 
-    @T.macro
-    def load_row_limits(ent, qb, warp, lane):
-        """(ROW_LIMITS) ent[4] = the query block's flag, ent[5 + r] / ent[7 + r] = the first / last
-        key kept by the thread's row r (once a tile)."""
-        if ROW_LIMITS:
-            ent[4] = TILE_MAP[qb, LIM0]
-            for r in T.unroll(2):
-                ent[5 + r] = TILE_MAP[qb, LIM0 + 1 + warp * 16 + lane // 4 + r * 8]
-                ent[7 + r] = TILE_MAP[qb, LIM0 + 1 + BQ + warp * 16 + lane // 4 + r * 8]
-
-    @T.macro
-    def masked_scores(kb, s_acc, r0, lane, b, h, row_fold):
-        for nt in T.unroll(NKT):
-            for e in T.unroll(4):
-                s_acc[nt * 4 + e] = masked(
-                    s_acc[nt * 4 + e], b, h,
-                    r0 + lane // 4 + e // 2 * 8,
-                    kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-
     # A partial tile of a document mask whose rows each keep one run of keys (ROW_LIMITS, the
     # query block's flag set): the band's compares against the row's first and last key, from
-    # the table, instead of the mask's two id loads a score (ncu, documents=16 on the H200: the
-    # id compares stalled on their loads, ~6 % of the kernel's samples; benchmarks/gpu/RESULTS.md)
-    @T.macro
-    def row_limit_mask(kb, s_acc, r0, lane, b, h, row_fold, ent):
-        lim = T.decl_buffer((4,), "int32", scope="local")
-        for r in T.unroll(2):
-            lim[r] = ent[5 + r] - (kb * BK + lane % 4 * 2)
-            lim[2 + r] = ent[7 + r] - (kb * BK + lane % 4 * 2)
-        band_keep(kb, s_acc, r0, lane, b, h, row_fold, lim, True, True)
+    # the table (ent[4:9]), instead of the mask's two id loads a score (ncu, documents=16 on the
+    # H200: the id compares stalled on their loads, ~6 % of the kernel's samples; thirteenth
+    # pass: documents 1-6 % faster, benchmarks/gpu/RESULTS.md)
+    scaled_scores, mask_partial, load_row_limits = score_mask_macros(
+        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, LIM0, 4)
 
     @T.macro
     def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent):
         """S_kb (the accumulator) -> unnormalised probabilities in place; alpha, l, m updated."""
         # ---- score_mod, mask (partial tiles only), log2 domain
         if is_full:
-            for nt in T.unroll(NKT):
-                for e in T.unroll(4):
-                    s_acc[nt * 4 + e] = scaled(
-                        s_acc[nt * 4 + e], b, h,
-                        r0 + lane // 4 + e // 2 * 8,
-                        kb * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+            scaled_scores(kb, s_acc, r0, lane, b, h, row_fold)
         elif BAND_EDGES:
             band_mask(kb, s_acc, r0, lane, b, h, row_fold)
-        elif ROW_LIMITS:
-            if ent[4] != 0:
-                row_limit_mask(kb, s_acc, r0, lane, b, h, row_fold, ent)
-            else:
-                masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
         else:
-            masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
+            mask_partial(kb, s_acc, r0, lane, b, h, row_fold, ent)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF

@@ -106,7 +106,7 @@ from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
                                         registers_estimate, row_fold_macro, row_limits_on, scale_reader,
-                                        score_functions, row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
+                                        score_functions, score_mask_macros, row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:
@@ -373,30 +373,9 @@ def lower(spec: FlashKernelSpec, config):
                 kd > 0, 1, 1, *TRANS_S)
         T.ptx["wgmma.commit_group.sync.aligned"]()
 
-    @T.macro
-    def limit_mask(kbv, s_acc, r0, lane, b, h, row_fold, ent):
-        """(ROW_LIMITS, the block flagged) a partial tile masked by each row's first and last kept
-        key (ent[3 + r], ent[5 + r]), offsets from the thread's first key against immediates."""
-        lim = T.decl_buffer((4,), "int32", scope="local")
-        for r in T.unroll(2):
-            lim[r] = ent[3 + r] - (kbv * BK + lane % 4 * 2)
-            lim[2 + r] = ent[5 + r] - (kbv * BK + lane % 4 * 2)
-        for nt in T.unroll(NKT):
-            for e in T.unroll(4):
-                s_acc[nt * 4 + e] = T.Select(
-                    T.And(lim[e // 2] <= nt * 8 + e % 2, nt * 8 + e % 2 <= lim[2 + e // 2]),
-                    scaled(s_acc[nt * 4 + e], b, h, r0 + lane // 4 + e // 2 * 8,
-                           kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold),
-                    NEG_INF)
-
-    @T.macro
-    def masked_scores(kbv, s_acc, r0, lane, b, h, row_fold):
-        for nt in T.unroll(NKT):
-            for e in T.unroll(4):
-                s_acc[nt * 4 + e] = masked(
-                    s_acc[nt * 4 + e], b, h,
-                    r0 + lane // 4 + e // 2 * 8,
-                    kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
+    # (ROW_LIMITS: a flagged block's partial tiles masked by its rows' key limits, ent[2:7])
+    scaled_scores, mask_partial, load_row_limits = score_mask_macros(
+        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, NKB, 2)
 
     @T.macro
     def softmax_p(kbv, is_full, pv_pending, s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold,
@@ -406,19 +385,9 @@ def lower(spec: FlashKernelSpec, config):
         as the A fragments of P·V."""
         # ---- score_mod, mask (partial tiles only), log2 domain
         if is_full:
-            for nt in T.unroll(NKT):
-                for e in T.unroll(4):
-                    s_acc[nt * 4 + e] = scaled(
-                        s_acc[nt * 4 + e], b, h,
-                        r0 + lane // 4 + e // 2 * 8,
-                        kbv * BK + nt * 8 + lane % 4 * 2 + e % 2, e // 2, row_fold)
-        elif ROW_LIMITS:
-            if ent[2] != 0:
-                limit_mask(kbv, s_acc, r0, lane, b, h, row_fold, ent)
-            else:
-                masked_scores(kbv, s_acc, r0, lane, b, h, row_fold)
+            scaled_scores(kbv, s_acc, r0, lane, b, h, row_fold)
         else:
-            masked_scores(kbv, s_acc, r0, lane, b, h, row_fold)
+            mask_partial(kbv, s_acc, r0, lane, b, h, row_fold, ent)
         # ---- online softmax
         for r in T.unroll(2):
             red[r] = NEG_INF
@@ -512,11 +481,7 @@ def lower(spec: FlashKernelSpec, config):
                     # (the tile-map row is read while the Q tile is in flight)
                     if USE_TABLE:      # the key-block list of this query block
                         row_list(qb, cnt, tvs, kv_list, warp, lane)
-                    if ROW_LIMITS:
-                        ent[2] = TILE_MAP[qb, NKB]
-                        for r in T.unroll(2):
-                            ent[3 + r] = TILE_MAP[qb, NKB + 1 + warp * 16 + lane // 4 + r * 8]
-                            ent[5 + r] = TILE_MAP[qb, NKB + 1 + BQ + warp * 16 + lane // 4 + r * 8]
+                    load_row_limits(ent, qb, warp, lane)
                     if QUANT:
                         set_row_fold(row_fold, b, h, hk, r0, lane)
                     kb_lo = block_lo(q0)
