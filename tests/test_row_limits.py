@@ -152,10 +152,14 @@ def _compile(name, config, build=True):
 
 
 def test_the_limits_are_a_switch():
+    from types import SimpleNamespace
+
     from attncc.targets import _cuda_wgmma as wgmma, cuda
 
     k = _compile("doc_causal", {"persistent": 3}, build=False)
     assert cuda.row_limits(k.spec, k.config)
+    notes = cuda.kernel_notes(SimpleNamespace(spec=k.spec, config=k.config))
+    assert any(n.startswith("row limits: partial tiles of the document mask on 'doc'") for n in notes)
     assert "ent[4] != 0" in cuda.lower(k.spec, k.config).script()
     wgmma._OPTIONS.update(row_limits=False)
     try:
@@ -163,6 +167,8 @@ def test_the_limits_are_a_switch():
         doc = np.repeat(np.arange(4), 275).astype(np.int32)
         assert cuda.runtime_tables(k.spec, k.config, [doc])[1][0].shape == (9, 10)
         assert "ent[4]" not in cuda.lower(k.spec, k.config).script()
+        assert not any(n.startswith("row limits") for n in cuda.kernel_notes(SimpleNamespace(spec=k.spec,
+                                                                                            config=k.config)))
     finally:
         wgmma._OPTIONS.clear()
 

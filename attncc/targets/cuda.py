@@ -1196,7 +1196,8 @@ def build(spec: FlashKernelSpec, config: Optional[CudaConfig] = None, arch: Opti
 
 
 def kernel_notes(built: CudaKernel) -> list:
-    """What the CLI says of this kernel beyond its config: the persistent kernel's tile order."""
+    """What the CLI says of this kernel beyond its config: the persistent kernel's tile order; a
+    document mask's partial tiles masked by each row's key limits."""
     spec, config, notes = built.spec, built.config, []
     blocks = getattr(config, "persistent", 0)
     if blocks and isinstance(config, CudaConfig):
@@ -1219,6 +1220,11 @@ def kernel_notes(built: CudaKernel) -> list:
                        else "the tile map is per call: not estimated")
         notes.append(f"persistent: {min(blocks, tiles)} thread blocks walk {tiles} tiles in order {order!r} "
                      f"({how}; {balance})")
+    if row_limits(spec, config):
+        ids = spec.captures[spec.row_runs.capture][0]
+        notes.append(f"row limits: partial tiles of the document mask on '{ids}' compare each key with its row's "
+                     f"first and last kept key (computed per call with the tile map) in query blocks whose "
+                     f"rows' ids form runs; elsewhere they read '{ids}'")
     return notes
 
 
