@@ -165,26 +165,6 @@ def test_the_write_out_read_is_waited_for_a_step_into_the_next_tile():
         wgmma._OPTIONS.clear()
 
 
-def test_without_the_tile_end_barrier_each_warpgroup_returns_its_v_slots():
-    """``ws_tile_end_sync`` False: no consumers' barrier between a tile's last products and its
-    write-out; the V slots' empty barriers count two arrivals, one from each consumer warpgroup's
-    first thread (ct 0 and 128), at every step and at the tile's end."""
-    def bars_of(script):
-        return [ln for ln in script.splitlines() if "T.ptx.bar(" in ln and '"sync"' in ln]
-
-    k = _compile("doc_mask", {"S": 1100, "H": 4}, build=False, persistent=3)
-    default = cuda.lower(k.spec, k.config).script()
-    wgmma._OPTIONS.update(ws_tile_end_sync=False)
-    try:
-        off = cuda.lower(k.spec, k.config).script()
-    finally:
-        wgmma._OPTIONS.clear()
-    assert len(bars_of(off)) == len(bars_of(default)) - 1
-    assert "ct == 128" in off and "ct % 128 == 0" in off and "ct == 128" not in default
-    ve_inits = [ln for ln in off.splitlines() if '"init"' in ln and "T.uint32(2)" in ln]
-    assert len(ve_inits) == 1 and not [ln for ln in default.splitlines() if '"init"' in ln and "T.uint32(2)" in ln]
-
-
 @pytest.mark.parametrize("order", ["cost", "head", "sorted"])
 @pytest.mark.parametrize("ntiles,grid,bhn", [(2048, 132, 16), (48, 132, 2), (96, 3, 4), (90, 5, 3),
                                              (40, 5, 4), (35, 5, 1), (7, 7, 7)])
@@ -464,19 +444,6 @@ def test_the_write_out_at_the_tile_end_still_matches_the_reference(name, shapes)
     wgmma._OPTIONS.update(ws_defer_store=False)
     try:
         k = _compile(name, shapes, persistent=3)
-    finally:
-        wgmma._OPTIONS.clear()
-    rep = verify(k, seed=0)
-    assert rep.passed, (rep.max_error, rep.tolerance)
-
-
-@needs_hopper
-@pytest.mark.parametrize("name,shapes,blocks", [("doc_mask", {"S": 1100, "H": 4}, 3), ("late_keys", {}, 3),
-                                                ("causal", {"B": 2, "S": 517}, 5), ("sw_1024", {"S": 3000, "H": 2}, 3)])
-def test_without_the_tile_end_barrier_the_kernels_match_the_reference(name, shapes, blocks):
-    wgmma._OPTIONS.update(ws_tile_end_sync=False)
-    try:
-        k = _compile(name, shapes, persistent=blocks)
     finally:
         wgmma._OPTIONS.clear()
     rep = verify(k, seed=0)

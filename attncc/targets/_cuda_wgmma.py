@@ -1367,11 +1367,6 @@ def lower(spec: FlashKernelSpec, config):
         # off the consumers' path between tiles (1-4 % on documents, chunks, windows and causal at
         # S=16k on the H200, benchmarks/gpu/RESULTS.md, twelfth pass)
         DEFER_STORE = TMA_STORE and _OPTIONS.get("ws_defer_store", True)
-        # a tile's end: the consumers' named barrier before the last V slot goes back (one arrival),
-        # or (False) each consumer warpgroup returns its V slots itself (two arrivals a slot), so
-        # an even warpgroup writes its O out while the odd one still runs its last softmax and P·V
-        TILE_END_SYNC = _OPTIONS.get("ws_tile_end_sync", True)
-        V_ARRIVALS = 1 if TILE_END_SYNC else 2
         Q_BYTES, K_BYTES, V_BYTES = BQ * D * 2, BK * D * 2, BK * DV * 2
         LIST_N = NKB + 1
         swz = 3                                         # CU_TENSOR_MAP_SWIZZLE_128B
@@ -1429,12 +1424,6 @@ def lower(spec: FlashKernelSpec, config):
                     if j - 2 >= kb_lo:
                         T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, VE + (pos[0] + j - 2 - kb_lo) % NS),
                                                          T.uint32(1))
-            if V_ARRIVALS == 2:     # (the second warpgroup's arrival)
-                if ct == 128:
-                    if has_pv:
-                        if j - 2 >= kb_lo:
-                            T.ptx.mbarrier.arrive.shared.b64(bar_at(bars, VE + (pos[0] + j - 2 - kb_lo) % NS),
-                                                             T.uint32(1))
             if USE_TABLE:
                 ent[1] = ent[0]
                 list_get(ent, 0, kv_list, lb + T.min(j, NKB))
@@ -1512,7 +1501,7 @@ def lower(spec: FlashKernelSpec, config):
                                 T.ptx.mbarrier.init.shared.b64(bar_at(bars, KE + i), T.uint32(1))
                             for i in T.unroll(NS):
                                 T.ptx.mbarrier.init.shared.b64(bar_at(bars, VF + i), T.uint32(1))
-                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, VE + i), T.uint32(V_ARRIVALS))
+                                T.ptx.mbarrier.init.shared.b64(bar_at(bars, VE + i), T.uint32(1))
                             T.ptx["fence.mbarrier_init.release.cluster"]()
                         T.tvm_storage_sync("shared")
                         pos[0] = 0
@@ -1621,10 +1610,8 @@ def lower(spec: FlashKernelSpec, config):
                                 T.ptx["wgmma.wait_group.sync.aligned"](0)
                                 # every consumer is past this tile's last products: its last V slot
                                 # and its Q buffer (and key-block list) go back to the producer
-                                # (TILE_END_SYNC False: each warpgroup past its own)
-                                if TILE_END_SYNC:
-                                    T.ptx["bar.sync"](T.uint32(1), T.uint32(NT))
-                                if ct % 128 == 0 if V_ARRIVALS == 2 else ct == 0:
+                                T.ptx["bar.sync"](T.uint32(1), T.uint32(NT))
+                                if ct == 0:
                                     if kb_lo < kb_hi:
                                         T.ptx.mbarrier.arrive.shared.b64(
                                             bar_at(bars, VE + (pos[0] + kb_hi - kb_lo - 1) % NS), T.uint32(1))

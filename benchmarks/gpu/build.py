@@ -68,7 +68,7 @@ def _entries(only):
             "persistent9": _persistent_sorted_entries, "persistent10": _persistent_defer_entries,
             "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
-            "rowlimits3": _row_limit_fp8_entries, "tileend": _tile_end_entries,
+            "rowlimits3": _row_limit_fp8_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1152,28 +1152,6 @@ def _row_limit_fp8_entries():
     return out
 
 
-def _tile_end_entries():
-    """The persistent kernel without the consumers' barrier at a tile's end
-    (``_OPTIONS["ws_tile_end_sync"]`` False: each warpgroup returns its V slots itself, so the even
-    one writes its O out under the odd one's last softmax and P·V): verified on small grids
-    (tiles wrap, tiles without keys, bands, causal, per-call and compile-time maps), timed at
-    S=16k beside the same kernels with the barrier (ids without the suffix's "no_")."""
-    few = dict(PERSISTENT, persistent=3)
-    off = {"ws_tile_end_sync": False}
-    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg, options=off)
-           for n, sh, cfg in (("doc_mask", {"S": 1100, "H": 4}, few), ("doc_causal", {"S": 1100, "H": 4}, few),
-                              ("chunk_512", {"S": 2048, "H": 2}, few), ("sw_1024", {"S": 3000, "H": 2}, few),
-                              ("late_keys", {}, few), ("causal", {"B": 2, "S": 517}, dict(PERSISTENT, persistent=5)))]
-    masks = dict(DENSITY_MASKS)
-    s16 = {"B": 1, "S": 16384}
-    for name, cfg, o in (("doc_mask", None, {}), ("doc_causal", None, {}), ("sw_1024", None, {}),
-                         ("causal", None, {}), ("chunk_2048", PERSISTENT, {"ws_order": "head"})):
-        for sync in (True, False):
-            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=cfg,
-                            sparse=masks[name], options=dict(o, ws_tile_end_sync=sync)))
-    return out
-
-
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1269,7 +1247,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "tileend", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
