@@ -68,7 +68,7 @@ def _entries(only):
             "persistent9": _persistent_sorted_entries, "persistent10": _persistent_defer_entries,
             "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
-            "rowlimits3": _row_limit_fp8_entries,
+            "rowlimits3": _row_limit_fp8_entries, "rowlimits4": _row_limit_small_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1152,6 +1152,16 @@ def _row_limit_fp8_entries():
     return out
 
 
+def _row_limit_small_entries():
+    """Where the 64 x 32 kernel should take over per call (cuda.SMALL_BELOW) now that it masks by
+    the rows' key limits too: documents and causal documents at S=16k on the 64 x 32 kernel for
+    every call, beside compile's default (the persistent kernel above the threshold)."""
+    masks = dict(DENSITY_MASKS)
+    return [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes={"B": 1, "S": 16384}, config=cfg,
+                 sparse=masks[name]) for name in ("doc_mask", "doc_causal")
+            for cfg in (None, dict(WGMMA, block_q=64, block_k=32, num_warps=4))]
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1247,7 +1257,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
