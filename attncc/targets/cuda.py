@@ -1226,7 +1226,7 @@ def kernel_notes(built: CudaKernel) -> list:
     if row_limits(spec, config):
         ids = spec.captures[spec.row_runs.capture][0]
         notes.append(f"row limits: partial tiles of the document mask on '{ids}' compare each key with its row's "
-                     f"first and last kept key (computed per call with the tile map) in query blocks whose "
+                     f"first and last kept key (from each call's ids, with the tile map) in query blocks whose "
                      f"rows' ids form runs; elsewhere they read '{ids}'")
     return notes
 
