@@ -106,7 +106,8 @@ from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
                                         check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
                                         registers_estimate, row_fold_macro, row_limits_on, scale_reader,
-                                        score_functions, score_mask_macros, row_list_macro, staged_store_macro, tile_loader_macro, use_block_table)
+                                        score_functions, score_mask_macros, row_list_macro, staged_store_macro,
+                                        tile_loader_macro, use_block_table)
 
 
 def validate_config(spec: FlashKernelSpec, config, arch, smem_limit: int) -> None:

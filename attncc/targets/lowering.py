@@ -282,16 +282,9 @@ def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
         return None
     captures = list(mask.args[4:])
     capture = None
-    lower: Optional[int] = None
-    upper: Optional[int] = None
     for c in _conjuncts(mask):
-        side = _band_side(c, mask, env)
-        if side is not None:
-            if side[0] == "upper":
-                upper = _min(upper, side[1])
-            else:
-                lower = _max(lower, side[1])
-            continue
+        if _band_side(c, mask, env) is not None:
+            continue        # (the band: key_bounds' offsets below)
         op = c.owner
         if op is None or op.short != "eq" or capture is not None:
             return None
@@ -308,7 +301,8 @@ def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
         capture = captures.index(ids)
     if capture is None:
         return None
-    return RowRuns(capture, lower, upper)
+    bounds = key_bounds(mask, env)
+    return RowRuns(capture, bounds.lower_offset, bounds.upper_offset)
 
 
 def _min(a, b):
