@@ -165,7 +165,8 @@ def test_the_limits_are_a_switch():
     try:
         assert not cuda.row_limits(k.spec, k.config)
         doc = np.repeat(np.arange(4), 275).astype(np.int32)
-        assert cuda.runtime_tables(k.spec, k.config, [doc])[1][0].shape == (9, 10)
+        assert cuda.runtime_tables(k.spec, k.config, [doc])[1][0].shape == (
+            9, 10 + wgmma.ws_schedule_columns(k.spec, k.config))
         assert "ent[4]" not in cuda.lower(k.spec, k.config).script()
         assert not any(n.startswith("row limits") for n in cuda.kernel_notes(SimpleNamespace(spec=k.spec,
                                                                                             config=k.config)))

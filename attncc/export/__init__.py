@@ -128,7 +128,8 @@ def build_manifest(kernel) -> dict:
                       mask reads captured inputs: the runtime evaluates the flash op's mask region
                       of ``ir`` with attncc.reference's numpy interpreter on every call's data,
                       like FlexAttention's create_block_mask, and caches a few); with
-                      ``row_order``, the table's extra column of the persistent kernel; with
+                      ``row_order``, the table's extra column of the persistent kernel (and
+                      ``row_order.schedule``, its thread blocks' share of the tiles); with
                       ``row_limits``, the rows' key limits of a document mask after it
     ``target``        kind, CPU features or CUDA arch, the alignment every tensor must have
     """
@@ -191,12 +192,15 @@ def build_manifest(kernel) -> dict:
         nq, nk = -(-spec.q_len // bq), -(-spec.kv_len // bk)
         order_fn = getattr(kernel.target, "row_order_column", None)
         row_order = bool(order_fn and order_fn(spec, kernel.config))
+        sched_fn = getattr(kernel.target, "row_schedule", None)
+        schedule = sched_fn(spec, kernel.config) if (row_order and sched_fn) else None
+        from attncc.runtime._layouts import row_limit_columns, schedule_columns
+
+        sched_cols = schedule_columns(nq, schedule[1], schedule[0]) if schedule else 0
         limits_fn = getattr(kernel.target, "row_limits", None)
         limits = bool(limits_fn and limits_fn(spec, kernel.config))
-        from attncc.runtime._layouts import row_limit_columns
-
         args.append({"name": "tile_map", "role": "table", "dtype": "int32",
-                     "shape": [nq, nk + int(row_order) + (row_limit_columns(bq) if limits else 0)]})
+                     "shape": [nq, nk + int(row_order) + sched_cols + (row_limit_columns(bq) if limits else 0)]})
         block_map = {"mode": "static" if tables is not None else "runtime", "block_q": bq, "block_k": bk,
                      "shape": [nq, nk], "values": "0 empty (skipped), 1 partial (element mask), 2 full (no mask)"}
         if row_order:
@@ -205,10 +209,16 @@ def build_manifest(kernel) -> dict:
                 "how": "the kernel's table has one more column than the tile map: column 'column' holds the "
                 "query blocks in the order the kernel walks them (attncc.runtime._layouts.with_row_order with "
                 "'window'); the runtime appends it to each per-call map, tile_map.npy already holds it"}
+            if schedule:
+                block_map["row_order"]["schedule"] = {
+                    "grid": schedule[0], "bhn": schedule[1], "columns": sched_cols,
+                    "how": "after the order column, 'columns' more: the tiles each of the kernel's 'grid' thread "
+                    "blocks runs (attncc.runtime._layouts.tile_schedule over the order, 'bhn' batch x heads), "
+                    "row-major; with_row_order(tiles, window, (grid, bhn)) builds the order and it together"}
         if limits:
             rr = spec.row_runs
             block_map["row_limits"] = {
-                "column": nk + int(row_order), "capture": spec.captures[rr.capture][0],
+                "column": nk + int(row_order) + sched_cols, "capture": spec.captures[rr.capture][0],
                 "lower_offset": rr.lower_offset, "upper_offset": rr.upper_offset,
                 "how": "the mask is a document mask ids[q_idx] == ids[kv_idx] (ids: the capture 'capture') and the "
                 "band q_idx + lower_offset <= kv_idx <= q_idx + upper_offset (null: unbounded); from 'column' on the "

@@ -484,7 +484,10 @@ class Kernel:
                 else:
                     if self.block_map.get("row_order"):
                         # the persistent kernel's walk over the query blocks, heaviest first
-                        tiles = with_row_order(tiles, self.block_map["row_order"].get("window", 1))
+                        ro = self.block_map["row_order"]
+                        sched = ro.get("schedule")
+                        tiles = with_row_order(tiles, ro.get("window", 1),
+                                               (sched["grid"], sched["bhn"]) if sched else None)
                     if limits:
                         tiles = self._with_row_limits(tiles, caps, limits, bq)
                 if len(self._runtime_tables) >= 8:

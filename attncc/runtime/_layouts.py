@@ -84,14 +84,83 @@ def row_order(tiles, window: int = 1) -> np.ndarray:
     return ranked
 
 
-def with_row_order(tiles, window: int = 1) -> np.ndarray:
+def with_row_order(tiles, window: int = 1, schedule=None) -> np.ndarray:
     """The tile map [NQB, NKB] with column NKB = ``row_order``: the table of the persistent
     Hopper kernel in table mode, which walks the query blocks in that order (computed once per
-    map on the host, where the map itself is computed)."""
+    map on the host, where the map itself is computed).  ``schedule`` = (thread blocks, batch x
+    heads): ``schedule_columns`` more columns after it, ``tile_schedule`` over that order."""
     t = np.asarray(tiles, dtype=np.int32)
     if t.ndim != 2:
         raise ValueError(f"a tile map is [query blocks, key blocks], got shape {t.shape}")
-    return np.ascontiguousarray(np.concatenate([t, row_order(t, window)[:, None]], axis=1))
+    order = row_order(t, window)
+    parts = [t, order[:, None]]
+    if schedule is not None:
+        grid, bhn = (int(x) for x in schedule)
+        flat = tile_schedule((t != 0).sum(axis=1), order, bhn, grid)
+        cols = schedule_columns(t.shape[0], bhn, grid)
+        parts.append(np.concatenate([flat, np.zeros(t.shape[0] * cols - flat.size, np.int32)])
+                     .reshape(t.shape[0], cols))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+# ------------------------------------------------------------------ the persistent kernel's schedule
+
+# What a work tile costs the persistent kernel beyond its key blocks, in key blocks: its Q load,
+# the first and last steps that do one product each, the write-out (~2-2.5 dense steps, H200,
+# benchmarks/gpu/RESULTS.md thirteenth pass).  Only the assignment below depends on it, and
+# barely: 1 and 2 give the busiest block within 0.5 % of each other on every benchmark mask.
+TILE_FIXED_COST = 2.0
+
+
+def schedule_length(nqb: int, bhn: int, grid: int) -> int:
+    """Entries of ``tile_schedule``: grid + 1 offsets (grid clamped to the tiles) and one code a
+    work tile."""
+    return min(int(grid), int(nqb) * int(bhn)) + 1 + int(nqb) * int(bhn)
+
+
+def schedule_columns(nqb: int, bhn: int, grid: int) -> int:
+    """The table's columns that hold ``tile_schedule`` (row-major over the NQB rows)."""
+    return -(-schedule_length(nqb, bhn, grid) // int(nqb))
+
+
+def tile_schedule(row_cost, order, bhn: int, grid: int, fixed: float = TILE_FIXED_COST) -> np.ndarray:
+    """Which work tiles each thread block of the persistent kernel runs, in what order: the
+    tiles (query block ``order[r]`` of each of the ``bhn`` batch x heads, rank r by rank r) dealt
+    greedily, a rank at a time, to the blocks least loaded so far -- the list scheduling a
+    dynamic tile counter would do, simulated on the host with a tile of query block qb costing
+    ``row_cost[qb] + fixed``.  The blocks running at once thus keep to neighbouring ranks (the
+    order's locality: a document's key blocks stay in L2) while every block's total comes out
+    near the mean even where cost rises and falls along the order (chunks, causal documents),
+    which a fixed snake over the ranks cannot do.
+
+    Returns int32 [grid + 1 + len(order) * bhn]: entries 0..grid are offsets into the array
+    (block c runs entries off[c] .. off[c + 1] - 1), then the tiles' codes, ``qb * bhn + bh``."""
+    cost = np.asarray(row_cost, dtype=np.float64) + float(fixed)
+    order = np.asarray(order, dtype=np.int64)
+    bhn, grid = int(bhn), int(grid)
+    if bhn < 1 or grid < 1:
+        raise ValueError(f"a schedule needs at least one head and one thread block, got {bhn} and {grid}")
+    if sorted(order.tolist()) != list(range(len(cost))):
+        raise ValueError("the order must be a permutation of the query blocks")
+    ntiles = len(order) * bhn
+    grid = min(grid, ntiles)
+    load = np.zeros(grid)
+    owner = np.empty(ntiles, dtype=np.int64)
+    k = 0
+    for qb in order:
+        left = bhn
+        while left:
+            take = min(left, grid)
+            least = np.argpartition(load, take - 1)[:take] if take < grid else np.arange(grid)
+            least = least[np.lexsort((least, load[least]))]
+            owner[k:k + take] = least
+            load[least] += cost[qb]
+            k += take
+            left -= take
+    codes = np.repeat(order, bhn) * bhn + np.tile(np.arange(bhn), len(order))
+    by = np.argsort(owner, kind="stable")
+    off = np.searchsorted(owner[by], np.arange(grid + 1)) + grid + 1
+    return np.concatenate([off, codes[by]]).astype(np.int32)
 
 
 # ------------------------------------------------------------------ row limits of a document mask

@@ -194,9 +194,10 @@ class CudaConfig:
                     num_stages 2 (two Q buffers; a third K slot where shared memory holds it),
                     no fp8, no query_blocks.  Picked for bands of tile density in
                     (LOW_DENSITY, PERSISTENT_BELOW] and causal from PERSISTENT_CAUSAL_KEYS keys,
-                    and per-call tile maps (document ids; its sparse calls on the 64 x 32
-                    kernel), at head dim 128; compile-time tile maps keep the one-block-a-tile
-                    kernel, measured (benchmarks/gpu/RESULTS.md).
+                    and tile maps (document ids per call, its sparse calls on the 64 x 32
+                    kernel; compile-time maps above LOW_DENSITY), at head dim 128, measured
+                    (benchmarks/gpu/RESULTS.md).  In table mode the host deals the tiles to
+                    the thread blocks (the table's schedule, _layouts.tile_schedule).
     """
 
     block_q: int = 128
@@ -361,8 +362,9 @@ def small_below(spec: FlashKernelSpec, config) -> float:
 # its start and write-out per block.  H200, S=16k (benchmarks/gpu/RESULTS.md, "The persistent
 # kernel"): window 1024 (0.068) 0.298-0.305 vs 0.312-0.319 ms, window 2048 (0.125) 0.521 vs
 # 0.535; window 4096 (0.226) slower (0.956-0.959 vs 0.928-0.934); window 512 (0.038) a tie
-# with 64 x 32 (0.191 vs 0.189).  Compile-time tile maps (chunks) run it 1-2 % slower: they
-# keep the others.  A tile map per call (document ids) runs it since its query blocks are ranked
+# with 64 x 32 (0.191 vs 0.189).  Compile-time tile maps (chunks) ran it 1-2 % slower in a fixed
+# walk; dealt on the host (fourteenth pass) chunks of 2048 run 8 % faster on it, so tile maps of
+# density above LOW_DENSITY take it (_persistent_pays).  A tile map per call (document ids) runs it since its query blocks are ranked
 # per call and the write-out's read wait left the path between tiles (twelfth pass, same run):
 # documents=16 0.385 vs 0.409 ms, =8 0.653 vs 0.663, =2-4 and causal documents=4-16 equal; the
 # sparser calls (density at most SMALL_BELOW) run the 64 x 32 kernel either way.
@@ -397,17 +399,23 @@ def _persistent_config(spec: FlashKernelSpec, arch: Optional[str]) -> Optional[C
 
 def _persistent_pays(spec: FlashKernelSpec) -> bool:
     """Where the persistent kernel was measured faster (head dim 128, no score_mod, no fp8): a
-    tile map per call (document ids: its query blocks ranked per call; calls of at most
-    SMALL_BELOW density still run the 64 x 32 kernel, small_below), a band of density in
-    (LOW_DENSITY, PERSISTENT_BELOW], causal from PERSISTENT_CAUSAL_KEYS keys."""
+    tile map per call (document ids: its tiles dealt per call; calls of at most SMALL_BELOW
+    density still run the 64 x 32 kernel, small_below), a compile-time tile map of density above
+    LOW_DENSITY (since its tiles are dealt on the host: chunks of 2048 0.291 vs 0.317 ms on the
+    H200, RESULTS.md fourteenth pass), a band of density in (LOW_DENSITY, PERSISTENT_BELOW],
+    causal from PERSISTENT_CAUSAL_KEYS keys."""
     if (spec.mask_mod is None or spec.score_mod is not None or spec.quant_dtype is not None
             or not spec.head_dim == spec.head_dim_v == 128):
         return False     # (measured at head dim 128 only: others keep the one-block-a-tile kernel)
     if spec.runtime_tile_map is not None:
         return True
-    if spec.tile_map is None or spec.captures or _wgmma_dense.use_block_table(spec):
-        return False     # compile-time tile maps (chunks, prefix-LM): 1-2 % slower
+    if spec.tile_map is None or spec.captures:
+        return False
     density = float(np.mean(np.asarray(spec.tile_map(128, 128)) != 0))
+    if _wgmma_dense.use_block_table(spec):
+        # a compile-time tile map (chunks, prefix-LM, local + global): its tiles dealt to the thread
+        # blocks on the host (ws_schedule); below LOW_DENSITY the 64 x 32 kernel keeps it
+        return density > LOW_DENSITY
     return (LOW_DENSITY < density <= PERSISTENT_BELOW
             or (_is_causal(spec) and spec.kv_len >= PERSISTENT_CAUSAL_KEYS))
 
@@ -569,6 +577,14 @@ def row_order_column(spec: FlashKernelSpec, config) -> bool:
     return isinstance(config, CudaConfig) and _wgmma_dense.ws_row_order_column(spec, config)
 
 
+def row_schedule(spec: FlashKernelSpec, config):
+    """(thread blocks, batch x heads) of the persistent kernel's tile schedule, which its table
+    carries after the order column (``_layouts.with_row_order(..., schedule=)``), or None."""
+    if not row_order_column(spec, config):
+        return None
+    return _wgmma_dense.ws_schedule(spec, config)
+
+
 def row_order_window(spec: FlashKernelSpec, config) -> int:
     """The query blocks the persistent kernel runs at once (its thread blocks over batch x
     heads): how far ``_layouts.row_order`` looks when it ranks the query blocks."""
@@ -588,11 +604,12 @@ def row_limits(spec: FlashKernelSpec, config) -> bool:
 
 def block_tables(spec: FlashKernelSpec, config, tiles=None, caps=None):
     """The kernel's block-table argument: the tile map [NQB, NKB] as int32; the persistent
-    kernel's with column NKB, the order it walks the query blocks (``_layouts.with_row_order``);
+    kernel's with column NKB, the order it walks the query blocks, and the thread blocks' share of
+    the tiles after it (``_layouts.with_row_order``);
     where ``row_limits``, the rows' key limits from the captured inputs ``caps`` after them."""
     table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
     if row_order_column(spec, config):
-        table = _layouts.with_row_order(table, row_order_window(spec, config))
+        table = _layouts.with_row_order(table, row_order_window(spec, config), row_schedule(spec, config))
     if row_limits(spec, config):
         if caps is None:
             raise TargetError("this kernel's table holds the rows' key limits of its document mask: "
@@ -1211,7 +1228,9 @@ def kernel_notes(built: CudaKernel) -> list:
                "sorted": "query blocks in the order of the table's last column -- ranked by cost, or last "
                          "first where the ranking would scatter documents -- across the heads, the blocks "
                          "taking them in a snake",
-               "head": "head-major round robin, a head's query blocks in a row"}[order]
+               "head": "head-major round robin, a head's query blocks in a row",
+               "scheduled": "the tiles dealt on the host to the least loaded blocks, a rank of the table's "
+                            "order column at a time (_layouts.tile_schedule), read from the table"}[order]
         rows = _wgmma_dense.ws_row_cost(spec, config)
         if rows is not None:
             busiest = _wgmma_dense.ws_busiest_block(order, rows, spec.batch * spec.q_heads, blocks,
@@ -1219,7 +1238,7 @@ def kernel_notes(built: CudaKernel) -> list:
             balance = f"busiest block {busiest:.2f}x the mean, by the tile map"
         else:
             balance = ("tiles of equal cost" if spec.tile_map is None else
-                       "the tile map and its order are per call" if order == "sorted"
+                       "the tile map and its order are per call" if order in ("sorted", "scheduled")
                        else "the tile map is per call: not estimated")
         notes.append(f"persistent: {min(blocks, tiles)} thread blocks walk {tiles} tiles in order {order!r} "
                      f"({how}; {balance})")

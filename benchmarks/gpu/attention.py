@@ -462,6 +462,11 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
             hi_ = np.minimum(i + (up if up is not None else S), S - 1)
             lo_ = np.maximum(i + (lo if lo is not None else -S), 0)
             row["density_elements"] = float(np.clip(hi_ - lo_ + 1, 0, None).sum() / S / S)
+            if sp["mask"] == "prefix":          # (kv <= q) | (kv < P): row i keeps max(i + 1, P) keys
+                row["density_elements"] = float(np.maximum(i + 1, int(sp["prefix"])).sum() / S / S)
+            elif sp["mask"] == "local_global":  # a causal window W plus G global keys
+                W, G = int(sp["window"]), int(sp["globals"])
+                row["density_elements"] = float((np.minimum(i + 1, W) + np.clip(i - W + 1, 0, G)).sum() / S / S)
             if sp.get("chunk"):   # chunked causal: causal inside each chunk
                 c = int(sp["chunk"])
                 lens = np.full(S // c, c, np.float64)
@@ -478,7 +483,8 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
         row["flops"] = 4.0 * spec.batch * spec.q_heads * S * S * spec.head_dim * row["density_elements"]
         if flex:
             try:
-                row.update(_flex_sparse(q, k, v, sp["mask"], sp.get("window", sp.get("chunk")), doc, dev, out))
+                row.update(_flex_sparse(q, k, v, sp["mask"], sp.get("window", sp.get("chunk", sp.get("prefix"))),
+                                        doc, dev, out, sp.get("globals")))
             except Exception as exc:
                 row["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         rows.append(row)
@@ -492,8 +498,9 @@ def bench_sparse(man, fn, dev, flex=True, mod=None, docs=()):
 _FLEX = {}
 
 
-def _flex_sparse(q, k, v, mask, window, doc, dev, out):
-    """FlexAttention with a BlockMask of ``mask`` (``window``: the window, or the chunk length)."""
+def _flex_sparse(q, k, v, mask, window, doc, dev, out, globals_=None):
+    """FlexAttention with a BlockMask of ``mask`` (``window``: the window, the chunk length or the
+    prefix; ``globals_``: local_global's global keys)."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -520,6 +527,16 @@ def _flex_sparse(q, k, v, mask, window, doc, dev, out):
 
         def mask_mod(b, h, qi, ki):
             return (qi // C == ki // C) & (ki <= qi)
+    elif mask == "prefix":        # prefix-LM (variants.prefix_*): window is the prefix
+        P = window
+
+        def mask_mod(b, h, qi, ki):
+            return (ki <= qi) | (ki < P)
+    elif mask == "local_global":  # variants.local_global: a causal window plus global keys
+        W, G = window, globals_
+
+        def mask_mod(b, h, qi, ki):
+            return ((ki <= qi) & (qi - ki < W)) | (ki < G)
     else:
         dt = torch.from_numpy(doc).to(dev)
         if mask == "document":

@@ -69,6 +69,7 @@ def _entries(only):
             "persistent11": _persistent_final_table_entries, "unclamped2": _unclamped_small_entries,
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
             "rowlimits3": _row_limit_fp8_entries, "rowlimits4": _row_limit_small_entries,
+            "schedule": _schedule_entries, "schedule2": _schedule_final_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1162,6 +1163,60 @@ def _row_limit_small_entries():
             for cfg in (None, dict(WGMMA, block_q=64, block_k=32, num_warps=4))]
 
 
+def _schedule_entries():
+    """The persistent kernel's tiles dealt to its thread blocks on the host (order "scheduled",
+    ``_layouts.tile_schedule``, fourteenth pass): verified on small grids (per-call and
+    compile-time maps, B x H > 1, more thread blocks than tiles, row limits); at S=16k compile's
+    default (now "scheduled" in table mode) beside FlexAttention, the last pass's orders
+    ("sorted" for documents, "head" for chunks: ids with "-ws_order_..."), and the persistent
+    kernel on every call of documents and causal documents (small_below=0), where the 64 x 32
+    kernel ran below density 0.06."""
+    few = dict(PERSISTENT, persistent=3)
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg) for n, sh, cfg in (
+        ("doc_mask", {"S": 1100, "H": 4}, few), ("doc_causal", {"S": 1100, "H": 4}, few),
+        ("chunk_512", {"B": 2, "S": 2048, "H": 3}, dict(PERSISTENT, persistent=5)),
+        ("chunk_2048", {"S": 5000, "H": 2}, dict(PERSISTENT, persistent=7)), ("doc_causal", {"S": 1024}, PERSISTENT),
+        ("doc_mask", {"S": 300, "H": 1}, PERSISTENT))]
+    out.append(dict(kind="verify", path=os.path.join("examples", "prefix_lm.py"), name=None, dtype="bf16", shapes={},
+                    config=few))
+    s16 = {"B": 1, "S": 16384}
+    masks = dict(DENSITY_MASKS)
+    for name in ("full", "doc_mask", "doc_causal", "chunk_2048", "chunk_512"):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                        sparse=masks[name], flex=name != "full"))
+    for name, opts in (("doc_mask", {"ws_order": "sorted"}), ("doc_causal", {"ws_order": "sorted"}),
+                       ("chunk_2048", {"ws_order": "head"})):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                        sparse=masks[name], options=opts))
+    for name, opts in (("doc_mask", None), ("doc_causal", None), ("chunk_512", None), ("chunk_2048", None),
+                       ("chunk_2048", {"ws_order": "head"})):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=PERSISTENT,
+                        sparse=masks[name], options=opts))
+    return out
+
+
+# compile-time tile maps beside the density benchmark's (fourteenth pass): prefix-LM, local + global
+MAP_MASKS = (("prefix_2048", dict(mask="prefix", label="prefix=2048", prefix=2048)),
+             ("local_global", dict(mask="local_global", label="window=1024+global=128", window=1024, globals=128)))
+
+
+def _schedule_final_entries():
+    """The fourteenth pass's closing run: compile's picks verified where they changed (chunks,
+    prefix-LM and local + global now on the persistent kernel, dealt; documents), then every
+    benchmark mask at S=16k on compile's default beside FlexAttention, and the two compile-time
+    maps MAP_MASKS on compile's default and on the one-block-a-tile kernel they ran before."""
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=None) for n, sh in (
+        ("chunk_2048", {"S": 4096, "H": 4}), ("prefix_2048", {"S": 3000, "H": 2}), ("local_global", {"S": 4096, "H": 4}),
+        ("doc_causal", {"S": 4096, "H": 4}))]
+    s16 = {"B": 1, "S": 16384}
+    out += [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp, flex=True)
+            for name, sp in DENSITY_MASKS + MAP_MASKS]
+    one = {k: v for k, v in PERSISTENT.items() if k not in ("persistent", "small_below")}
+    out += [dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=one, sparse=sp)
+            for name, sp in MAP_MASKS]
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1257,7 +1312,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")

@@ -161,3 +161,16 @@ def chunk_512(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: T
 @variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
 def chunk_2048(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
     return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (q_idx // 2048 == kv_idx // 2048) & (kv_idx <= q_idx))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def prefix_2048(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    # prefix-LM (examples/prefix_lm.py) with a 2048-token prefix: a compile-time tile map
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (kv_idx < 2048))
+
+
+@variant(defaults=dict(B=1, H=HEADS, S=16384, D=128))
+def local_global(q: Tensor["B", "H", "S", "D"], k: Tensor["B", "H", "S", "D"], v: Tensor["B", "H", "S", "D"]):
+    # Longformer-style: a causal window of 1024 keys plus the first 128 tokens as global keys
+    return attention(q, k, v, mask_mod=lambda b, h, q_idx, kv_idx: ((kv_idx <= q_idx) & (q_idx - kv_idx < 1024))
+                     | (kv_idx < 128))
