@@ -12,6 +12,9 @@ write-out); `_cuda_wgmma.ws_busiest_block` is the arithmetic the kernel's order 
   kernel runs where ws_default_order picks it; exact where cost grows with the query block).
 - ranked: the same snake over the query blocks ranked by their actual cost -- the kernel's
   "sorted" order (table mode) when the table's column holds the ranking.
+- dealt: the tiles dealt on the host over the table's order column, a rank at a time, to the
+  least loaded blocks (``_layouts.tile_schedule``: order "scheduled", the kernel's default in
+  table mode since the fourteenth pass).
 - spread: the key blocks that the query blocks running at once read (blocks / heads of them),
   ranked over plain order (`_layouts.key_spread`); over 2 (`ROW_ORDER_SPREAD`) the column holds
   the plain order instead (`_layouts.row_order`: "column" says which), since the ranking then
@@ -35,7 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from attncc.compiler import compile_variant  # noqa: E402
-from attncc.runtime._layouts import ROW_ORDER_SPREAD, key_spread, rank_rows  # noqa: E402
+from attncc.runtime._layouts import ROW_ORDER_SPREAD, key_spread, rank_rows, row_order  # noqa: E402
 from attncc.targets._cuda_wgmma import ws_busiest_block  # noqa: E402
 
 VARIANTS = os.path.join(ROOT, "benchmarks", "gpu", "variants.py")
@@ -74,12 +77,14 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks", type=int, default=132)
     args = ap.parse_args(argv)
     print(f"# busiest thread block / mean, B=1 H={args.H} S={args.S}, 128 x 128 tiles, {args.blocks} blocks")
-    print(f"{'mask':<22} {'density':>7} {'head':>6} {'cost':>6} {'ranked':>6} {'spread':>6} column")
+    print(f"{'mask':<22} {'density':>7} {'head':>6} {'cost':>6} {'ranked':>6} {'dealt':>6} {'spread':>6} column")
     for name, counts in MASKS:
         for n in counts or (None,):
             tiles = tiles_of(name, args.S, args.H, n)
             rows = (tiles != 0).sum(axis=1)
             est = [ws_busiest_block(o, rows, args.H, args.blocks) for o in ("head", "cost", "sorted")]
+            est.append(ws_busiest_block("scheduled", rows, args.H, args.blocks,
+                                        row_order(tiles, -(-min(args.blocks, len(rows) * args.H) // args.H))))
             window = -(-min(args.blocks, len(rows) * args.H) // args.H)
             spread = (key_spread(tiles, rank_rows(rows), window)
                       / key_spread(tiles, np.arange(len(rows) - 1, -1, -1), window))
