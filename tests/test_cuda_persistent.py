@@ -540,7 +540,8 @@ def test_either_tile_order_matches_the_reference(order, name, shapes, blocks):
 
 def test_tile_balance_script_prints_every_mask_under_each_order(capsys):
     """benchmarks/gpu/tile_balance.py (no GPU): a row per benchmark mask, each order's busiest
-    block at least the mean; causal balanced by the cost order, not by the head-major one."""
+    block at least the mean (the host's deal too); causal balanced by the cost order, not by the
+    head-major one."""
     import importlib.util
 
     path = os.path.join(ROOT, "benchmarks", "gpu", "tile_balance.py")
@@ -551,8 +552,8 @@ def test_tile_balance_script_prints_every_mask_under_each_order(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert len(rows) == sum(len(n or (None,)) for _, n in mod.MASKS)
     for row in rows:
-        head, cost, ranked, spread = map(float, row[-5:-1])
-        assert min(head, cost, ranked) >= 1.0 and spread > 0
+        head, cost, ranked, dealt, spread = map(float, row[-6:-1])
+        assert min(head, cost, ranked, dealt) >= 1.0 and spread > 0
         assert row[-1] == ("plain" if spread > 2.0 else "ranked")
     causal = next(r for r in rows if r[0] == "causal")
-    assert float(causal[-4]) < 1.05 < float(causal[-5])
+    assert float(causal[-5]) < 1.05 < float(causal[-6])            # cost, head

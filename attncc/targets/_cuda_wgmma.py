@@ -277,6 +277,13 @@ def row_limits_on(spec: FlashKernelSpec) -> bool:
             and _OPTIONS.get("row_limits", True))
 
 
+def band_part_on(spec: FlashKernelSpec) -> bool:
+    """Whether the wgmma kernels mask the partial tiles of a band or'ed with affine comparisons
+    (``spec.band_part``) by the band alone where the rest is false on the tile
+    (``_OPTIONS["band_part"]``, default on)."""
+    return spec.band_part is not None and _OPTIONS.get("band_part", True)
+
+
 def table_columns(spec: FlashKernelSpec, config) -> int:
     """Columns of the kernel's table: the tile map's, the row order's and the schedule's
     (persistent), the rows' key limits (row_limits_on)."""
@@ -437,16 +444,23 @@ def score_functions(ix, quant: bool, pv8: bool, k_per_key: bool, scale_at, group
     return _gpu.score_functions(ix, quant, k_per_key, scale_at, group, p_shift=P_SHIFT if pv8 else None)
 
 
-def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None, col0: int = 0, at: int = 0):
+def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None, col0: int = 0, at: int = 0,
+                      band=None, kv_len: int = 0):
     """``(scaled_scores, mask_partial, load_limits)`` of both wgmma kernels' softmax: a full tile's
     scores (score_mod, scale), a partial tile's (and the element mask), and -- with ``tile_map``,
     whose columns from ``col0`` on hold the rows' key limits of a document mask
     (``_layouts.with_row_limits``) -- the limits read once a tile into ``ent[at]`` (the query
     block's flag), ``ent[at + 1 + r]`` and ``ent[at + 3 + r]`` (the first and last key kept by the
     thread's row r).  ``mask_partial`` masks a flagged block's partial tiles by those two limits
-    (offsets from the thread's first key, against immediates once unrolled), else by the mask."""
+    (offsets from the thread's first key, against immediates once unrolled), else by the mask.
+    ``band`` (``spec.band_part``: the mask is a band or'ed with affine comparisons; without
+    ``tile_map``): a partial tile on whose box -- the warp's 16 rows, the tile's keys -- the other
+    comparisons are false everywhere is masked by the band's two compares a score the same way
+    (keys below ``kv_len``), any other by the mask."""
     from tvm import tirx
     from tvm.script import tirx as T
+
+    from attncc.targets.spec import rest_holds
 
     NEG_INF = tirx.const(float("-inf"), "float32")
 
@@ -480,11 +494,44 @@ def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None,
                     scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
                     NEG_INF)
 
+    BAND_LO = None if band is None else band.lower_offset
+    BAND_HI = None if band is None else band.upper_offset
+
+    def band_cond(lim, r, c):
+        hi = c <= lim[2 + r]
+        return hi if BAND_LO is None else T.And(lim[r] <= c, hi)
+
+    def band_decides(r0, kb):
+        return rest_holds(band.rest, False, r0, r0 + 15, kb * bk, kb * bk + bk - 1, tirx.And, tirx.Or)
+
+    @T.macro
+    def band_scores(kb, s_acc, r0, lane, b, h, row_fold):
+        lim = T.decl_buffer((4,), "int32", scope="local")
+        for r in T.unroll(2):
+            if BAND_LO is not None:
+                lim[r] = r0 + lane // 4 + r * 8 + BAND_LO - (kb * bk + lane % 4 * 2)
+            if BAND_HI is not None:
+                lim[2 + r] = (T.min(r0 + lane // 4 + r * 8 + BAND_HI, kv_len - 1)
+                              - (kb * bk + lane % 4 * 2))
+            else:
+                lim[2 + r] = kv_len - 1 - (kb * bk + lane % 4 * 2)
+        for nt in T.unroll(nkt):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = T.Select(
+                    band_cond(lim, e // 2, nt * 8 + e % 2),
+                    scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
+                    NEG_INF)
+
     @T.macro
     def mask_partial(kb, s_acc, r0, lane, b, h, row_fold, ent):
         if tile_map is not None:
             if ent[at] != 0:
                 limit_scores(kb, s_acc, r0, lane, b, h, row_fold, ent)
+            else:
+                masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
+        elif band is not None:
+            if band_decides(r0, kb):
+                band_scores(kb, s_acc, r0, lane, b, h, row_fold)
             else:
                 masked_scores(kb, s_acc, r0, lane, b, h, row_fold)
         else:
@@ -1110,8 +1157,11 @@ def lower(spec: FlashKernelSpec, config):
     # the table (ent[4:9]), instead of the mask's two id loads a score (ncu, documents=16 on the
     # H200: the id compares stalled on their loads, ~6 % of the kernel's samples; thirteenth
     # pass: documents 1-6 % faster, benchmarks/gpu/RESULTS.md)
+    # A partial tile of a band or'ed with affine comparisons (global keys, a prefix) where those
+    # are false on the warp's rows and the tile's keys: the band's compares (band_part_on)
     scaled_scores, mask_partial, load_row_limits = score_mask_macros(
-        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, LIM0, 4)
+        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, LIM0, 4,
+        spec.band_part if band_part_on(spec) and not ROW_LIMITS else None, TK)
 
     @T.macro
     def softmax(kb, is_full, s_acc, red, m_run, m_use, alpha, l_run, r0, lane, b, h, row_fold, ent):

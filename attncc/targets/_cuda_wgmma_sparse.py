@@ -103,7 +103,7 @@ from attncc.runtime._layouts import (fp8_v_layout, padded_kv_len, row_limit_colu
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
 from attncc.targets._cuda_wgmma import (P_SHIFT, _LOG2E,  # noqa: E402,F401
-                                        check_fp8, check_resources, check_tiles, compact_row_macro,
+                                        band_part_on, check_fp8, check_resources, check_tiles, compact_row_macro,
                                         elem_bytes as _elem_bytes, fp8_v_loader_macro, operand_types,
                                         registers_estimate, row_fold_macro, row_limits_on, scale_reader,
                                         score_functions, score_mask_macros, row_list_macro, staged_store_macro,
@@ -375,8 +375,10 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["wgmma.commit_group.sync.aligned"]()
 
     # (ROW_LIMITS: a flagged block's partial tiles masked by its rows' key limits, ent[2:7])
+    # (band_part_on: partial tiles the band alone decides masked by the band's compares)
     scaled_scores, mask_partial, load_row_limits = score_mask_macros(
-        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, NKB, 2)
+        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, NKB, 2,
+        spec.band_part if band_part_on(spec) and not ROW_LIMITS else None, TK)
 
     @T.macro
     def softmax_p(kbv, is_full, pv_pending, s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold,

@@ -22,7 +22,7 @@ from attncc.ir.core import Function, Op, Region, Value
 from attncc.ir.printer import print_ir
 from attncc.ir.types import DType
 from attncc.reference import eval_scalar
-from attncc.targets.spec import FlashKernelSpec, KeyBounds, RowRuns
+from attncc.targets.spec import BandPart, FlashKernelSpec, KeyBounds, RowRuns
 
 
 def find_flash(func: Function) -> Op:
@@ -305,6 +305,74 @@ def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
     return RowRuns(capture, bounds.lower_offset, bounds.upper_offset)
 
 
+def _split(v: Value, name: str) -> list:
+    """v split at its ``name`` operations (attn.and / attn.or)."""
+    out: list[Value] = []
+    stack = [v]
+    while stack:
+        c = stack.pop()
+        if c.owner is not None and c.owner.name == name:
+            stack.extend(c.owner.operands)
+        else:
+            out.append(c)
+    return out
+
+
+def _rest_tree(v: Value, mask: Region, env: dict):
+    """v as ``BandPart.rest``'s tree of affine comparisons, or None."""
+    op = v.owner
+    if op is None:
+        return None
+    n = op.short
+    if n in ("and", "or"):
+        kids = [_rest_tree(w, mask, env) for w in _split(v, op.name)]
+        return None if any(t is None for t in kids) else (n, tuple(kids))
+    if n == "not":
+        t = _rest_tree(op.operands[0], mask, env)
+        return None if t is None else ("not", t)
+    if n not in ("lt", "le", "gt", "ge"):
+        return None
+    i, j = sympy.Symbol("i"), sympy.Symbol("j")
+    lhs, rhs = (_affine(w, {mask.args[2]: i, mask.args[3]: j}, env) for w in op.operands)
+    if lhs is None or rhs is None:
+        return None
+    d = sympy.expand(lhs - rhs)
+    ci, cj = d.coeff(i), d.coeff(j)
+    c0 = d - ci * i - cj * j
+    if c0.free_symbols or not all(x.is_Integer for x in (ci, cj, c0)):
+        return None
+    return ("cmp", int(ci), int(cj), int(c0), n)
+
+
+def band_part(mask: Optional[Region], env: dict) -> Optional[BandPart]:
+    """The mask as ``BandPart`` -- an ``or`` of one band (a conjunction of ``kv_idx - q_idx``
+    bounds) and affine comparisons (global keys ``kv_idx < G``, a prefix) -- or None."""
+    if mask is None:
+        return None
+    top = mask.results[0]
+    if top.owner is None or top.owner.name != "attn.or":
+        return None
+    band, rest = None, []
+    for d in _split(top, "attn.or"):
+        sides = [_band_side(c, mask, env) for c in _split(d, "attn.and")]
+        if band is None and all(s is not None for s in sides):
+            band = sides
+            continue
+        t = _rest_tree(d, mask, env)
+        if t is None:
+            return None
+        rest.append(t)
+    if band is None or not rest:
+        return None
+    lower = upper = None
+    for side, bound in band:
+        if side == "upper":
+            upper = _min(upper, bound)
+        else:
+            lower = _max(lower, bound)
+    return BandPart(lower, upper, rest[0] if len(rest) == 1 else ("or", tuple(rest)))
+
+
 def _min(a, b):
     return b if a is None else min(a, b)
 
@@ -364,7 +432,8 @@ def kernel_spec(func: Function, env: dict) -> FlashKernelSpec:
         name=func.name, batch=qs[0], q_heads=qs[1], kv_heads=ks[1], q_len=qs[2], kv_len=ks[2],
         head_dim=qs[3], head_dim_v=vs[3], dtype=dt.tvm, scale=scale,
         score_mod=region_to_tir(score, env), mask_mod=region_to_tir(mask, env),
-        key_bounds=key_bounds(mask, env), row_runs=row_runs(mask, env), description=desc, tile_map=tile_map, captures=captures,
+        key_bounds=key_bounds(mask, env), row_runs=row_runs(mask, env), band_part=band_part(mask, env),
+        description=desc, tile_map=tile_map, captures=captures,
         runtime_tile_map=runtime_tile_map, quant_dtype=quant["dtype"].tvm if quant else None,
         quant_pv=bool(quant and quant.get("pv", False)), scales=scales,
         score_numpy=region_to_numpy(score, env), mask_numpy=region_to_numpy(mask, env))

@@ -49,6 +49,53 @@ class KeyBounds:
 
 
 @dataclass(frozen=True)
+class BandPart:
+    """The mask is ``band | rest``: the band ``lower(i) <= j <= upper(i)`` (offsets j - i, None:
+    unbounded) or'ed with ``rest``, a tree of affine comparisons in i = q_idx and j = kv_idx --
+    ``("cmp", ci, cj, c0, rel)`` for ``ci i + cj j + c0 REL 0`` (rel lt/le/gt/ge), ``("and" | "or",
+    (t, ...))``, ``("not", t)`` -- such as global keys (``kv_idx < G``) or a prefix.  On a tile
+    where ``rest`` is false everywhere the band alone decides, so a kernel masks that partial
+    tile with the band's compares instead of evaluating the whole mask a score
+    (``rest_false``)."""
+
+    lower_offset: Optional[int]
+    upper_offset: Optional[int]
+    rest: tuple
+
+
+def _affine_range(ci, cj, c0, i0, i1, j0, j1):
+    """(min, max) of ci i + cj j + c0 over the box [i0, i1] x [j0, j1] (expressions or ints)."""
+    lo, hi = c0, c0
+    for c, a, b in ((ci, i0, i1), (cj, j0, j1)):
+        if c > 0:
+            lo, hi = lo + c * a, hi + c * b
+        elif c < 0:
+            lo, hi = lo + c * b, hi + c * a
+    return lo, hi
+
+
+def rest_holds(tree, value: bool, i0, i1, j0, j1, and_=lambda a, b: a and b, or_=lambda a, b: a or b):
+    """A condition on the box [i0, i1] x [j0, j1] under which ``tree`` (``BandPart.rest``) is
+    ``value`` at every point (sufficient, from the affine forms' ranges): Python bools for ints,
+    or the kernel's expressions with ``and_`` / ``or_`` from its IR."""
+    kind = tree[0]
+    if kind == "not":
+        return rest_holds(tree[1], not value, i0, i1, j0, j1, and_, or_)
+    if kind in ("and", "or"):
+        parts = [rest_holds(t, value, i0, i1, j0, j1, and_, or_) for t in tree[1]]
+        every = (kind == "and") == value          # and-true / or-false: every part; else any
+        out = parts[0]
+        for p in parts[1:]:
+            out = and_(out, p) if every else or_(out, p)
+        return out
+    _, ci, cj, c0, rel = tree
+    lo, hi = _affine_range(ci, cj, c0, i0, i1, j0, j1)
+    if value:
+        return {"lt": hi < 0, "le": hi <= 0, "gt": lo > 0, "ge": lo >= 0}[rel]
+    return {"lt": lo >= 0, "le": lo > 0, "gt": hi <= 0, "ge": hi < 0}[rel]
+
+
+@dataclass(frozen=True)
 class RowRuns:
     """The mask is exactly ``ids[q_idx] == ids[kv_idx]`` and the band ``lower(i) <= j <= upper(i)``
     (``KeyBounds``' offsets, None: unbounded) for every b, h, with ``ids`` the 1-D integer capture
@@ -104,6 +151,8 @@ class FlashKernelSpec:
     mask_numpy: Optional[Callable[..., object]] = None
     # the mask is a document mask (and a band), which per call may be one key interval a row
     row_runs: Optional[RowRuns] = None
+    # the mask is a band or'ed with affine comparisons (global keys, a prefix)
+    band_part: Optional[BandPart] = None
 
     @property
     def group(self) -> int:

@@ -70,6 +70,7 @@ def _entries(only):
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
             "rowlimits3": _row_limit_fp8_entries, "rowlimits4": _row_limit_small_entries,
             "schedule": _schedule_entries, "schedule2": _schedule_final_entries,
+            "bandpart": _band_part_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1217,6 +1218,29 @@ def _schedule_final_entries():
     return out
 
 
+def _band_part_entries():
+    """A band or'ed with affine comparisons (``spec.band_part``: global keys or queries, a prefix):
+    partial tiles where the rest is false on the warp's rows masked by the band's compares
+    (``_OPTIONS["band_part"]``): verified on compile's picks (persistent at D=128, the
+    one-block-a-tile kernel at D=64), the 64 x 32 in-order kernel and ragged key lengths; timed at
+    S=16k with and without (ids "-no_band_part") beside FlexAttention."""
+    small = dict(WGMMA, block_q=64, block_k=32, num_warps=4)
+    lg = os.path.join("examples", "local_global.py")
+    pl = os.path.join("examples", "prefix_lm.py")
+    out = [dict(kind="verify", path=p, name=n, dtype="bf16", shapes=sh, config=cfg) for p, n, sh, cfg in (
+        (lg, None, {}, None), (lg, None, {"S": 1100}, small), (lg, None, {"S": 1000}, dict(PERSISTENT, persistent=3)),
+        (pl, None, {"S": 1000}, None), (VARIANTS, "local_global", {"S": 4096, "H": 4}, None),
+        (VARIANTS, "local_global", {"S": 3000, "H": 2}, small), (VARIANTS, "prefix_2048", {"S": 3000, "H": 2}, None))]
+    s16 = {"B": 1, "S": 16384}
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=dict(mask="full")))
+    for name, sp in MAP_MASKS:
+        for opts in (None, {"band_part": False}):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp,
+                            options=opts, flex=opts is None))
+    return out
+
+
 def _decode_verify_entries():
     """Decode (q_len <= 16: cuda.py dispatches to the split-KV kernel of _cuda_decode.py):
     GQA 32/8, MHA, groups 8 and 16 (rows over one m16 tile / over one block), ragged dims,
@@ -1312,7 +1336,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
