@@ -133,6 +133,22 @@ def test_the_kernels_take_the_band_where_the_rest_is_false():
     assert "(ent[0] >> 1) * 128 >= 0" not in off
     small = cuda.lower(k.spec, cuda.small_config(k.config)).script()
     assert ">= 0:" in small and "T.min(r0 + lane // 4 + r * 8, 16383)" in small
+    import dataclasses
+    chained = cuda.lower(k.spec, dataclasses.replace(cuda.small_config(k.config), query_blocks=2)).script()
+    assert "T.min(r0 + lane // 4 + r * 8, 16383)" not in chained       # (not run with chained blocks)
+
+
+def test_the_cli_names_the_band_part():
+    from types import SimpleNamespace
+
+    from attncc.targets import cuda
+
+    k = _compile(VARIANTS, "local_global", {"B": 1, "S": 4096, "H": 2})
+    notes = cuda.kernel_notes(SimpleNamespace(spec=k.spec, config=k.config))
+    assert any(n.startswith("band part: the mask is the band kv - q >= -1023 and kv - q <= 0") for n in notes), notes
+    sw = _compile(VARIANTS, "sw_1024", {"B": 1, "S": 4096, "H": 2})
+    assert not any(n.startswith("band part") for n in cuda.kernel_notes(SimpleNamespace(spec=sw.spec,
+                                                                                      config=sw.config)))
 
 
 @needs_nvcc

@@ -375,10 +375,11 @@ def lower(spec: FlashKernelSpec, config):
         T.ptx["wgmma.commit_group.sync.aligned"]()
 
     # (ROW_LIMITS: a flagged block's partial tiles masked by its rows' key limits, ent[2:7])
-    # (band_part_on: partial tiles the band alone decides masked by the band's compares)
+    # (band_part_on: partial tiles the band alone decides masked by the band's compares; not
+    # with chained query blocks, which were not run with it)
     scaled_scores, mask_partial, load_row_limits = score_mask_macros(
         NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, NKB, 2,
-        spec.band_part if band_part_on(spec) and not ROW_LIMITS else None, TK)
+        spec.band_part if band_part_on(spec) and not ROW_LIMITS and chained(config) == 1 else None, TK)
 
     @T.macro
     def softmax_p(kbv, is_full, pv_pending, s_acc, o_acc, p_frag, p16, red, m_run, m_use, l_run, row_fold,

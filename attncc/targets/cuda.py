@@ -1247,6 +1247,14 @@ def kernel_notes(built: CudaKernel) -> list:
         notes.append(f"row limits: partial tiles of the document mask on '{ids}' compare each key with its row's "
                      f"first and last kept key (from each call's ids, with the tile map) in query blocks whose "
                      f"rows' ids form runs; elsewhere they read '{ids}'")
+    elif (isinstance(config, CudaConfig) and config.mma == "wgmma" and _wgmma_dense.band_part_on(spec)
+          and not (config.query_blocks > 1)):
+        bp = spec.band_part
+        band = " and ".join(x for x in (None if bp.lower_offset is None else f"kv - q >= {bp.lower_offset}",
+                                        None if bp.upper_offset is None else f"kv - q <= {bp.upper_offset}") if x)
+        notes.append(f"band part: the mask is the band {band} or affine comparisons; a partial tile on which "
+                     "those are false for a warp's rows compares each key with the band's two limits, any "
+                     "other evaluates the mask")
     return notes
 
 
