@@ -1447,6 +1447,22 @@ def lower(spec: FlashKernelSpec, config):
             WS_ORDER, NTILES, GRID, B * H, NQB,
             lambda c, x, y: tirx.Select(c, x, y), i32, (lambda r: TILE_MAP[r, NKB]) if USE_TABLE else None,
             sched_at if SCH_X else None)
+        # ("scheduled") the producer and the consumers read the next tile's code a tile ahead, in
+        # code[0], so that no table load sits between two tiles; code[1] is this tile's
+        @T.macro
+        def code_start(code, cta):
+            if SCHED:
+                code[0] = tile_of(cta, 0)
+
+        @T.macro
+        def code_next(code, cta, n):
+            if SCHED:
+                code[1] = code[0]
+                code[0] = tile_of(cta, n + 1)
+
+        def this_tile(code, cta, n):
+            return code[1] if SCHED else tile_of(cta, n)
+
         NTW = NT + 128                                  # the producer warpgroup besides the consumers
         # q_full[2], q_empty[2], k full/empty [NSK], v full/empty [NS], list_full[2]
         NBAR = 6 + 2 * NSK + 2 * NS
@@ -1610,13 +1626,10 @@ def lower(spec: FlashKernelSpec, config):
                             T.ptx["setmaxnreg.dec.sync.aligned.u32"](REG_PRODUCER)
                             if tx < 32:
                                 n_tiles = tiles_of(cta)
-                                if SCHED:       # (the next tile's code a tile ahead, off the path)
-                                    code[0] = tile_of(cta, 0)
+                                code_start(code, cta)
                                 for n in T.serial(n_tiles):
-                                    if SCHED:
-                                        code[1] = code[0]
-                                        code[0] = tile_of(cta, n + 1)
-                                    t = code[1] if SCHED else tile_of(cta, n)
+                                    code_next(code, cta, n)
+                                    t = this_tile(code, cta, n)
                                     bh = tile_bh(t)
                                     qb = tile_qb(t)
                                     b = bh // H
@@ -1676,13 +1689,10 @@ def lower(spec: FlashKernelSpec, config):
                             c = wg - 1
                             warp = ct // 32
                             n_tiles = tiles_of(cta)
-                            if SCHED:
-                                code[0] = tile_of(cta, 0)
+                            code_start(code, cta)
                             for n in T.serial(n_tiles):
-                                if SCHED:
-                                    code[1] = code[0]
-                                    code[0] = tile_of(cta, n + 1)
-                                t = code[1] if SCHED else tile_of(cta, n)
+                                code_next(code, cta, n)
+                                t = this_tile(code, cta, n)
                                 bh = tile_bh(t)
                                 qb = tile_qb(t)
                                 b = bh // H
