@@ -481,25 +481,31 @@ def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None,
 
     scaled_scores, masked_scores = each_score(scaled), each_score(masked)
 
+    def within(lim, r, c, lo_on):
+        hi = c <= lim[2 + r]
+        return T.And(lim[r] <= c, hi) if lo_on else hi
+
+    @T.macro
+    def keep_within(kb, s_acc, r0, lane, b, h, row_fold, lim, lo_on):
+        # a score is kept where its key offset c from the thread's first key (an immediate once
+        # unrolled) lies in [lim[r], lim[2 + r]] of its row r (the lower side only if lo_on)
+        for nt in T.unroll(nkt):
+            for e in T.unroll(4):
+                s_acc[nt * 4 + e] = T.Select(
+                    within(lim, e // 2, nt * 8 + e % 2, lo_on),
+                    scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
+                    NEG_INF)
+
     @T.macro
     def limit_scores(kb, s_acc, r0, lane, b, h, row_fold, ent):
         lim = T.decl_buffer((4,), "int32", scope="local")
         for r in T.unroll(2):
             lim[r] = ent[at + 1 + r] - (kb * bk + lane % 4 * 2)
             lim[2 + r] = ent[at + 3 + r] - (kb * bk + lane % 4 * 2)
-        for nt in T.unroll(nkt):
-            for e in T.unroll(4):
-                s_acc[nt * 4 + e] = T.Select(
-                    T.And(lim[e // 2] <= nt * 8 + e % 2, nt * 8 + e % 2 <= lim[2 + e // 2]),
-                    scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
-                    NEG_INF)
+        keep_within(kb, s_acc, r0, lane, b, h, row_fold, lim, True)
 
     BAND_LO = None if band is None else band.lower_offset
     BAND_HI = None if band is None else band.upper_offset
-
-    def band_cond(lim, r, c):
-        hi = c <= lim[2 + r]
-        return hi if BAND_LO is None else T.And(lim[r] <= c, hi)
 
     def band_decides(r0, kb):
         return rest_holds(band.rest, False, r0, r0 + 15, kb * bk, kb * bk + bk - 1, tirx.And, tirx.Or)
@@ -515,12 +521,7 @@ def score_mask_macros(nkt: int, bk: int, bq: int, scaled, masked, tile_map=None,
                               - (kb * bk + lane % 4 * 2))
             else:
                 lim[2 + r] = kv_len - 1 - (kb * bk + lane % 4 * 2)
-        for nt in T.unroll(nkt):
-            for e in T.unroll(4):
-                s_acc[nt * 4 + e] = T.Select(
-                    band_cond(lim, e // 2, nt * 8 + e % 2),
-                    scaled(s_acc[nt * 4 + e], b, h, row(r0, lane, e), key(kb, lane, nt, e), e // 2, row_fold),
-                    NEG_INF)
+        keep_within(kb, s_acc, r0, lane, b, h, row_fold, lim, BAND_LO is not None)
 
     @T.macro
     def mask_partial(kb, s_acc, r0, lane, b, h, row_fold, ent):
