@@ -219,17 +219,35 @@ def _affine(v: Value, args: dict, env: dict):
     return None
 
 
-def _conjuncts(mask: Region) -> list:
-    """The mask's result split at its ``and`` operations."""
-    conj: list[Value] = []
-    stack = [mask.results[0]]
+def _split(v: Value, name: str) -> list:
+    """v split at its ``name`` operations (attn.and / attn.or)."""
+    out: list[Value] = []
+    stack = [v]
     while stack:
         c = stack.pop()
-        if c.owner is not None and c.owner.name == "attn.and":
+        if c.owner is not None and c.owner.name == name:
             stack.extend(c.owner.operands)
         else:
-            conj.append(c)
-    return conj
+            out.append(c)
+    return out
+
+
+def _conjuncts(mask: Region) -> list:
+    """The mask's result split at its ``and`` operations."""
+    return _split(mask.results[0], "attn.and")
+
+
+def _band_offsets(sides) -> tuple:
+    """(lower, upper) offsets of the band that ``_band_side`` results bound together (None:
+    unbounded)."""
+    lower: Optional[int] = None
+    upper: Optional[int] = None
+    for side, bound in sides:
+        if side == "upper":
+            upper = _min(upper, bound)
+        else:
+            lower = _max(lower, bound)
+    return lower, upper
 
 
 def _band_side(c: Value, mask: Region, env: dict):
@@ -261,18 +279,9 @@ def _band_side(c: Value, mask: Region, env: dict):
 def key_bounds(mask: Optional[Region], env: dict) -> KeyBounds:
     if mask is None:
         return KeyBounds(None, None, exact=False)
-    lower: Optional[int] = None
-    upper: Optional[int] = None
-    exact = True
-    for c in _conjuncts(mask):
-        side = _band_side(c, mask, env)
-        if side is None:
-            exact = False
-        elif side[0] == "upper":
-            upper = _min(upper, side[1])
-        else:
-            lower = _max(lower, side[1])
-    return KeyBounds(lower, upper, exact=exact)
+    sides = [_band_side(c, mask, env) for c in _conjuncts(mask)]
+    lower, upper = _band_offsets(s for s in sides if s is not None)
+    return KeyBounds(lower, upper, exact=all(s is not None for s in sides))
 
 
 def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
@@ -303,19 +312,6 @@ def row_runs(mask: Optional[Region], env: dict) -> Optional[RowRuns]:
         return None
     bounds = key_bounds(mask, env)
     return RowRuns(capture, bounds.lower_offset, bounds.upper_offset)
-
-
-def _split(v: Value, name: str) -> list:
-    """v split at its ``name`` operations (attn.and / attn.or)."""
-    out: list[Value] = []
-    stack = [v]
-    while stack:
-        c = stack.pop()
-        if c.owner is not None and c.owner.name == name:
-            stack.extend(c.owner.operands)
-        else:
-            out.append(c)
-    return out
 
 
 def _rest_tree(v: Value, mask: Region, env: dict):
@@ -364,12 +360,7 @@ def band_part(mask: Optional[Region], env: dict) -> Optional[BandPart]:
         rest.append(t)
     if band is None or not rest:
         return None
-    lower = upper = None
-    for side, bound in band:
-        if side == "upper":
-            upper = _min(upper, bound)
-        else:
-            lower = _max(lower, bound)
+    lower, upper = _band_offsets(band)
     return BandPart(lower, upper, rest[0] if len(rest) == 1 else ("or", tuple(rest)))
 
 
