@@ -350,7 +350,8 @@ def test_the_call_picks_the_kernel_from_the_density_of_its_map():
     # in 5 columns -- then the rows' key limits: 1 + 2 x 128)
     assert fn == "main" and tiles.shape == (32, 33 + 5 + 257)
     fn, (tiles,) = cuda.runtime_tables(spec, cfg, [_docs(4096, 64)])       # 64 documents: the diagonal
-    assert fn == "main_small" and tiles.shape == (64, 128 + 129)          # (no order; the limits: 1 + 2 x 64)
+    # (no walk order; the launch order, one column per batch x head; the limits: 1 + 2 x 64)
+    assert fn == "main_small" and tiles.shape == (64, 128 + 2 + 129)
     assert (tiles[:, :128] != 0).sum() == 64 * 2                            # each 64-row block: two 32-key tiles
 
 
@@ -389,7 +390,7 @@ def test_the_runtime_calls_the_small_kernel_for_sparse_maps():
     rt = Kernel(man, lambda *a: calls.append("main"), runtime_tile_map=k.spec.runtime_tile_map,
                 functions={"main_small": lambda *a: calls.append("main_small")})
     table = [a for a in rt.kernel_args if a.role == "table"]
-    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128 + 129)),
+    for docs, want, shape in ((_docs(4096, 64), "main_small", (64, 128 + 2 + 129)),   # (+ the launch order)
                               (_docs(4096, 2048), "main", (32, 33 + 5 + 257))):     # (+ the schedule)
         ops = [a if a.role != "capture" else docs for a in rt.kernel_args]
         args, fn = rt._fill_tables(list(rt.kernel_args), ops, (1, 0))

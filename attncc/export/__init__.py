@@ -130,7 +130,9 @@ def build_manifest(kernel) -> dict:
                       like FlexAttention's create_block_mask, and caches a few); with
                       ``row_order``, the table's extra column of the persistent kernel (and
                       ``row_order.schedule``, its thread blocks' share of the tiles); with
-                      ``row_limits``, the rows' key limits of a document mask after it
+                      ``launch_order``, the in-order kernel's thread blocks' tiles in launch order
+                      after the map; with ``row_limits``, the rows' key limits of a document mask
+                      after it
     ``target``        kind, CPU features or CUDA arch, the alignment every tensor must have
     """
     from attncc import __version__
@@ -194,13 +196,18 @@ def build_manifest(kernel) -> dict:
         row_order = bool(order_fn and order_fn(spec, kernel.config))
         sched_fn = getattr(kernel.target, "row_schedule", None)
         schedule = sched_fn(spec, kernel.config) if (row_order and sched_fn) else None
-        from attncc.runtime._layouts import row_limit_columns, schedule_columns
+        from attncc.runtime._layouts import (LAUNCH_SLOTS, LAUNCH_TAIL_WAVES, launch_columns, row_limit_columns,
+                                             schedule_columns)
 
         sched_cols = schedule_columns(nq, schedule[1], schedule[0]) if schedule else 0
         limits_fn = getattr(kernel.target, "row_limits", None)
         limits = bool(limits_fn and limits_fn(spec, kernel.config))
+        launch_fn = getattr(kernel.target, "launch_order", None)
+        launch_bhn = launch_fn(spec, kernel.config) if launch_fn else 0
+        launch_cols = launch_columns(launch_bhn) if launch_bhn else 0
         args.append({"name": "tile_map", "role": "table", "dtype": "int32",
-                     "shape": [nq, nk + int(row_order) + sched_cols + (row_limit_columns(bq) if limits else 0)]})
+                     "shape": [nq, nk + int(row_order) + sched_cols + launch_cols
+                               + (row_limit_columns(bq) if limits else 0)]})
         block_map = {"mode": "static" if tables is not None else "runtime", "block_q": bq, "block_k": bk,
                      "shape": [nq, nk], "values": "0 empty (skipped), 1 partial (element mask), 2 full (no mask)"}
         if row_order:
@@ -215,10 +222,18 @@ def build_manifest(kernel) -> dict:
                     "how": "after the order column, 'columns' more: the tiles each of the kernel's 'grid' thread "
                     "blocks runs (attncc.runtime._layouts.tile_schedule over the order, 'bhn' batch x heads), "
                     "row-major; with_row_order(tiles, window, (grid, bhn)) builds the order and it together"}
+        def launch_entry(bhn: int, column: int) -> dict:
+            return {"column": column, "bhn": bhn, "slots": LAUNCH_SLOTS, "tail_waves": LAUNCH_TAIL_WAVES,
+                    "how": "after the tile map, the kernel's table holds which (query block, batch x head) each "
+                    "thread block runs, in launch order, as codes query block * bhn + batch x head, row-major "
+                    "(attncc.runtime._layouts.with_launch_order(tiles, bhn, slots, tail_waves))"}
+
+        if launch_bhn:
+            block_map["launch_order"] = launch_entry(launch_bhn, nk)
         if limits:
             rr = spec.row_runs
             block_map["row_limits"] = {
-                "column": nk + int(row_order) + sched_cols, "capture": spec.captures[rr.capture][0],
+                "column": nk + int(row_order) + sched_cols + launch_cols, "capture": spec.captures[rr.capture][0],
                 "lower_offset": rr.lower_offset, "upper_offset": rr.upper_offset,
                 "how": "the mask is a document mask ids[q_idx] == ids[kv_idx] (ids: the capture 'capture') and the "
                 "band q_idx + lower_offset <= kv_idx <= q_idx + upper_offset (null: unbounded); from 'column' on the "
@@ -238,6 +253,8 @@ def build_manifest(kernel) -> dict:
                 block_map["small"] = {
                     "function": "main_small", "below": below, "block_q": small.block_q, "block_k": small.block_k,
                     "row_limits": bool(limits_fn and limits_fn(spec, small)),
+                    **({"launch_order": launch_entry(launch_fn(spec, small), -(-spec.kv_len // small.block_k))}
+                       if launch_fn and launch_fn(spec, small) else {}),
                     "how": "compute the tile map at block_q x block_k; when at most 'below' of it is non-empty, "
                            "call 'function' with the tile map of these block sizes instead of main"}
             block_map.update({

@@ -12,7 +12,7 @@ import numpy as np
 from attncc.errors import AttnccError
 from attncc.runtime import _native
 from attncc.runtime._native import DL_CPU, DL_CUDA, DEVICE_NAMES
-from attncc.runtime._layouts import with_row_limits, with_row_order
+from attncc.runtime._layouts import with_launch_order, with_row_limits, with_row_order
 
 
 class ArgumentError(AttnccError):
@@ -479,6 +479,8 @@ class Kernel:
                     entry["function"] = small["function"]
                     tiles = np.ascontiguousarray(np.asarray(
                         self._runtime_tile_map(caps, small["block_q"], small["block_k"]), dtype=np.int32))
+                    if small.get("launch_order"):
+                        tiles = self._with_launch_order(tiles, small["launch_order"])
                     if limits and small.get("row_limits"):
                         tiles = self._with_row_limits(tiles, caps, limits, small["block_q"])
                 else:
@@ -488,6 +490,8 @@ class Kernel:
                         sched = ro.get("schedule")
                         tiles = with_row_order(tiles, ro.get("window", 1),
                                                (sched["grid"], sched["bhn"]) if sched else None)
+                    if self.block_map.get("launch_order"):
+                        tiles = self._with_launch_order(tiles, self.block_map["launch_order"])
                     if limits:
                         tiles = self._with_row_limits(tiles, caps, limits, bq)
                 if len(self._runtime_tables) >= 8:
@@ -502,6 +506,11 @@ class Kernel:
             if entry["function"] is not None:
                 fn = self._functions[entry["function"]]
         return [t if isinstance(x, _Arg) and x.role == "table" else x for x in args], fn
+
+    @staticmethod
+    def _with_launch_order(tiles, lo: dict) -> np.ndarray:
+        """The table with its thread blocks' launch order appended: ``block_map.launch_order``."""
+        return with_launch_order(tiles, lo["bhn"], lo.get("slots"), lo.get("tail_waves"))
 
     def _with_row_limits(self, tiles, caps, limits: dict, block_q: int) -> np.ndarray:
         """The table with each row's first and last kept key of a document mask (and a flag a

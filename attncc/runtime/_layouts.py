@@ -163,6 +163,60 @@ def tile_schedule(row_cost, order, bhn: int, grid: int, fixed: float = TILE_FIXE
     return np.concatenate([off, codes[by]]).astype(np.int32)
 
 
+# ------------------------------------------------------------------ the one-block-a-tile kernel's launch order
+
+# The in-order wgmma kernel of 64-row tiles (the 64 x 32 kernel of sparse calls) runs one thread
+# block a query block of a head, four an SM: 528 at once on an H100/H200's 132 SMs.  The
+# hardware starts the blocks in launch order as slots free up, so the call ends when the blocks
+# launched last do; where a heavy block comes late (the long documents of the last head) the
+# other slots idle meanwhile.  Sorting the last LAUNCH_TAIL_WAVES x LAUNCH_SLOTS blocks of the
+# launch order heaviest first ends the call on light blocks, the longest-processing-time rule
+# on the tail only: the blocks before it keep the head-major order whose waves share K/V in L2.
+# 1.5 waves measured best on the H200 (benchmarks/gpu/RESULTS.md, fifteenth pass: 1 to 2 waves
+# within 1-2 % of each other, 3-4 waves slower, the whole launch sorted 10-50 % slower -- a sorted
+# wave reads the K/V of many heads at once).
+LAUNCH_SLOTS = 528
+LAUNCH_TAIL_WAVES = 1.5
+
+
+def launch_columns(bhn: int) -> int:
+    """The table's columns that hold ``launch_order`` (one code a thread block, NQB x bhn of them,
+    row-major over the NQB rows)."""
+    return int(bhn)
+
+
+def launch_order(row_cost, bhn: int, slots=None, tail_waves=None) -> np.ndarray:
+    """The work tile each thread block of the one-block-a-tile kernel runs, in launch order
+    (``blockIdx.y * gridDim.x + blockIdx.x``): codes ``qb * bhn + bh``.  Head-major with each head's
+    query blocks last first (the launch order without a table), except that the last
+    ``tail_waves * slots`` are sorted by ``row_cost`` (the query block's non-empty key blocks),
+    heaviest first, ties in that order (None: LAUNCH_SLOTS, LAUNCH_TAIL_WAVES)."""
+    slots = LAUNCH_SLOTS if slots is None else int(slots)
+    tail_waves = LAUNCH_TAIL_WAVES if tail_waves is None else float(tail_waves)
+    cost = np.asarray(row_cost)
+    nqb, bhn = len(cost), int(bhn)
+    if bhn < 1 or nqb < 1:
+        raise ValueError(f"a launch order needs at least one query block and one head, got {nqb} and {bhn}")
+    qb = np.tile(np.arange(nqb - 1, -1, -1, dtype=np.int64), bhn)
+    bh = np.repeat(np.arange(bhn, dtype=np.int64), nqb)
+    tail = min(len(qb), max(0, int(round(tail_waves * slots))))
+    if tail:
+        start = len(qb) - tail
+        by = np.argsort(-cost[qb[start:]], kind="stable") + start
+        qb[start:], bh[start:] = qb[by], bh[by]
+    return (qb * bhn + bh).astype(np.int32)
+
+
+def with_launch_order(tiles, bhn: int, slots=None, tail_waves=None) -> np.ndarray:
+    """The tile map [NQB, NKB] with ``launch_columns`` more columns after it: ``launch_order`` of
+    the map's rows' non-empty key blocks."""
+    t = np.asarray(tiles, dtype=np.int32)
+    if t.ndim != 2:
+        raise ValueError(f"a tile map is [query blocks, key blocks], got shape {t.shape}")
+    codes = launch_order((t != 0).sum(axis=1), bhn, slots, tail_waves)
+    return np.ascontiguousarray(np.concatenate([t, codes.reshape(t.shape[0], launch_columns(bhn))], axis=1))
+
+
 # ------------------------------------------------------------------ row limits of a document mask
 
 ROW_LIMITS_EMPTY = (0, -1)          # (first, last) of a row that keeps no key

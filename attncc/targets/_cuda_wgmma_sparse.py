@@ -85,6 +85,19 @@ def takes_row_limits(spec: FlashKernelSpec, config) -> bool:
     return chained(config) <= 1 and row_limits_on(spec)
 
 
+def launch_order_on(spec: FlashKernelSpec, config) -> bool:
+    """Whether this kernel's table carries the launch order of its thread blocks
+    (``attncc.runtime._layouts.with_launch_order``, right after the tile map): table mode without
+    chained query blocks.  Each thread block reads which (query block, batch x head) it runs from
+    it, so the host can end the call on light blocks (``_OPTIONS["launch_order"]``, default on)."""
+    return use_block_table(spec) and chained(config) <= 1 and _OPTIONS.get("launch_order", True)
+
+
+def launch_bhn(spec: FlashKernelSpec, config) -> int:
+    """Batch x heads of the launch order (its columns), 0 without one."""
+    return spec.batch * spec.q_heads if launch_order_on(spec, config) else 0
+
+
 def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
     qk, vb = _elem_bytes(spec)
     qc = chained(config)
@@ -97,8 +110,8 @@ def shared_memory_bytes(spec: FlashKernelSpec, config) -> int:
 
 
 # the fp8 V layout is a runtime step too (exported kernels apply it without TVM): one definition
-from attncc.runtime._layouts import (fp8_v_layout, padded_kv_len, row_limit_columns,  # noqa: E402,F401
-                                     v_key_permutation)
+from attncc.runtime._layouts import (fp8_v_layout, launch_columns, padded_kv_len,  # noqa: E402,F401
+                                     row_limit_columns, v_key_permutation)
 
 
 # the tile rules, register estimate, resource checks, table mode and its row compaction are _cuda_wgmma's
@@ -183,7 +196,11 @@ def lower(spec: FlashKernelSpec, config):
     USE_TABLE = use_block_table(spec)
     # (with the rows' key limits, takes_row_limits: 1 + 2 BQ more columns, as _cuda_wgmma's)
     ROW_LIMITS = USE_TABLE and takes_row_limits(spec, config)
-    TILE_MAP = (tirx.decl_buffer((NQB, NKB + (row_limit_columns(BQ) if ROW_LIMITS else 0)), "int32", "tile_map")
+    # (with the launch order, launch_order_on: B x H columns after the map, before the limits)
+    LAUNCH = USE_TABLE and launch_order_on(spec, config)
+    BHN = B * H
+    LIM0 = NKB + (launch_columns(BHN) if LAUNCH else 0)
+    TILE_MAP = (tirx.decl_buffer((NQB, LIM0 + (row_limit_columns(BQ) if ROW_LIMITS else 0)), "int32", "tile_map")
                 if USE_TABLE else None)
     SCALE_BUFFERS = [tirx.decl_buffer(tuple(int(x) for x in shape), "float32", name)
                      for name, shape in spec.scales]
@@ -378,7 +395,7 @@ def lower(spec: FlashKernelSpec, config):
     # (band_part_on: partial tiles the band alone decides masked by the band's compares; not
     # with chained query blocks, which were not run with it)
     scaled_scores, mask_partial, load_row_limits = score_mask_macros(
-        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, NKB, 2,
+        NKT, BK, BQ, scaled, masked, TILE_MAP if ROW_LIMITS else None, LIM0, 2,
         spec.band_part if band_part_on(spec) and not ROW_LIMITS and chained(config) == 1 else None, TK)
 
     @T.macro
@@ -471,10 +488,17 @@ def lower(spec: FlashKernelSpec, config):
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
                     sbase = saddr[0] + T.Cast(u64, pad)
                     pe = pad // 2                          # aligned base, in elements
-                    b = bh // H
-                    h = bh % H
+                    if LAUNCH:     # this block's tile, from the launch order in the table
+                        code = TILE_MAP[(bh * NQB + qb_rev) // BHN if QB_FAST else qb_rev,
+                                        NKB + (bh * NQB + qb_rev) % BHN if QB_FAST else NKB + bh]
+                        b = code % BHN // H
+                        h = code % BHN % H
+                        qb = code // BHN
+                    else:
+                        b = bh // H
+                        h = bh % H
+                        qb = NQB - 1 - qb_rev
                     hk = h // G
-                    qb = NQB - 1 - qb_rev
                     q0 = qb * BQ
                     wg = tx // 128
                     warp = tx // 32

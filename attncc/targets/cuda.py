@@ -136,6 +136,7 @@ __all__ = [
     "use_block_table",
     "block_tables",
     "row_order_column",
+    "launch_order",
     "row_limits",
     "row_order_window",
     "runtime_tables",
@@ -591,6 +592,15 @@ def row_order_window(spec: FlashKernelSpec, config) -> int:
     return _wgmma_dense.ws_row_window(spec, config)
 
 
+def launch_order(spec: FlashKernelSpec, config) -> int:
+    """Batch x heads of the launch order that the kernel's table carries right after the tile map
+    (``attncc.runtime._layouts.with_launch_order``: the in-order wgmma kernel in table mode, whose
+    thread blocks read which tile they run from it), or 0: none."""
+    if not (isinstance(config, CudaConfig) and config.mma == "wgmma") or _wgmma_for(spec, config) is not _wgmma_sparse:
+        return 0
+    return _wgmma_sparse.launch_bhn(spec, config)
+
+
 def row_limits(spec: FlashKernelSpec, config) -> bool:
     """Whether the kernel's table carries the rows' key limits of a document mask
     (``_layouts.with_row_limits``, appended after the row order; ``spec.row_runs``): the wgmma
@@ -605,11 +615,14 @@ def row_limits(spec: FlashKernelSpec, config) -> bool:
 def block_tables(spec: FlashKernelSpec, config, tiles=None, caps=None):
     """The kernel's block-table argument: the tile map [NQB, NKB] as int32; the persistent
     kernel's with column NKB, the order it walks the query blocks, and the thread blocks' share of
-    the tiles after it (``_layouts.with_row_order``);
+    the tiles after it (``_layouts.with_row_order``); the in-order kernel's with its thread blocks'
+    launch order after the map (``_layouts.with_launch_order``);
     where ``row_limits``, the rows' key limits from the captured inputs ``caps`` after them."""
     table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
     if row_order_column(spec, config):
         table = _layouts.with_row_order(table, row_order_window(spec, config), row_schedule(spec, config))
+    if launch_order(spec, config):
+        table = _layouts.with_launch_order(table, launch_order(spec, config))
     if row_limits(spec, config):
         if caps is None:
             raise TargetError("this kernel's table holds the rows' key limits of its document mask: "

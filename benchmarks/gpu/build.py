@@ -70,7 +70,7 @@ def _entries(only):
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
             "rowlimits3": _row_limit_fp8_entries, "rowlimits4": _row_limit_small_entries,
             "schedule": _schedule_entries, "schedule2": _schedule_final_entries,
-            "bandpart": _band_part_entries,
+            "bandpart": _band_part_entries, "launch": _launch_order_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1218,6 +1218,29 @@ def _schedule_final_entries():
     return out
 
 
+def _launch_order_entries():
+    """The in-order kernel's launch order in its table (``_layouts.with_launch_order``, fifteenth
+    pass): the 64 x 32 kernel's blocks read their tile from it, the last two waves heaviest first.
+    Verified on small grids (per-call and compile-time maps, B x H > 1, row limits, ragged
+    lengths) and on compile's picks at S=16k; timed at S=16k on compile's default (documents,
+    causal documents, chunks of 512), each also without the launch order (ids
+    "-no_launch_order")."""
+    small = dict(WGMMA, block_q=64, block_k=32, num_warps=4)
+    out = [dict(kind="verify", path=VARIANTS, name=n, dtype="bf16", shapes=sh, config=cfg) for n, sh, cfg in (
+        ("doc_mask", {"S": 4096, "H": 4}, small), ("doc_causal", {"S": 1100, "H": 4}, small),
+        ("chunk_512", {"B": 2, "S": 2048, "H": 3}, small), ("doc_mask", {"S": 4096, "H": 4}, None),
+        ("doc_causal", {"S": 4096, "H": 4}, None), ("chunk_512", {"S": 8192, "H": 2}, None))]
+    s16 = {"B": 1, "S": 16384}
+    masks = dict(DENSITY_MASKS)
+    out.append(dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=None,
+                    sparse=masks["full"]))
+    for name in ("doc_mask", "doc_causal", "chunk_512"):
+        for opts in (None, {"launch_order": False}):
+            out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None,
+                            sparse=masks[name], options=opts, flex=opts is None))
+    return out
+
+
 def _band_part_entries():
     """A band or'ed with affine comparisons (``spec.band_part``: global keys or queries, a prefix):
     partial tiles where the rest is false on the warp's rows masked by the band's compares
@@ -1336,7 +1359,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "launch", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
