@@ -361,9 +361,10 @@ def test_the_persistent_table_carries_the_row_order():
     one_table = cuda.runtime_tables(k.spec, one, [doc])[1][0]
     assert one_table.shape == (9, 9 + 257)
     np.testing.assert_array_equal(one_table[:, 9:], table[:, 10 + X:])
-    small = cuda.small_config(k.config)                 # the in-order 64 x 32 kernel: limits, no order
+    small = cuda.small_config(k.config)     # the in-order 64 x 32 kernel: its launch order and limits, no walk order
     assert cuda.row_limits(k.spec, small) and not cuda.row_order_column(k.spec, small)
-    assert cuda.block_tables(k.spec, small, k.spec.runtime_tile_map([doc], 64, 32), [doc])[0].shape == (18, 35 + 129)
+    assert cuda.launch_order(k.spec, small) == 4
+    assert cuda.block_tables(k.spec, small, k.spec.runtime_tile_map([doc], 64, 32), [doc])[0].shape == (18, 35 + 4 + 129)
     chained = dataclasses.replace(small, query_blocks=2)    # chained query blocks: the ids
     assert not cuda.row_limits(k.spec, chained)
     # a band kernel has no table; "sorted" there is a clear error
