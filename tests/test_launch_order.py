@@ -26,14 +26,15 @@ def _grid_order(nqb, bhn):
 
 
 def _docs(S, n, seed=0):
-    """n contiguous documents of random lengths (benchmarks/gpu/attention.py's _doc_ids)."""
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(1.0, 3.0, n)
-    cuts = np.round(np.cumsum(w) / w.sum() * S).astype(int)
-    ids = np.zeros(S, np.int32)
-    for i, c in enumerate(cuts[:-1]):
-        ids[c:] = i + 1
-    return ids
+    """n contiguous documents of random lengths: the GPU benchmark's (benchmarks/gpu/attention.py,
+    loaded from its file: that folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_attention", os.path.join(ROOT, "benchmarks", "gpu",
+                                                                               "attention.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._doc_ids(S, n, seed)
 
 
 def test_without_a_tail_the_order_is_the_grid_order():
