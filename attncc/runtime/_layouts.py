@@ -174,7 +174,9 @@ def tile_schedule(row_cost, order, bhn: int, grid: int, fixed: float = TILE_FIXE
 # on the tail only: the blocks before it keep the head-major order whose waves share K/V in L2.
 # 1.5 waves measured best on the H200 (benchmarks/gpu/RESULTS.md, fifteenth pass: 1 to 2 waves
 # within 1-2 % of each other, 3-4 waves slower, the whole launch sorted 10-50 % slower -- a sorted
-# wave reads the K/V of many heads at once).
+# wave reads the K/V of many heads at once).  The slots are the H100/H200's (SXM: 132 SMs); on a
+# GPU of 114 SMs (H100 PCIe) the same tail is 1.7 of its waves, inside the 1-2 waves measured
+# alike, so the table need not know the device (the host fills it before any device is chosen).
 LAUNCH_SLOTS = 528
 LAUNCH_TAIL_WAVES = 1.5
 
