@@ -222,6 +222,7 @@ def build_manifest(kernel) -> dict:
                     "how": "after the order column, 'columns' more: the tiles each of the kernel's 'grid' thread "
                     "blocks runs (attncc.runtime._layouts.tile_schedule over the order, 'bhn' batch x heads), "
                     "row-major; with_row_order(tiles, window, (grid, bhn)) builds the order and it together"}
+
         def launch_entry(bhn: int, column: int) -> dict:
             return {"column": column, "bhn": bhn, "slots": LAUNCH_SLOTS, "tail_waves": LAUNCH_TAIL_WAVES,
                     "how": "after the tile map, the kernel's table holds which (query block, batch x head) each "
@@ -250,11 +251,12 @@ def build_manifest(kernel) -> dict:
                 below = small_below(spec, kernel.config)
             if below:
                 small = small_config(kernel.config)
+                small_launch = launch_fn(spec, small) if launch_fn else 0
                 block_map["small"] = {
                     "function": "main_small", "below": below, "block_q": small.block_q, "block_k": small.block_k,
                     "row_limits": bool(limits_fn and limits_fn(spec, small)),
-                    **({"launch_order": launch_entry(launch_fn(spec, small), -(-spec.kv_len // small.block_k))}
-                       if launch_fn and launch_fn(spec, small) else {}),
+                    **({"launch_order": launch_entry(small_launch, -(-spec.kv_len // small.block_k))}
+                       if small_launch else {}),
                     "how": "compute the tile map at block_q x block_k; when at most 'below' of it is non-empty, "
                            "call 'function' with the tile map of these block sizes instead of main"}
             block_map.update({

@@ -488,9 +488,11 @@ def lower(spec: FlashKernelSpec, config):
                     pad = T.Cast("int32", (U(ALIGN_BYTES) - (saddr[0] & U(ALIGN_BYTES - 1))) & U(ALIGN_BYTES - 1))
                     sbase = saddr[0] + T.Cast(u64, pad)
                     pe = pad // 2                          # aligned base, in elements
-                    if LAUNCH:     # this block's tile, from the launch order in the table
-                        code = TILE_MAP[(bh * NQB + qb_rev) // BHN if QB_FAST else qb_rev,
-                                        NKB + (bh * NQB + qb_rev) % BHN if QB_FAST else NKB + bh]
+                    if LAUNCH:     # this block's tile: entry blockIdx.y * gridDim.x + blockIdx.x of the order
+                        if QB_FAST:
+                            code = TILE_MAP[(bh * NQB + qb_rev) // BHN, NKB + (bh * NQB + qb_rev) % BHN]
+                        else:
+                            code = TILE_MAP[qb_rev, NKB + bh]
                         b = code % BHN // H
                         h = code % BHN % H
                         qb = code // BHN
