@@ -201,12 +201,19 @@ def launch_order(row_cost, bhn: int, slots=None, tail_waves=None) -> np.ndarray:
         raise ValueError(f"a launch order needs at least one query block and one head, got {nqb} and {bhn}")
     qb = np.tile(np.arange(nqb - 1, -1, -1, dtype=np.int64), bhn)
     bh = np.repeat(np.arange(bhn, dtype=np.int64), nqb)
-    tail = min(len(qb), max(0, int(round(tail_waves * slots))))
+    return sort_tail(qb, bh, bhn, cost, int(round(tail_waves * slots)))
+
+
+def sort_tail(qb, bh, bhn: int, cost, tail: int) -> np.ndarray:
+    """Codes ``qb * bhn + bh`` of a launch order given as query blocks ``qb`` and batch x heads
+    ``bh`` (int64 arrays, sorted in place), its last ``tail`` entries sorted by ``cost[qb]``
+    heaviest first, ties in their order."""
+    tail = min(len(qb), max(0, int(tail)))
     if tail:
         start = len(qb) - tail
-        by = np.argsort(-cost[qb[start:]], kind="stable") + start
+        by = np.argsort(-np.asarray(cost)[qb[start:]], kind="stable") + start
         qb[start:], bh[start:] = qb[by], bh[by]
-    return (qb * bhn + bh).astype(np.int32)
+    return (qb * int(bhn) + bh).astype(np.int32)
 
 
 def with_launch_order(tiles, bhn: int, slots=None, tail_waves=None) -> np.ndarray:

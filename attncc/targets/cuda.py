@@ -621,8 +621,9 @@ def block_tables(spec: FlashKernelSpec, config, tiles=None, caps=None):
     table = _gpu.tile_map_argument(spec, config.block_q, config.block_k, tiles)
     if row_order_column(spec, config):
         table = _layouts.with_row_order(table, row_order_window(spec, config), row_schedule(spec, config))
-    if launch_order(spec, config):
-        table = _layouts.with_launch_order(table, launch_order(spec, config))
+    launch_bhn = launch_order(spec, config)
+    if launch_bhn:
+        table = _layouts.with_launch_order(table, launch_bhn)
     if row_limits(spec, config):
         if caps is None:
             raise TargetError("this kernel's table holds the rows' key limits of its document mask: "

@@ -41,12 +41,7 @@ def ordered(base: str, waves):
         else:
             qb, bh = np.repeat(rev, bhn), np.tile(np.arange(bhn, dtype=np.int64), nqb)
         slots = _layouts.LAUNCH_SLOTS if slots is None else int(slots)
-        tail = len(qb) if waves == "all" else min(len(qb), int(float(waves) * slots))
-        if tail:
-            start = len(qb) - tail
-            by = np.argsort(-cost[qb[start:]], kind="stable") + start
-            qb[start:], bh[start:] = qb[by], bh[by]
-        return (qb * bhn + bh).astype(np.int32)
+        return _layouts.sort_tail(qb, bh, bhn, cost, len(qb) if waves == "all" else int(float(waves) * slots))
     return launch_order
 
 
