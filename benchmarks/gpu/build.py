@@ -70,7 +70,7 @@ def _entries(only):
             "rowlimits": _row_limit_entries, "rowlimits2": _row_limit_final_entries,
             "rowlimits3": _row_limit_fp8_entries, "rowlimits4": _row_limit_small_entries,
             "schedule": _schedule_entries, "schedule2": _schedule_final_entries,
-            "bandpart": _band_part_entries, "launch": _launch_order_entries,
+            "bandpart": _band_part_entries, "launch": _launch_order_entries, "floor": _floor_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
     if only in sets:
         return sets[only]()
@@ -1241,6 +1241,27 @@ def _launch_order_entries():
     return out
 
 
+def _floor_entries():
+    """What the 64 x 32 kernel's tile rate alone allows below density 0.05 (sixteenth pass): the
+    dense time of compile's default and of the 64 x 32 kernel, unmasked and in table mode (one
+    document: every tile full, read from the table), beside the masks compile runs on 64 x 32
+    (window 256, chunks of 512, documents 32 / 64, causal documents 16 / 32), same run.  A mask's
+    time at the 64 x 32 table-mode rate with nothing else paid is its 64 x 32 tile count x that
+    dense time / the tiles of the dense map."""
+    small = dict(WGMMA, block_q=64, block_k=32, num_warps=4)
+    s16 = {"B": 1, "S": 16384}
+    masks = dict(DENSITY_MASKS)
+    out = [dict(kind="bench", path=VARIANTS, name="full", dtype="bf16", shapes=s16, config=cfg,
+                sparse=dict(mask="full")) for cfg in (None, small)]
+    out.append(dict(kind="bench", path=VARIANTS, name="doc_mask", dtype="bf16", shapes=s16, config=small,
+                    sparse=dict(mask="document", docs=[1])))
+    for name, sp in (("sw_256", masks["sw_256"]), ("chunk_512", masks["chunk_512"]),
+                     ("doc_mask", dict(mask="document", docs=[32, 64])),
+                     ("doc_causal", dict(mask="document_causal", docs=[16, 32]))):
+        out.append(dict(kind="bench", path=VARIANTS, name=name, dtype="bf16", shapes=s16, config=None, sparse=sp))
+    return out
+
+
 def _band_part_entries():
     """A band or'ed with affine comparisons (``spec.band_part``: global keys or queries, a prefix):
     partial tiles where the rest is false on the warp's rows masked by the band's compares
@@ -1359,7 +1380,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "launch", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "launch", "floor", "unclamped2", "listregs", "quantsync"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
