@@ -55,8 +55,9 @@ VARIANTS = os.path.join("benchmarks", "gpu", "variants.py")
 RAGGED = {"S": 333, "T": 517}
 
 
-def _entries(only):
-    sets = {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
+def _sets():
+    """The named build sets (``--only NAME``) beyond verify / bench / decode."""
+    return {"sparse": _sparse_entries, "lowdensity": _low_density_entries, "wide": _wide_entries,
             "fp8": _fp8_bench_entries, "pingtable": _ping_table_entries, "smalltiles": _small_tile_entries,
             "onewg": _one_warpgroup_entries, "lazy": _lazy_entries, "final": _final_entries,
             "stages": _stage_entries, "keys": _keys_entries, "sync": _sync_entries, "fp8pp": _fp8_pingpong_entries,
@@ -72,6 +73,10 @@ def _entries(only):
             "schedule": _schedule_entries, "schedule2": _schedule_final_entries,
             "bandpart": _band_part_entries, "launch": _launch_order_entries, "floor": _floor_entries,
             "listregs": _list_reg_entries, "quantsync": _quant_sync_entries}
+
+
+def _entries(only):
+    sets = _sets()
     if only in sets:
         return sets[only]()
     out = []
@@ -1380,7 +1385,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, ".gpu", "kernels"))
     ap.add_argument("--arch", default="sm_90a")
-    ap.add_argument("--only", choices=("verify", "bench", "decode", "sparse", "lowdensity", "wide", "fp8", "pingtable", "smalltiles", "onewg", "lazy", "final", "stages", "keys", "sync", "fp8pp", "edges", "unclamped", "bulk", "session6", "persistent", "persistent2", "persistent3", "persistent4", "persistent5", "persistent6", "persistent7", "persistent8", "persistent9", "persistent10", "persistent11", "rowlimits", "rowlimits2", "rowlimits3", "rowlimits4", "schedule", "schedule2", "bandpart", "launch", "floor", "unclamped2", "listregs", "quantsync"))
+    ap.add_argument("--only", choices=("verify", "bench", "decode") + tuple(_sets()))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--where", action="append", default=[], metavar="KNOB=VALUE",
                     help="only entries whose config has this knob value (repeatable)")
