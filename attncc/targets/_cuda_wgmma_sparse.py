@@ -197,7 +197,7 @@ def lower(spec: FlashKernelSpec, config):
     # (with the rows' key limits, takes_row_limits: 1 + 2 BQ more columns, as _cuda_wgmma's)
     ROW_LIMITS = USE_TABLE and takes_row_limits(spec, config)
     # (with the launch order, launch_order_on: B x H columns after the map, before the limits)
-    LAUNCH = USE_TABLE and launch_order_on(spec, config)
+    LAUNCH = launch_order_on(spec, config)
     BHN = B * H
     LIM0 = NKB + (launch_columns(BHN) if LAUNCH else 0)
     TILE_MAP = (tirx.decl_buffer((NQB, LIM0 + (row_limit_columns(BQ) if ROW_LIMITS else 0)), "int32", "tile_map")
